@@ -1,0 +1,307 @@
+"""Small dense linear algebra of SEIS: the shared basis, CCA and the scores.
+
+Everything here works on the moments of :mod:`seis_sklearn._moments` (d × d and
+k × k matrices), never on the activations themselves. Formulas and step numbers
+follow SPEC §2.2–2.4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_EPS = np.finfo(np.float64).eps
+# Relative gap below which two eigenvalues belong to one cluster (SPEC §2.2 step 3).
+CLUSTER_TOL = 1e-6
+
+
+def descending_eigh(S):
+    """Eigen-decomposition of a symmetric matrix with eigenvalues descending.
+
+    Parameters
+    ----------
+    S : ndarray of shape (d, d)
+
+    Returns
+    -------
+    eigenvalues : ndarray of shape (d,)
+        Clipped at zero.
+    eigenvectors : ndarray of shape (d, d)
+        Columns; each has its largest-magnitude entry positive, so the basis is
+        deterministic.
+    """
+    S = 0.5 * (S + S.T)
+    w, V = np.linalg.eigh(S)
+    w, V = w[::-1], V[:, ::-1]
+    rows = np.argmax(np.abs(V), axis=0)
+    signs = np.sign(V[rows, np.arange(V.shape[1])])
+    signs[signs == 0] = 1.0
+    return np.maximum(w, 0.0), V * signs
+
+
+def n_nonzero(eigenvalues):
+    """Number of eigenvalues that are not zero to machine precision."""
+    if eigenvalues.size == 0 or eigenvalues[0] <= 0:
+        return 0
+    tol = eigenvalues[0] * eigenvalues.size * _EPS
+    return int(np.count_nonzero(eigenvalues > tol))
+
+
+def select_k(eigenvalues, n_components, *, n_rows, max_components=None):
+    """Number of retained components, SPEC §2.2 step 3.
+
+    Parameters
+    ----------
+    eigenvalues : ndarray of shape (d,)
+        Descending, non-negative.
+    n_components : int or float
+        An int is used as is; a float in (0, 1] is the smallest k whose
+        cumulative explained variance reaches it, grown so that it does not cut
+        through a cluster of equal eigenvalues.
+    n_rows : int
+        Rows ``m``; k is capped at ``min(d, m - 1)``.
+    max_components : int, optional
+        Further cap.
+
+    Returns
+    -------
+    k : int
+        Zero when every eigenvalue is zero.
+    """
+    d = eigenvalues.size
+    rank = n_nonzero(eigenvalues)
+    if rank == 0:
+        return 0
+    if isinstance(n_components, float):
+        ratio = np.cumsum(eigenvalues) / eigenvalues.sum()
+        # A threshold of 1.0 must be reachable despite rounding in the cumsum.
+        k = int(np.searchsorted(ratio, n_components * (1.0 - 4 * _EPS), side="left")) + 1
+        k = min(k, d)
+        while k < d and eigenvalues[k] >= (1.0 - CLUSTER_TOL) * eigenvalues[k - 1]:
+            k += 1
+    else:
+        k = n_components
+    k = min(k, d, n_rows - 1, rank)
+    if max_components is not None:
+        k = min(k, max_components)
+    return k
+
+
+def inverse_sqrt(sigma, ridge):
+    """``(Σ + ridge·I)^(-1/2)`` of a symmetric PSD matrix (pseudo-inverse when singular)."""
+    w, V = np.linalg.eigh(0.5 * (sigma + sigma.T))
+    w = w + ridge
+    top = max(float(w.max()), 0.0)
+    keep = w > top * w.size * _EPS
+    inv = np.zeros_like(w)
+    inv[keep] = 1.0 / np.sqrt(w[keep])
+    return (V * inv) @ V.T
+
+
+@dataclass
+class Basis:
+    """Shared denoising basis of SPEC §2.2.
+
+    Attributes
+    ----------
+    components : ndarray of shape (d, k)
+        ``V_k``, orthonormal columns.
+    eigenvalues : ndarray of shape (d,)
+        All eigenvalues of the pooled second moment ``S``, descending.
+    k : int
+    """
+
+    components: np.ndarray
+    eigenvalues: np.ndarray
+    k: int
+
+    @property
+    def explained_variance_ratio(self):
+        """Fraction of the pooled variance kept by the first k directions."""
+        total = self.eigenvalues.sum()
+        return float(self.eigenvalues[: self.k].sum() / total) if total > 0 else 0.0
+
+    @property
+    def smallest_kept(self):
+        """``λ_k``, the smallest retained eigenvalue."""
+        return float(self.eigenvalues[self.k - 1])
+
+
+def pooled_basis(moments, n_components, max_components=None):
+    """The basis from the second moment pooled over every view (SPEC §2.2, §2.5).
+
+    ``S = Σ_g P̃_gᵀ P̃_g / (G·m)``; for a pair this is ``(P̃ᵀP̃ + Q̃ᵀQ̃) / (2m)``.
+
+    Raises
+    ------
+    ValueError
+        If every view is constant (no variance to keep).
+    """
+    S = moments.auto.sum(axis=0) / (moments.n_views * moments.n_rows)
+    eigenvalues, V = descending_eigh(S)
+    k = select_k(
+        eigenvalues, n_components, n_rows=moments.n_rows, max_components=max_components
+    )
+    if k == 0:
+        raise ValueError(
+            "the activations have no variance after centring (every column is constant "
+            "in every view); there is nothing to score"
+        )
+    return Basis(V[:, :k].copy(), eigenvalues, k)
+
+
+@dataclass
+class CCAFit:
+    """Everything a fitted pair keeps for scoring (SPEC §2.3–2.4).
+
+    Attributes
+    ----------
+    sigma_xx, sigma_yy, sigma_xy : ndarray of shape (k, k)
+        Covariances of the views in the shared basis.
+    whiten_x, whiten_y : ndarray of shape (k, k)
+        ``R(Σ_xx)`` and ``R(Σ_yy)``.
+    U, W : ndarray of shape (k, k)
+        Singular vectors of ``K`` (columns).
+    rho_raw : ndarray of shape (k,)
+        Singular values of ``K``, unclipped.
+    canonical_correlations : ndarray of shape (k,)
+        ``ρ`` clipped to [0, 1].
+    alignments : ndarray of shape (k,)
+        ``α_i = u_i · w_i``.
+    weights : ndarray of shape (k,)
+        Energy weights ``ω_i`` of step 9.
+    """
+
+    sigma_xx: np.ndarray
+    sigma_yy: np.ndarray
+    sigma_xy: np.ndarray
+    whiten_x: np.ndarray
+    whiten_y: np.ndarray
+    U: np.ndarray
+    W: np.ndarray
+    rho_raw: np.ndarray
+    canonical_correlations: np.ndarray
+    alignments: np.ndarray
+    weights: np.ndarray
+
+
+def project(C, V):
+    """``Vᵀ C V``."""
+    return V.T @ C @ V
+
+
+def _energy(sigma, directions, n_rows):
+    """``m·vᵀΣ²v / vᵀΣv`` for each column v of ``directions``; 0 where vᵀΣv vanishes."""
+    sv = sigma @ directions
+    num = n_rows * np.einsum("ij,ij->j", sv, sv)
+    den = np.einsum("ij,ij->j", directions, sv)
+    tol = _EPS * max(float(np.trace(sigma)), 0.0) * np.einsum("ij,ij->j", directions, directions)
+    out = np.zeros_like(den)
+    ok = den > tol
+    out[ok] = num[ok] / den[ok]
+    return out
+
+
+def fit_cca(moments, basis, reg, view=1):
+    """CCA of the original view and view ``view`` in the shared basis (steps 5–6, 9)."""
+    m = moments.n_rows
+    V = basis.components
+    sigma_xx = project(moments.auto[0], V) / m
+    sigma_yy = project(moments.auto[view], V) / m
+    sigma_xy = project(moments.cross[view - 1], V) / m
+    ridge = reg * basis.smallest_kept
+    whiten_x = inverse_sqrt(sigma_xx, ridge)
+    whiten_y = inverse_sqrt(sigma_yy, ridge)
+    K = whiten_x @ sigma_xy @ whiten_y
+    U, rho, Wt = np.linalg.svd(K)
+    W = Wt.T
+    alignments = np.clip(np.einsum("ij,ij->j", U, W), -1.0, 1.0)
+    weights = _energy(sigma_xx, whiten_x @ U, m) + _energy(sigma_yy, whiten_y @ W, m)
+    return CCAFit(
+        sigma_xx=sigma_xx,
+        sigma_yy=sigma_yy,
+        sigma_xy=sigma_xy,
+        whiten_x=whiten_x,
+        whiten_y=whiten_y,
+        U=U,
+        W=W,
+        rho_raw=rho,
+        canonical_correlations=np.clip(rho, 0.0, 1.0),
+        alignments=alignments,
+        weights=weights,
+    )
+
+
+def _trace_agreement(sigma_xy, sigma_xx, sigma_yy):
+    """``max(0, tr Σ_xy) / sqrt(tr Σ_xx · tr Σ_yy)``; 0 when a view has no variance."""
+    den = np.sqrt(max(np.trace(sigma_xx), 0.0) * max(np.trace(sigma_yy), 0.0))
+    return float(max(np.trace(sigma_xy), 0.0) / den) if den > 0 else 0.0
+
+
+def _scores(rho, alignments, weights, trace_agreement, invariance):
+    """The four scores from per-pair correlations ρ (already made non-negative for S_E)."""
+    k = rho.size
+    positive = np.maximum(rho, 0.0)
+    equivariance = float(positive.sum() / k)
+    if invariance == "trace":
+        invariance_score = max(0.0, float(np.dot(rho, alignments))) / k
+    else:
+        invariance_score = float(np.dot(positive, np.abs(alignments)) / k)
+    total = weights.sum()
+    equivariance_w = float(np.dot(weights, positive) / total) if total > 0 else 0.0
+    return {
+        "equivariance": equivariance,
+        "invariance": min(invariance_score, equivariance),
+        "equivariance_weighted": equivariance_w,
+        "invariance_weighted": min(equivariance_w, trace_agreement),
+    }
+
+
+def in_sample_scores(cca, invariance="trace"):
+    """The SEIS scores of the fitted pair (SPEC §2.3 steps 7–9)."""
+    return _scores(
+        cca.canonical_correlations,
+        cca.alignments,
+        cca.weights,
+        _trace_agreement(cca.sigma_xy, cca.sigma_xx, cca.sigma_yy),
+        invariance,
+    )
+
+
+def held_out_correlations(cca, basis, moments, view=1):
+    """Pearson correlations ``ρ′_i`` of the fitted canonical variates on new data (§2.4).
+
+    Pearson correlation ignores the fitted means, so only the new data's own
+    centred moments are needed.
+    """
+    dir_x = basis.components @ (cca.whiten_x @ cca.U)
+    dir_y = basis.components @ (cca.whiten_y @ cca.W)
+    cov = np.einsum("ij,ij->j", dir_x, moments.cross[view - 1] @ dir_y)
+    var_x = np.einsum("ij,ij->j", dir_x, moments.auto[0] @ dir_x)
+    var_y = np.einsum("ij,ij->j", dir_y, moments.auto[view] @ dir_y)
+    den = np.sqrt(np.maximum(var_x, 0.0) * np.maximum(var_y, 0.0))
+    rho = np.zeros_like(cov)
+    ok = den > 0
+    rho[ok] = cov[ok] / den[ok]
+    return np.clip(rho, -1.0, 1.0)
+
+
+def held_out_scores(cca, basis, moments, invariance="trace", view=1):
+    """The SEIS scores of new paired data under a fitted pair (SPEC §2.4).
+
+    Returns
+    -------
+    scores : dict
+        The four scores.
+    rho : ndarray of shape (k,)
+        Held-out correlations ``ρ′``.
+    """
+    rho = held_out_correlations(cca, basis, moments, view)
+    V = basis.components
+    agreement = _trace_agreement(
+        project(moments.cross[view - 1], V),
+        project(moments.auto[0], V),
+        project(moments.auto[view], V),
+    )
+    return _scores(rho, cca.alignments, cca.weights, agreement, invariance), rho

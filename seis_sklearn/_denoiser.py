@@ -1,0 +1,203 @@
+"""Single-view subspace denoiser: PCA without whitening, streamed from moments."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._cca import pooled_basis
+from ._moments import accumulate
+from ._validation import (
+    check_finite,
+    check_max_components,
+    check_n_components,
+    chunk_samples,
+)
+
+
+class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Project 2-D data onto its leading principal subspace (SPEC §2.2 on one view).
+
+    Centres ``X`` by its column means, eigen-decomposes the second moment
+    ``S = X̃ᵀX̃ / m`` and keeps the leading ``k`` eigenvectors, chosen exactly as
+    SEIS chooses its shared basis. Like :class:`sklearn.decomposition.PCA` with
+    ``whiten=False``, but ``partial_fit`` accumulates exact moments, so any split
+    of the samples gives the same fit as one call to ``fit``.
+
+    Parameters
+    ----------
+    n_components : int or float, default=0.99
+        An int is the number of components kept. A float in (0, 1] keeps the
+        smallest number of components whose cumulative explained variance
+        reaches it, grown so as not to cut through a cluster of equal
+        eigenvalues (relative gap below 1e-6).
+    max_components : int, default=None
+        Upper bound on the number of components.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components_, n_features_in_)
+        Principal axes, orthonormal rows, each with its largest-magnitude entry
+        positive.
+    explained_variance_ : ndarray of shape (n_components_,)
+        Variance along each axis (``ddof=1``, as in PCA).
+    explained_variance_ratio_ : ndarray of shape (n_components_,)
+        Fraction of the total variance along each axis.
+    mean_ : ndarray of shape (n_features_in_,)
+        Column means of the training data.
+    n_components_ : int
+        Number of components kept.
+    n_samples_seen_ : int
+        Number of samples accumulated.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string column names.
+
+    See Also
+    --------
+    SEISScorer : Scores the pair of views in the basis shared by both.
+    sklearn.decomposition.PCA : The same projection, fitted in one batch.
+
+    Notes
+    -----
+    ``k`` is capped at ``min(n_features, n_samples - 1)``, at ``max_components``
+    and at the number of eigenvalues that are not zero to machine precision.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from seis_sklearn import SubspaceDenoiser
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 3)) @ rng.normal(size=(3, 10))
+    >>> denoiser = SubspaceDenoiser(n_components=0.999).fit(X)
+    >>> denoiser.n_components_
+    3
+    >>> bool(np.allclose(denoiser.inverse_transform(denoiser.transform(X)), X))
+    True
+    """
+
+    _parameter_constraints = {
+        "n_components": "int >= 1 or float in (0, 1]",
+        "max_components": "None or int >= 1",
+    }
+
+    def __init__(self, n_components=0.99, max_components=None):
+        self.n_components = n_components
+        self.max_components = max_components
+
+    def fit(self, X, y=None):
+        """Fit the subspace on ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : SubspaceDenoiser
+        """
+        if hasattr(self, "_moments"):
+            del self._moments
+        return self.partial_fit(X)
+
+    def partial_fit(self, X, y=None):
+        """Add the samples of ``X`` to the fit.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            A batch of training data.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : SubspaceDenoiser
+        """
+        n_components = check_n_components(self.n_components)
+        max_components = check_max_components(self.max_components)
+        first = not hasattr(self, "_moments")
+        X = validate_data(
+            self,
+            X,
+            reset=first,
+            dtype=[np.float64, np.float32],
+            ensure_all_finite=False,
+            ensure_min_samples=2 if first else 1,
+        )
+        part = accumulate([X], "ND", "flatten", names=("X",))
+        moments = part if first else self._moments.merge(part)
+        basis = pooled_basis(moments, n_components, max_components)
+        k = basis.k
+        m = moments.n_rows
+        self._moments = moments
+        self.n_samples_seen_ = m
+        self.mean_ = moments.mean[0].copy()
+        self.components_ = basis.components.T.copy()
+        self.n_components_ = k
+        self.explained_variance_ = basis.eigenvalues[:k] * (m / (m - 1))
+        self.explained_variance_ratio_ = basis.eigenvalues[:k] / basis.eigenvalues.sum()
+        return self
+
+    def _check_transform_input(self, X):
+        check_is_fitted(self)
+        X = validate_data(
+            self, X, reset=False, dtype=[np.float64, np.float32], ensure_all_finite=False
+        )
+        check_finite(X, "X")
+        return X
+
+    def transform(self, X):
+        """Project ``X`` onto the fitted subspace.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features_in_)
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_components_)
+            Same float dtype as ``X`` (computed in float64).
+        """
+        X = self._check_transform_input(X)
+        out = np.empty((X.shape[0], self.n_components_), dtype=X.dtype)
+        step = chunk_samples(X.shape, X.dtype.itemsize)
+        for start in range(0, X.shape[0], step):
+            block = np.subtract(X[start : start + step], self.mean_, dtype=np.float64)
+            out[start : start + step] = block @ self.components_.T
+        return out
+
+    def inverse_transform(self, X):
+        """Map projected data back to the original feature space.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_components_)
+
+        Returns
+        -------
+        X_original : ndarray of shape (n_samples, n_features_in_)
+        """
+        check_is_fitted(self)
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_components_:
+            raise ValueError(
+                f"X must have shape (n_samples, {self.n_components_}) to be inverse "
+                f"transformed; got {X.shape}"
+            )
+        dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
+        return (X.astype(np.float64) @ self.components_ + self.mean_).astype(dtype, copy=False)
+
+    @property
+    def _n_features_out(self):
+        return self.n_components_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags

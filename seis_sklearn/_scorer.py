@@ -1,0 +1,436 @@
+"""The SEIS estimator and the one-call function (SPEC §2.3–2.4, §3)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.model_selection import check_cv
+from sklearn.utils.validation import check_is_fitted
+
+from ._cca import fit_cca, held_out_scores, in_sample_scores, pooled_basis
+from ._moments import accumulate
+from ._result import SCORE_NAMES, SEISResult
+from ._validation import (
+    INVARIANCE_MODES,
+    check_choice,
+    check_max_components,
+    check_n_components,
+    check_reg,
+    check_views,
+)
+
+
+class SEISScorer(BaseEstimator):
+    """Subspace-based Equivariance and Invariance Scores of a layer.
+
+    ``fit(X, y)`` takes the activations of a layer on a batch of inputs (``X``)
+    and on the transformed inputs (``y``), matricizes both, finds the denoising
+    basis shared by both views and runs CCA in it. ``score``/``scores`` then
+    evaluate the fitted canonical directions on held-out pairs.
+
+    Parameters
+    ----------
+    n_components : int or float, default=0.99
+        Dimension ``k`` of the shared subspace: an int is used as is; a float in
+        (0, 1] is the smallest k whose cumulative explained variance of the
+        pooled second moment reaches it, never cutting through a cluster of
+        equal eigenvalues (SPEC §2.2).
+    matricization : {"spatial", "flatten", "channel"}, default="spatial"
+        How an activation array becomes a matrix (SPEC §2.1). ``"spatial"``
+        sees transformations of the grid channel by channel; ``"flatten"``
+        sees any linear action, including channel permutations; ``"channel"``
+        compares position-matched channel vectors.
+    layout : {"auto", "NCHW", "NHWC", "NCDHW", "NLD", "ND"}, default="auto"
+        Axis order of the activations; ``"auto"`` maps 4-D → NCHW, 5-D → NCDHW,
+        3-D → NLD, 2-D → ND.
+    reg : float, default=1e-6
+        Ridge ``ε``: covariances are regularised by ``ε·λ_k·I`` with ``λ_k``
+        the smallest retained eigenvalue (SPEC §2.3 step 5).
+    max_components : int, default=None
+        Upper bound on ``k``.
+    invariance : {"trace", "abs"}, default="trace"
+        ``"trace"``: ``S_I = max(0, tr K)/k``, basis-independent. ``"abs"``:
+        ``(1/k) Σ ρ_i |α_i|``, a literal reading of the paper, for comparison
+        only (blind to sign, basis-dependent under ties).
+    score_kind : {"equivariance", "invariance", "equivariance_weighted", \
+"invariance_weighted"}, default="equivariance"
+        Which score :meth:`score` returns.
+
+    Attributes
+    ----------
+    n_components_ : int
+        Dimension ``k`` of the shared subspace.
+    components_ : ndarray of shape (n_components_, d)
+        Orthonormal basis ``V_kᵀ`` of the shared subspace (rows).
+    eigenvalues_ : ndarray of shape (d,)
+        Eigenvalues of the pooled second moment ``S``, descending.
+    explained_variance_ratio_ : float
+        Fraction of the pooled variance kept.
+    mean_x_, mean_y_ : ndarray of shape (d,)
+        Column means ``μ_P``, ``μ_Q`` of the matricized views.
+    canonical_correlations_ : ndarray of shape (n_components_,)
+        In-sample ``ρ``, descending, in [0, 1].
+    alignments_ : ndarray of shape (n_components_,)
+        ``α_i = u_i · w_i``.
+    weights_ : ndarray of shape (n_components_,)
+        Energy weights ``ω_i``.
+    n_rows_ : int
+        Rows ``m`` accumulated.
+    layout_ : str
+        Concrete layout of the fitted activations.
+    activation_shape_ : tuple of int
+        Shape of one sample's activations.
+    result_ : SEISResult
+        In-sample scores of the fitted data.
+
+    See Also
+    --------
+    seis_score : Fit and score in one call, optionally cross-fitted.
+    SubspaceDenoiser : The denoising step on a single view.
+
+    Notes
+    -----
+    Held-out scoring (SPEC §2.4) projects new data on the fitted canonical
+    directions ``V_k R(Σ_xx) u_i`` and ``V_k R(Σ_yy) w_i`` and takes the Pearson
+    correlation ``ρ′_i`` of each pair: ``S_E′ = (1/k) Σ max(ρ′_i, 0)``,
+    ``S_I′ = max(0, Σ ρ′_i α_i)/k`` (capped at ``S_E′`` so that
+    ``S_I′ ≤ S_E′`` holds for held-out data too). In-sample correlations are
+    biased upward when ``k`` is not small against ``m``; held-out scores are
+    the honest ones.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.model_selection import KFold, cross_val_score
+    >>> from seis_sklearn import SEISScorer
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.normal(size=(40, 4, 6, 6))
+    >>> B = np.rot90(A, k=1, axes=(2, 3))
+    >>> scorer = SEISScorer(n_components=0.9).fit(A, B)
+    >>> round(scorer.result_.equivariance, 3) > 0.9
+    True
+    >>> folds = cross_val_score(SEISScorer(n_components=8), A, B, cv=KFold(4))
+    >>> folds.shape
+    (4,)
+    """
+
+    _parameter_constraints = {
+        "n_components": "int >= 1 or float in (0, 1]",
+        "matricization": "'spatial', 'flatten' or 'channel'",
+        "layout": "'auto', 'NCHW', 'NHWC', 'NCDHW', 'NLD' or 'ND'",
+        "reg": "float >= 0",
+        "max_components": "None or int >= 1",
+        "invariance": "'trace' or 'abs'",
+        "score_kind": "one of " + ", ".join(SCORE_NAMES),
+    }
+
+    def __init__(
+        self,
+        n_components=0.99,
+        matricization="spatial",
+        layout="auto",
+        reg=1e-6,
+        max_components=None,
+        invariance="trace",
+        score_kind="equivariance",
+    ):
+        self.n_components = n_components
+        self.matricization = matricization
+        self.layout = layout
+        self.reg = reg
+        self.max_components = max_components
+        self.invariance = invariance
+        self.score_kind = score_kind
+
+    # -- fitting -----------------------------------------------------------------
+    def _checked_params(self):
+        """Validated copies of the parameters that fitting needs."""
+        check_choice(self.invariance, "invariance", INVARIANCE_MODES)
+        check_choice(self.score_kind, "score_kind", SCORE_NAMES)
+        return {
+            "n_components": check_n_components(self.n_components),
+            "max_components": check_max_components(self.max_components),
+            "reg": check_reg(self.reg),
+        }
+
+    def fit(self, X, y):
+        """Fit the shared basis and the CCA on a pair of activation arrays.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Activations on the original inputs, samples first, in ``layout``.
+        y : array-like of the same shape as ``X``
+            Activations on the transformed inputs; sample i of ``y`` is the
+            transform of sample i of ``X``.
+
+        Returns
+        -------
+        self : SEISScorer
+        """
+        if hasattr(self, "_moments"):
+            del self._moments
+        return self.partial_fit(X, y)
+
+    def partial_fit(self, X, y):
+        """Add a batch of pairs to the fit (exact: any split equals one ``fit``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            A batch of activations on the original inputs.
+        y : array-like of the same shape as ``X``
+            The same batch's activations on the transformed inputs.
+
+        Returns
+        -------
+        self : SEISScorer
+        """
+        params = self._checked_params()
+        first = not hasattr(self, "_moments")
+        (X, y), layout = check_views(
+            [X, y], ["X", "y"], self.layout if first else self.layout_, self.matricization
+        )
+        if not first:
+            self._check_sample_shape(X)
+        part = accumulate([X, y], layout, self.matricization, names=("X", "y"))
+        moments = part if first else self._moments.merge(part)
+        basis, cca = _fit_pair(moments, params)
+        # Only now, with every step done, is the estimator's state replaced.
+        self._moments = moments
+        self._basis = basis
+        self._cca = cca
+        self.layout_ = layout
+        self.activation_shape_ = tuple(X.shape[1:])
+        self.n_rows_ = moments.n_rows
+        self.n_components_ = basis.k
+        self.components_ = basis.components.T.copy()
+        self.eigenvalues_ = basis.eigenvalues
+        self.explained_variance_ratio_ = basis.explained_variance_ratio
+        self.mean_x_ = moments.mean[0].copy()
+        self.mean_y_ = moments.mean[1].copy()
+        self.canonical_correlations_ = cca.canonical_correlations
+        self.alignments_ = cca.alignments
+        self.weights_ = cca.weights
+        self.result_ = _result(
+            in_sample_scores(cca, self.invariance),
+            cca.canonical_correlations,
+            cca,
+            basis,
+            moments.n_rows,
+            self.matricization,
+            layout,
+            "in-sample",
+        )
+        return self
+
+    def _check_sample_shape(self, X):
+        if tuple(X.shape[1:]) != self.activation_shape_:
+            raise ValueError(
+                f"X has per-sample shape {tuple(X.shape[1:])}, but this SEISScorer was "
+                f"fitted on per-sample shape {self.activation_shape_}"
+            )
+
+    # -- scoring -----------------------------------------------------------------
+    def scores(self, X, y):
+        """All held-out scores of a new pair under the fitted directions (SPEC §2.4).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Activations on original inputs, same per-sample shape as in fit.
+        y : array-like of the same shape as ``X``
+            Activations on the transformed inputs.
+
+        Returns
+        -------
+        SEISResult
+            ``evaluation="held-out"``; ``canonical_correlations`` are the
+            held-out ``ρ′``.
+        """
+        check_is_fitted(self)
+        check_choice(self.invariance, "invariance", INVARIANCE_MODES)
+        (X, y), layout = check_views([X, y], ["X", "y"], self.layout_, self.matricization)
+        self._check_sample_shape(X)
+        moments = accumulate([X, y], layout, self.matricization, names=("X", "y"))
+        return _held_out_result(self._cca, self._basis, moments, self, layout)
+
+    def score(self, X, y):
+        """One held-out score, the one named by ``score_kind``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Activations on original inputs.
+        y : array-like of the same shape as ``X``
+            Activations on the transformed inputs.
+
+        Returns
+        -------
+        float
+        """
+        check_choice(self.score_kind, "score_kind", SCORE_NAMES)
+        return self.scores(X, y).score(self.score_kind)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        tags.input_tags.two_d_array = True
+        tags.input_tags.three_d_array = True
+        return tags
+
+
+def _fit_pair(moments, params, view=1):
+    """Shared basis and CCA of the pair (original, ``view``) from their moments."""
+    basis = pooled_basis(moments, params["n_components"], params["max_components"])
+    return basis, fit_cca(moments, basis, params["reg"], view)
+
+
+def _result(scores, rho, cca, basis, n_rows, matricization, layout, evaluation, **extra):
+    return SEISResult(
+        **scores,
+        canonical_correlations=rho,
+        alignments=cca.alignments,
+        weights=cca.weights,
+        n_components=basis.k,
+        n_rows=n_rows,
+        explained_variance_ratio=basis.explained_variance_ratio,
+        matricization=matricization,
+        layout=layout,
+        evaluation=evaluation,
+        **extra,
+    )
+
+
+def _held_out_result(cca, basis, moments, params_owner, layout):
+    scores, rho = held_out_scores(cca, basis, moments, params_owner.invariance)
+    return _result(
+        scores,
+        rho,
+        cca,
+        basis,
+        moments.n_rows,
+        params_owner.matricization,
+        layout,
+        "held-out",
+    )
+
+
+def seis_score(A, B, *, cv=None, **params):
+    """SEIS scores of a pair of activation arrays, in-sample or cross-fitted.
+
+    Parameters
+    ----------
+    A : array-like of shape (n_samples, ...)
+        Activations of a layer on the original inputs, samples first.
+    B : array-like of the same shape as ``A``
+        Activations on the transformed inputs (sample i of ``B`` is the
+        transform of sample i of ``A``).
+    cv : int, cross-validation splitter or iterable, default=None
+        ``None``: fit and score on all samples (in-sample). An int ``n``: the
+        mean and standard deviation of held-out scores over ``KFold(n)``
+        (unshuffled) folds of the samples, each scored under a fit on the
+        other folds. Any scikit-learn splitter or iterable of
+        ``(train, test)`` index arrays is accepted too.
+    **params
+        Parameters of :class:`SEISScorer` (``n_components``,
+        ``matricization``, ``layout``, ``reg``, ``max_components``,
+        ``invariance``).
+
+    Returns
+    -------
+    SEISResult
+
+    Notes
+    -----
+    For ``KFold``-like splits (test sets partition the samples, trains are
+    their complements) the data are read once: the moments of each fold are
+    accumulated and every training set's moments are merged from them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from seis_sklearn import seis_score
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.normal(size=(64, 8, 5, 5))
+    >>> r = seis_score(A, -A)
+    >>> round(r.equivariance, 6), round(r.invariance, 6)
+    (1.0, 0.0)
+    >>> r = seis_score(A, np.flip(A, axis=3), cv=4, n_components=10)
+    >>> r.evaluation, r.n_folds
+    ('cross-fitted', 4)
+    """
+    scorer = SEISScorer(**params)
+    if cv is None:
+        return scorer.fit(A, B).result_
+    fit_params = scorer._checked_params()
+    (A, B), layout = check_views([A, B], ["A", "B"], scorer.layout, scorer.matricization)
+    n = A.shape[0]
+    splitter = check_cv(cv)
+    splits = [
+        (np.asarray(train), np.asarray(test)) for train, test in splitter.split(np.empty((n, 1)))
+    ]
+    if len(splits) < 2:
+        raise ValueError(f"cv must give at least 2 folds; got {len(splits)}")
+    for train, test in splits:
+        if len(train) < 2 or len(test) < 2:
+            raise ValueError(
+                "cv gives a fold with fewer than 2 training or test samples "
+                f"({len(train)} and {len(test)} of {n}); use fewer folds"
+            )
+
+    def moments_of(indices):
+        return accumulate([A, B], layout, scorer.matricization, names=("A", "B"), indices=indices)
+
+    tests = [np.sort(test) for _, test in splits]
+    if _is_partition(splits, n):
+        fold_moments = [moments_of(test) for test in tests]
+        train_moments = [_merge_all(fold_moments[:f] + fold_moments[f + 1 :]) for f in range(len(tests))]
+        full = _merge_all(fold_moments)
+    else:
+        fold_moments = [moments_of(test) for test in tests]
+        train_moments = [moments_of(np.sort(train)) for train, _ in splits]
+        full = accumulate([A, B], layout, scorer.matricization, names=("A", "B"))
+
+    folds = []
+    for train_m, test_m in zip(train_moments, fold_moments):
+        basis, cca = _fit_pair(train_m, fit_params)
+        folds.append(_held_out_result(cca, basis, test_m, scorer, layout))
+    basis, cca = _fit_pair(full, fit_params)
+    table = np.array([[getattr(f, name) for name in SCORE_NAMES] for f in folds])
+    means, stds = table.mean(axis=0), table.std(axis=0)
+    return _result(
+        dict(zip(SCORE_NAMES, map(float, means))),
+        cca.canonical_correlations,
+        cca,
+        basis,
+        full.n_rows,
+        scorer.matricization,
+        layout,
+        "cross-fitted",
+        n_folds=len(folds),
+        folds=tuple(folds),
+        **{f"{name}_std": float(s) for name, s in zip(SCORE_NAMES, stds)},
+    )
+
+
+def _is_partition(splits, n):
+    """True when the test sets partition range(n) and each train is its complement."""
+    seen = np.zeros(n, dtype=np.int64)
+    for train, test in splits:
+        if len(train) + len(test) != n:
+            return False
+        seen[test] += 1
+        mask = np.zeros(n, dtype=bool)
+        mask[train] = True
+        if mask[test].any():
+            return False
+    return bool((seen == 1).all())
+
+
+def _merge_all(parts):
+    total = parts[0]
+    for part in parts[1:]:
+        total = total.merge(part)
+    return total
+

@@ -1,0 +1,202 @@
+"""Input and parameter validation shared by every public entry point (SPEC §4).
+
+Every check raises one ``ValueError`` or ``TypeError`` whose message starts with
+the name of the offending argument.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._matricize import check_matricization, matrix_shape, resolve_layout
+
+SCORE_KINDS = (
+    "equivariance",
+    "invariance",
+    "equivariance_weighted",
+    "invariance_weighted",
+)
+INVARIANCE_MODES = ("trace", "abs")
+
+# Samples per chunk are chosen so one chunk of one matricized view in float64
+# stays near this size: large enough for BLAS, small enough for the caches.
+CHUNK_BYTES = 1 << 25
+
+
+def as_activation_array(A, name):
+    """Return ``A`` as a numeric ndarray (no copy) or raise naming ``name``.
+
+    Parameters
+    ----------
+    A : array-like
+        Activations, samples first.
+    name : str
+        Argument name used in error messages.
+
+    Returns
+    -------
+    A : ndarray
+        The same memory when ``A`` already is an ndarray (memory maps included).
+    """
+    if isinstance(A, np.ndarray):
+        arr = A
+    else:
+        try:
+            arr = np.asarray(A)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{name} cannot be read as an array: {exc}") from None
+    if arr.dtype == object:
+        raise TypeError(f"{name} is an object array; activations must be a numeric array")
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name} must be a numeric (bool, integer or float) array; got dtype {arr.dtype}"
+        )
+    if arr.ndim < 2:
+        raise ValueError(
+            f"{name} must have a samples axis and at least one feature axis; "
+            f"got an array of shape {arr.shape}"
+        )
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape})")
+    return arr
+
+
+def count_nonfinite(A):
+    """Return (number of NaN, number of ±inf) in ``A``, chunk by chunk."""
+    if A.dtype.kind != "f":
+        return 0, 0
+    n_nan = n_inf = 0
+    step = chunk_samples(A.shape, A.dtype.itemsize)
+    for start in range(0, A.shape[0], step):
+        block = A[start : start + step]
+        n_nan += int(np.count_nonzero(np.isnan(block)))
+        n_inf += int(np.count_nonzero(np.isinf(block)))
+    return n_nan, n_inf
+
+
+def _nonfinite_error(name, n_nan, n_inf, size):
+    return ValueError(
+        f"{name} contains {n_nan} NaN and {n_inf} infinite value(s) out of {size}; "
+        "activations must be finite"
+    )
+
+
+def check_finite(A, name):
+    """Raise a ValueError with the counts if ``A`` holds NaN or infinite values."""
+    n_nan, n_inf = count_nonfinite(A)
+    if n_nan or n_inf:
+        raise _nonfinite_error(name, n_nan, n_inf, A.size)
+
+
+def raise_nonfinite(A, name):
+    """Raise the ValueError for an ``A`` whose sums came out non-finite.
+
+    Either ``A`` holds NaN/inf (the error gives the counts) or its finite values
+    are so large that their sums overflow float64.
+    """
+    check_finite(A, name)
+    raise ValueError(
+        f"{name} has finite values whose sums overflow float64 (largest |value| "
+        f"{float(np.max(np.abs(A))):.3g}); rescale it"
+    )
+
+
+def chunk_samples(shape, itemsize=8, budget=CHUNK_BYTES):
+    """Samples per chunk so that one chunk holds about ``budget`` bytes in float64."""
+    per_sample = max(1, int(np.prod(shape[1:], dtype=np.int64))) * max(8, itemsize)
+    return max(1, budget // per_sample)
+
+
+def check_views(arrays, names, layout, matricization):
+    """Validate paired activation arrays and return them with their layout.
+
+    Parameters
+    ----------
+    arrays : sequence of array-like
+        The views (original first); all must share one shape.
+    names : sequence of str
+        Argument names for error messages.
+    layout : str
+        Requested layout (may be ``"auto"``).
+    matricization : str
+        Requested matricization.
+
+    Returns
+    -------
+    arrays : list of ndarray
+    layout : str
+        The concrete layout.
+    """
+    arrays = [as_activation_array(a, n) for a, n in zip(arrays, names)]
+    first, first_name = arrays[0], names[0]
+    for arr, name in zip(arrays[1:], names[1:]):
+        if arr.shape != first.shape:
+            raise ValueError(
+                f"{first_name} and {name} must have the same shape; got {first_name} "
+                f"{first.shape} and {name} {arr.shape}"
+            )
+    layout = resolve_layout(layout, first.ndim, name=first_name)
+    check_matricization(matricization)
+    n = first.shape[0]
+    if n < 2:
+        raise ValueError(
+            f"{first_name} has {n} sample; at least 2 samples are required (n_samples={n})"
+        )
+    rows_per_sample, _ = matrix_shape(first.shape, layout, matricization)
+    if n * rows_per_sample < 2:
+        raise ValueError(f"{first_name} gives fewer than 2 rows after matricization")
+    return arrays, layout
+
+
+def check_n_components(n_components, name="n_components", allow_none=False):
+    """Validate ``n_components``: an int ≥ 1 or a float in (0, 1]."""
+    if n_components is None and allow_none:
+        return None
+    if isinstance(n_components, bool):
+        raise TypeError(f"{name} must be an int >= 1 or a float in (0, 1]; got a bool")
+    if isinstance(n_components, numbers.Integral):
+        if n_components < 1:
+            raise ValueError(f"{name} must be >= 1 when an int; got {n_components}")
+        return int(n_components)
+    if isinstance(n_components, numbers.Real):
+        value = float(n_components)
+        if not (0.0 < value <= 1.0):
+            raise ValueError(
+                f"{name} must lie in (0, 1] when a float (a fraction of variance); "
+                f"got {n_components!r}"
+            )
+        return value
+    raise TypeError(
+        f"{name} must be an int >= 1 or a float in (0, 1]; got {type(n_components).__name__}"
+    )
+
+
+def check_max_components(max_components):
+    """Validate ``max_components``: None or an int ≥ 1."""
+    if max_components is None:
+        return None
+    if isinstance(max_components, bool) or not isinstance(max_components, numbers.Integral):
+        raise TypeError(
+            f"max_components must be None or an int >= 1; got {type(max_components).__name__}"
+        )
+    if max_components < 1:
+        raise ValueError(f"max_components must be >= 1; got {max_components}")
+    return int(max_components)
+
+
+def check_reg(reg):
+    """Validate the ridge factor ``reg``: a finite float ≥ 0."""
+    if isinstance(reg, bool) or not isinstance(reg, numbers.Real):
+        raise TypeError(f"reg must be a float >= 0; got {type(reg).__name__}")
+    if not np.isfinite(reg) or reg < 0:
+        raise ValueError(f"reg must be a finite float >= 0; got {reg!r}")
+    return float(reg)
+
+
+def check_choice(value, name, choices):
+    """Validate that ``value`` is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
