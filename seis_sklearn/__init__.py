@@ -11,15 +11,22 @@ its input? Record its activations on a batch (``A``) and on the transformed batc
     >>> result.equivariance > 0.9 > result.invariance
     True
 
-See SPEC §2 in the documentation for the exact definitions.
+The public names are loaded on first use, so ``import seis_sklearn`` itself
+imports neither scikit-learn nor any optional dependency.
 """
 
-from ._denoiser import SubspaceDenoiser
-from ._matricize import matricize
-from ._result import SEISResult
-from ._scorer import SEISScorer, seis_score
+import importlib
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "SEISResult": "._result",
+    "SEISScorer": "._scorer",
+    "SubspaceDenoiser": "._denoiser",
+    "matricize": "._matricize",
+    "seis_score": "._scorer",
+    "transforms": ".transforms",
+}
 
 __all__ = [
     "SEISResult",
@@ -29,3 +36,16 @@ __all__ = [
     "seis_score",
     "__version__",
 ]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name], __name__)
+        value = module if name == "transforms" else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -73,6 +73,14 @@ class Moments:
         return Moments(n, mean, auto, cross)
 
 
+class NonFiniteError(ArithmeticError):
+    """A view's sums came out NaN or infinite (``view`` is its index)."""
+
+    def __init__(self, view):
+        super().__init__(view)
+        self.view = view
+
+
 def block_moments(blocks):
     """Moments of in-memory row-aligned matrices (one chunk).
 
@@ -84,11 +92,23 @@ def block_moments(blocks):
     Returns
     -------
     Moments
+
+    Raises
+    ------
+    NonFiniteError
+        If a view holds NaN/inf or values whose products overflow float64.
     """
     m = blocks[0].shape[0]
-    mean = np.stack([b.mean(axis=0, dtype=np.float64) for b in blocks])
-    centred = [np.subtract(b, mu, dtype=np.float64) for b, mu in zip(blocks, mean)]
-    auto = np.stack([z.T @ z for z in centred])
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = np.stack([b.mean(axis=0, dtype=np.float64) for b in blocks])
+        for g in range(len(blocks)):
+            if not np.isfinite(mean[g]).all():
+                raise NonFiniteError(g)
+        centred = [np.subtract(b, mu, dtype=np.float64) for b, mu in zip(blocks, mean)]
+        auto = np.stack([z.T @ z for z in centred])
+        for g in range(len(blocks)):
+            if not np.isfinite(np.trace(auto[g])):
+                raise NonFiniteError(g)
     if len(centred) > 1:
         cross = np.stack([centred[0].T @ z for z in centred[1:]])
     else:
@@ -125,14 +145,10 @@ def accumulate(arrays, layout, matricization, *, names, indices=None):
             take = indices[start : start + step]
             chunks = [a[take] for a in arrays]
         blocks = [matricize(c, layout, matricization) for c in chunks]
-        part = block_moments(blocks)
-        _check_finite_moments(part, arrays, names)
+        try:
+            part = block_moments(blocks)
+        except NonFiniteError as exc:
+            raise_nonfinite(arrays[exc.view], names[exc.view])
         total = part if total is None else total.merge(part)
     return total
 
-
-def _check_finite_moments(part, arrays, names):
-    """Non-finite means or diagonals can only come from NaN/inf input or overflow."""
-    for g in range(part.n_views):
-        if not (np.isfinite(part.mean[g]).all() and np.isfinite(np.trace(part.auto[g]))):
-            raise_nonfinite(arrays[g], names[g])

@@ -186,14 +186,21 @@ class SEISScorer(BaseEstimator):
         -------
         self : SEISScorer
         """
+        return self._partial_fit(X, y, names=("X", "y"))
+
+    def _partial_fit(self, X, y, names):
         params = self._checked_params()
         first = not hasattr(self, "_moments")
         (X, y), layout = check_views(
-            [X, y], ["X", "y"], self.layout if first else self.layout_, self.matricization
+            [X, y],
+            names,
+            self.layout if first else self.layout_,
+            self.matricization,
+            min_samples=2 if first else 1,
         )
         if not first:
-            self._check_sample_shape(X)
-        part = accumulate([X, y], layout, self.matricization, names=("X", "y"))
+            self._check_sample_shape(X, names[0])
+        part = accumulate([X, y], layout, self.matricization, names=names)
         moments = part if first else self._moments.merge(part)
         basis, cca = _fit_pair(moments, params)
         # Only now, with every step done, is the estimator's state replaced.
@@ -224,10 +231,10 @@ class SEISScorer(BaseEstimator):
         )
         return self
 
-    def _check_sample_shape(self, X):
+    def _check_sample_shape(self, X, name="X"):
         if tuple(X.shape[1:]) != self.activation_shape_:
             raise ValueError(
-                f"X has per-sample shape {tuple(X.shape[1:])}, but this SEISScorer was "
+                f"{name} has per-sample shape {tuple(X.shape[1:])}, but this SEISScorer was "
                 f"fitted on per-sample shape {self.activation_shape_}"
             )
 
@@ -362,7 +369,7 @@ def seis_score(A, B, *, cv=None, **params):
     """
     scorer = SEISScorer(**params)
     if cv is None:
-        return scorer.fit(A, B).result_
+        return scorer._partial_fit(A, B, names=("A", "B")).result_
     fit_params = scorer._checked_params()
     (A, B), layout = check_views([A, B], ["A", "B"], scorer.layout, scorer.matricization)
     n = A.shape[0]

@@ -109,7 +109,7 @@ def chunk_samples(shape, itemsize=8, budget=CHUNK_BYTES):
     return max(1, budget // per_sample)
 
 
-def check_views(arrays, names, layout, matricization):
+def check_views(arrays, names, layout, matricization, *, min_samples=2):
     """Validate paired activation arrays and return them with their layout.
 
     Parameters
@@ -122,6 +122,8 @@ def check_views(arrays, names, layout, matricization):
         Requested layout (may be ``"auto"``).
     matricization : str
         Requested matricization.
+    min_samples : int, default=2
+        Fewest samples accepted (1 for a later ``partial_fit`` batch).
 
     Returns
     -------
@@ -140,12 +142,13 @@ def check_views(arrays, names, layout, matricization):
     layout = resolve_layout(layout, first.ndim, name=first_name)
     check_matricization(matricization)
     n = first.shape[0]
-    if n < 2:
+    if n < min_samples:
         raise ValueError(
-            f"{first_name} has {n} sample; at least 2 samples are required (n_samples={n})"
+            f"{first_name} has {n} sample; at least {min_samples} samples are required "
+            f"(n_samples={n})"
         )
     rows_per_sample, _ = matrix_shape(first.shape, layout, matricization)
-    if n * rows_per_sample < 2:
+    if n * rows_per_sample < min_samples:
         raise ValueError(f"{first_name} gives fewer than 2 rows after matricization")
     return arrays, layout
 

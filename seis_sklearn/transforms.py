@@ -218,8 +218,10 @@ def _shift_vector(shift, n_axes):
         vec = [0.0] * (n_axes - 1) + [float(shift)]
     else:
         try:
+            if isinstance(shift, (str, bytes)):
+                raise TypeError
             vec = [float(s) for s in shift]
-        except TypeError:
+        except (TypeError, ValueError):
             raise TypeError(f"shift must be a number or a sequence of numbers; got {shift!r}") from None
         if len(vec) != n_axes:
             raise ValueError(
