@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CONSTRAINTS := requirements/constraints.txt
 DEMO_OUT ?= demo-output
 
-.PHONY: setup demo test docs lint bench clean
+.PHONY: setup demo test test-oldest docs lint bench clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@$(PYTHON) -c 'import sys; sys.exit("seis-sklearn needs Python >= 3.10, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
@@ -23,6 +23,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest --cov=seis_sklearn --cov-report=term-missing:skip-covered -q
 
+# The same suite against the oldest versions pyproject.toml claims (requirements/oldest.txt).
+OLD_VENV := .venv-oldest
+$(OLD_VENV)/.installed-stamp: pyproject.toml requirements/oldest.txt
+	test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
+	$(OLD_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c requirements/oldest.txt -e ".[dev]"
+	touch $@
+
+test-oldest: $(OLD_VENV)/.installed-stamp
+	$(OLD_VENV)/bin/python -m pytest -q -p no:cacheprovider
+
 docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
@@ -34,4 +44,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) docs/_build $(DEMO_OUT) .coverage
+	rm -rf $(VENV) $(OLD_VENV) docs/_build $(DEMO_OUT) .coverage

@@ -140,9 +140,7 @@ def pooled_basis(moments, n_components, max_components=None):
     """
     S = moments.auto.sum(axis=0) / (moments.n_views * moments.n_rows)
     eigenvalues, V = descending_eigh(S)
-    k = select_k(
-        eigenvalues, n_components, n_rows=moments.n_rows, max_components=max_components
-    )
+    k = select_k(eigenvalues, n_components, n_rows=moments.n_rows, max_components=max_components)
     if k == 0:
         raise ValueError(
             "the activations have no variance after centring (every column is constant "

@@ -37,14 +37,14 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     Attributes
     ----------
-    components_ : ndarray of shape (n_components_, n_features_in_)
+    components_ : ndarray of shape (n_components, n_features)
         Principal axes, orthonormal rows, each with its largest-magnitude entry
         positive.
-    explained_variance_ : ndarray of shape (n_components_,)
+    explained_variance_ : ndarray of shape (n_components,)
         Variance along each axis (``ddof=1``, as in PCA).
-    explained_variance_ratio_ : ndarray of shape (n_components_,)
+    explained_variance_ratio_ : ndarray of shape (n_components,)
         Fraction of the total variance along each axis.
-    mean_ : ndarray of shape (n_features_in_,)
+    mean_ : ndarray of shape (n_features,)
         Column means of the training data.
     n_components_ : int
         Number of components kept.
@@ -52,7 +52,7 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         Number of samples accumulated.
     n_features_in_ : int
         Number of features seen during fit.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (n_features,)
         Names of features seen during fit, when ``X`` has string column names.
 
     See Also
@@ -157,11 +157,11 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features_in_)
+        X : array-like of shape (n_samples, n_features)
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_components_)
+        X_new : ndarray of shape (n_samples, n_components)
             Same float dtype as ``X`` (computed in float64).
         """
         X = self._check_transform_input(X)
@@ -177,17 +177,17 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_components_)
+        X : array-like of shape (n_samples, n_components)
 
         Returns
         -------
-        X_original : ndarray of shape (n_samples, n_features_in_)
+        X_original : ndarray of shape (n_samples, n_features)
         """
         check_is_fitted(self)
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_components_:
             raise ValueError(
-                f"X must have shape (n_samples, {self.n_components_}) to be inverse "
+                f"X must have shape (n_samples, {self.n_components}) to be inverse "
                 f"transformed; got {X.shape}"
             )
         dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64

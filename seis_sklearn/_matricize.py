@@ -47,9 +47,7 @@ def resolve_layout(layout, ndim, *, name="A"):
             ) from None
     expected = _NDIM_BY_LAYOUT[layout]
     if ndim != expected:
-        raise ValueError(
-            f"layout={layout!r} needs a {expected}-D array, but {name} is {ndim}-D"
-        )
+        raise ValueError(f"layout={layout!r} needs a {expected}-D array, but {name} is {ndim}-D")
     return layout
 
 

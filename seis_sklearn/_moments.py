@@ -104,7 +104,9 @@ def block_moments(blocks):
         for g in range(len(blocks)):
             if not np.isfinite(mean[g]).all():
                 raise NonFiniteError(g)
-        centred = [np.subtract(b, mu, dtype=np.float64) for b, mu in zip(blocks, mean)]
+        centred = [
+            np.subtract(b, mu, dtype=np.float64) for b, mu in zip(blocks, mean, strict=True)
+        ]
         auto = np.stack([z.T @ z for z in centred])
         for g in range(len(blocks)):
             if not np.isfinite(np.trace(auto[g])):
@@ -151,4 +153,3 @@ def accumulate(arrays, layout, matricization, *, names, indices=None):
             raise_nonfinite(arrays[exc.view], names[exc.view])
         total = part if total is None else total.merge(part)
     return total
-

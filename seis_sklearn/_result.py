@@ -112,7 +112,9 @@ invariance_weighted_std : float or None
         float
         """
         if kind not in SCORE_NAMES:
-            raise ValueError(f"kind must be one of {', '.join(map(repr, SCORE_NAMES))}; got {kind!r}")
+            raise ValueError(
+                f"kind must be one of {', '.join(map(repr, SCORE_NAMES))}; got {kind!r}"
+            )
         return getattr(self, kind)
 
     def __repr__(self):

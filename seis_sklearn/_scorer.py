@@ -60,7 +60,7 @@ class SEISScorer(BaseEstimator):
     ----------
     n_components_ : int
         Dimension ``k`` of the shared subspace.
-    components_ : ndarray of shape (n_components_, d)
+    components_ : ndarray of shape (n_components, d)
         Orthonormal basis ``V_kᵀ`` of the shared subspace (rows).
     eigenvalues_ : ndarray of shape (d,)
         Eigenvalues of the pooled second moment ``S``, descending.
@@ -68,11 +68,11 @@ class SEISScorer(BaseEstimator):
         Fraction of the pooled variance kept.
     mean_x_, mean_y_ : ndarray of shape (d,)
         Column means ``μ_P``, ``μ_Q`` of the matricized views.
-    canonical_correlations_ : ndarray of shape (n_components_,)
+    canonical_correlations_ : ndarray of shape (n_components,)
         In-sample ``ρ``, descending, in [0, 1].
-    alignments_ : ndarray of shape (n_components_,)
+    alignments_ : ndarray of shape (n_components,)
         ``α_i = u_i · w_i``.
-    weights_ : ndarray of shape (n_components_,)
+    weights_ : ndarray of shape (n_components,)
         Energy weights ``ω_i``.
     n_rows_ : int
         Rows ``m`` accumulated.
@@ -392,7 +392,9 @@ def seis_score(A, B, *, cv=None, **params):
     tests = [np.sort(test) for _, test in splits]
     if _is_partition(splits, n):
         fold_moments = [moments_of(test) for test in tests]
-        train_moments = [_merge_all(fold_moments[:f] + fold_moments[f + 1 :]) for f in range(len(tests))]
+        train_moments = [
+            _merge_all(fold_moments[:f] + fold_moments[f + 1 :]) for f in range(len(tests))
+        ]
         full = _merge_all(fold_moments)
     else:
         fold_moments = [moments_of(test) for test in tests]
@@ -400,14 +402,14 @@ def seis_score(A, B, *, cv=None, **params):
         full = accumulate([A, B], layout, scorer.matricization, names=("A", "B"))
 
     folds = []
-    for train_m, test_m in zip(train_moments, fold_moments):
+    for train_m, test_m in zip(train_moments, fold_moments, strict=True):
         basis, cca = _fit_pair(train_m, fit_params)
         folds.append(_held_out_result(cca, basis, test_m, scorer, layout))
     basis, cca = _fit_pair(full, fit_params)
     table = np.array([[getattr(f, name) for name in SCORE_NAMES] for f in folds])
     means, stds = table.mean(axis=0), table.std(axis=0)
     return _result(
-        dict(zip(SCORE_NAMES, map(float, means))),
+        dict(zip(SCORE_NAMES, map(float, means), strict=True)),
         cca.canonical_correlations,
         cca,
         basis,
@@ -417,7 +419,7 @@ def seis_score(A, B, *, cv=None, **params):
         "cross-fitted",
         n_folds=len(folds),
         folds=tuple(folds),
-        **{f"{name}_std": float(s) for name, s in zip(SCORE_NAMES, stds)},
+        **{f"{name}_std": float(s) for name, s in zip(SCORE_NAMES, stds, strict=True)},
     )
 
 
@@ -440,4 +442,3 @@ def _merge_all(parts):
     for part in parts[1:]:
         total = total.merge(part)
     return total
-

@@ -131,9 +131,9 @@ def check_views(arrays, names, layout, matricization, *, min_samples=2):
     layout : str
         The concrete layout.
     """
-    arrays = [as_activation_array(a, n) for a, n in zip(arrays, names)]
+    arrays = [as_activation_array(a, n) for a, n in zip(arrays, names, strict=True)]
     first, first_name = arrays[0], names[0]
-    for arr, name in zip(arrays[1:], names[1:]):
+    for arr, name in zip(arrays[1:], names[1:], strict=True):
         if arr.shape != first.shape:
             raise ValueError(
                 f"{first_name} and {name} must have the same shape; got {first_name} "

@@ -68,9 +68,13 @@ def sweep_transforms():
     """The transforms of the sweep: (family, magnitude, label, function)."""
     cases = []
     for angle in range(0, 181, 15):
-        cases.append(("rotation", angle, f"rotate {angle}°", lambda a, t=angle: transforms.rotate(a, t)))
+        cases.append(
+            ("rotation", angle, f"rotate {angle}°", lambda a, t=angle: transforms.rotate(a, t))
+        )
     for shift in range(0, 9):
-        cases.append(("shift", shift, f"shift {shift} px", lambda a, s=shift: transforms.translate(a, s)))
+        cases.append(
+            ("shift", shift, f"shift {shift} px", lambda a, s=shift: transforms.translate(a, s))
+        )
     cases.append(("flip", 1, "flip horizontal", transforms.hflip))
     cases.append(("flip", 2, "flip vertical", transforms.vflip))
     return cases
@@ -166,7 +170,10 @@ def plot_sweep(rows, title=""):
         "invariance_weighted": ("S_I^w", "C3", "--"),
     }
     for ax, family, xlabel in zip(
-        axes, ("rotation", "shift", "flip"), ("angle (degrees)", "circular shift (px)", "")
+        axes,
+        ("rotation", "shift", "flip"),
+        ("angle (degrees)", "circular shift (px)", ""),
+        strict=True,
     ):
         sel = [r for r in rows if r["family"] == family]
         x = np.arange(len(sel)) if family == "flip" else [r["magnitude"] for r in sel]

@@ -222,7 +222,9 @@ def _shift_vector(shift, n_axes):
                 raise TypeError
             vec = [float(s) for s in shift]
         except (TypeError, ValueError):
-            raise TypeError(f"shift must be a number or a sequence of numbers; got {shift!r}") from None
+            raise TypeError(
+                f"shift must be a number or a sequence of numbers; got {shift!r}"
+            ) from None
         if len(vec) != n_axes:
             raise ValueError(
                 f"shift must have one entry per spatial axis ({n_axes}); got {len(vec)}"
@@ -292,7 +294,7 @@ def _integer_shift_zero(x, shifts, axes):
     out = np.zeros_like(x, order="C")
     src = [slice(None)] * x.ndim
     dst = [slice(None)] * x.ndim
-    for ax, s in zip(axes, shifts):
+    for ax, s in zip(axes, shifts, strict=True):
         n = x.shape[ax]
         if abs(s) >= n:
             return out
@@ -340,7 +342,12 @@ def _affine_in_plane(x, axes, plane_matrix, *, order, mode, cval):
         c = np.where(mask, centre, 0.0)
         offset = c - matrix @ c
         return ndimage.affine_transform(
-            a, matrix, offset=offset, order=order, mode=scipy_mode, cval=cval,
+            a,
+            matrix,
+            offset=offset,
+            order=order,
+            mode=scipy_mode,
+            cval=cval,
             prefilter=order > 1,
         )
 
@@ -437,14 +444,17 @@ def scale(x, factor, *, layout="auto", order=1, mode="zeros", cval=0.0):
             offset = np.zeros(a.ndim)
             offset[ax[0]] = centre - centre / f
             return ndimage.affine_transform(
-                a, diag, offset=offset, order=order, mode=scipy_mode, cval=cval,
+                a,
+                diag,
+                offset=offset,
+                order=order,
+                mode=scipy_mode,
+                cval=cval,
                 prefilter=order > 1,
             )
 
         return _interpolate(x, axes, apply, order)
-    return _affine_in_plane(
-        x, axes, np.diag(1.0 / factors), order=order, mode=mode, cval=cval
-    )
+    return _affine_in_plane(x, axes, np.diag(1.0 / factors), order=order, mode=mode, cval=cval)
 
 
 def compose(*transforms):

@@ -50,8 +50,9 @@ def inv_sqrt(S, ridge):
     return np.real(linalg.fractional_matrix_power(S + ridge * np.eye(len(S)), -0.5))
 
 
-def reference_fit(A, B, layout="auto", matricization="spatial", n_components=0.99, reg=1e-6,
-                  max_components=None):
+def reference_fit(
+    A, B, layout="auto", matricization="spatial", n_components=0.99, reg=1e-6, max_components=None
+):
     if layout == "auto":
         layout = {2: "ND", 3: "NLD", 4: "NCHW", 5: "NCDHW"}[np.ndim(A)]
     P = reference_matricize(A, layout, matricization)
@@ -73,14 +74,35 @@ def reference_fit(A, B, layout="auto", matricization="spatial", n_components=0.9
     W = Wt.T
     alpha = np.sum(U * W, axis=0)
     xv, yv = X @ Rx @ U, Y @ Ry @ W  # canonical variates, columns
-    omega = np.array([
-        np.sum((X.T @ xv[:, i]) ** 2) / np.sum(xv[:, i] ** 2)
-        + np.sum((Y.T @ yv[:, i]) ** 2) / np.sum(yv[:, i] ** 2)
-        for i in range(k)
-    ])
-    return dict(P=P, Q=Q, m=m, mu_p=mu_p, mu_q=mu_q, Vk=Vk, k=k, lam=lam, Sxx=Sxx, Syy=Syy,
-                Sxy=Sxy, Rx=Rx, Ry=Ry, U=U, W=W, rho=np.clip(rho, 0, 1), alpha=alpha,
-                omega=omega, layout=layout, matricization=matricization)
+    omega = np.array(
+        [
+            np.sum((X.T @ xv[:, i]) ** 2) / np.sum(xv[:, i] ** 2)
+            + np.sum((Y.T @ yv[:, i]) ** 2) / np.sum(yv[:, i] ** 2)
+            for i in range(k)
+        ]
+    )
+    return dict(
+        P=P,
+        Q=Q,
+        m=m,
+        mu_p=mu_p,
+        mu_q=mu_q,
+        Vk=Vk,
+        k=k,
+        lam=lam,
+        Sxx=Sxx,
+        Syy=Syy,
+        Sxy=Sxy,
+        Rx=Rx,
+        Ry=Ry,
+        U=U,
+        W=W,
+        rho=np.clip(rho, 0, 1),
+        alpha=alpha,
+        omega=omega,
+        layout=layout,
+        matricization=matricization,
+    )
 
 
 def reference_scores(fit, invariance="trace"):
@@ -92,8 +114,12 @@ def reference_scores(fit, invariance="trace"):
         S_I = np.sum(rho * np.abs(alpha)) / k
     S_Ew = np.sum(omega * rho) / np.sum(omega)
     agree = max(0.0, np.trace(fit["Sxy"])) / np.sqrt(np.trace(fit["Sxx"]) * np.trace(fit["Syy"]))
-    return dict(equivariance=S_E, invariance=S_I, equivariance_weighted=S_Ew,
-                invariance_weighted=min(S_Ew, agree))
+    return dict(
+        equivariance=S_E,
+        invariance=S_I,
+        equivariance_weighted=S_Ew,
+        invariance_weighted=min(S_Ew, agree),
+    )
 
 
 def reference_held_out(fit, A2, B2, invariance="trace"):
@@ -115,5 +141,9 @@ def reference_held_out(fit, A2, B2, invariance="trace"):
     Y2 = (Q2 - fit["mu_q"]) @ fit["Vk"]
     X2, Y2 = X2 - X2.mean(0), Y2 - Y2.mean(0)
     agree = max(0.0, np.trace(X2.T @ Y2)) / np.sqrt(np.trace(X2.T @ X2) * np.trace(Y2.T @ Y2))
-    return dict(equivariance=S_E, invariance=S_I, equivariance_weighted=S_Ew,
-                invariance_weighted=min(S_Ew, agree)), rho
+    return dict(
+        equivariance=S_E,
+        invariance=S_I,
+        equivariance_weighted=S_Ew,
+        invariance_weighted=min(S_Ew, agree),
+    ), rho

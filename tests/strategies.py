@@ -37,8 +37,12 @@ def activation_pairs(draw, layouts=LAYOUTS, min_samples=6, max_samples=30):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     A = correlated(rng, shape)
     kind = draw(st.sampled_from(["flip", "roll", "same", "independent"]))
-    moved = {"flip": np.flip(A, axis=-1), "roll": np.roll(A, 1, axis=-1), "same": A,
-             "independent": correlated(rng, shape)}[kind]
+    moved = {
+        "flip": np.flip(A, axis=-1),
+        "roll": np.roll(A, 1, axis=-1),
+        "same": A,
+        "independent": correlated(rng, shape),
+    }[kind]
     signal = draw(st.floats(-1.5, 1.5))
     noise = draw(st.floats(0.0, 1.0))
     B = signal * moved + noise * rng.normal(size=shape)

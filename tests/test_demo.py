@@ -43,8 +43,14 @@ def test_activations_are_deterministic_relu_maps():
 
 
 def test_table_format():
-    row = {"transform": "shift 1 px", "equivariance": 0.97, "invariance": 0.5,
-           "equivariance_weighted": 1.0, "invariance_weighted": 0.9, "k": 12}
+    row = {
+        "transform": "shift 1 px",
+        "equivariance": 0.97,
+        "invariance": 0.5,
+        "equivariance_weighted": 1.0,
+        "invariance_weighted": 0.9,
+        "k": 12,
+    }
     lines = demo.format_table([row]).splitlines()
     assert lines[0].split() == ["transform", "S_E", "S_I", "S_E^w", "S_I^w", "k"]
     assert lines[2].split() == ["shift", "1", "px", "0.970", "0.500", "1.000", "0.900", "12"]

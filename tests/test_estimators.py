@@ -26,8 +26,12 @@ def test_subspace_denoiser_passes_sklearn_checks(estimator, check):
 
 @pytest.mark.parametrize(
     "check",
-    [check_get_params_invariance, check_set_params, check_no_attributes_set_in_init,
-     check_parameters_default_constructible],
+    [
+        check_get_params_invariance,
+        check_set_params,
+        check_no_attributes_set_in_init,
+        check_parameters_default_constructible,
+    ],
 )
 def test_scorer_passes_the_applicable_sklearn_checks(check):
     check("SEISScorer", SEISScorer())
@@ -53,7 +57,7 @@ def test_cross_val_score_splits_samples_not_rows(rng):
     A, B = _data(rng)
     folds = cross_val_score(SEISScorer(n_components=10), A, B, cv=KFold(5))
     assert folds.shape == (5,)
-    for f, (train, test) in zip(folds, KFold(5).split(A)):
+    for f, (train, test) in zip(folds, KFold(5).split(A), strict=True):
         expected = SEISScorer(n_components=10).fit(A[train], B[train]).score(A[test], B[test])
         assert f == pytest.approx(expected, abs=1e-12)
 
@@ -63,8 +67,9 @@ def test_grid_search_over_n_components(rng):
     search = GridSearchCV(SEISScorer(), {"n_components": [2, 8, 0.9]}, cv=KFold(3)).fit(A, B)
     assert search.best_params_["n_components"] in (2, 8, 0.9)
     assert search.cv_results_["mean_test_score"].shape == (3,)
-    assert np.all((search.cv_results_["mean_test_score"] >= 0)
-                  & (search.cv_results_["mean_test_score"] <= 1))
+    assert np.all(
+        (search.cv_results_["mean_test_score"] >= 0) & (search.cv_results_["mean_test_score"] <= 1)
+    )
 
 
 @pytest.mark.parametrize("kind", SCORE_NAMES)
@@ -84,13 +89,17 @@ def test_partial_fit_equals_fit_on_the_concatenation(rng):
     assert np.allclose(parts.mean_x_, whole.mean_x_, rtol=1e-12, atol=1e-14)
     assert np.allclose(parts._moments.cross, whole._moments.cross, rtol=1e-10, atol=1e-10)
     for name in SCORE_NAMES:
-        assert getattr(parts.result_, name) == pytest.approx(getattr(whole.result_, name), abs=1e-10)
+        assert getattr(parts.result_, name) == pytest.approx(
+            getattr(whole.result_, name), abs=1e-10
+        )
 
 
 def test_partial_fit_refuses_another_sample_shape(rng):
     A, B = _data(rng)
     scorer = SEISScorer().partial_fit(A, B)
-    with pytest.raises(ValueError, match=r"X has per-sample shape \(4, 5, 5\), but this SEISScorer"):
+    with pytest.raises(
+        ValueError, match=r"X has per-sample shape \(4, 5, 5\), but this SEISScorer"
+    ):
         scorer.partial_fit(A[:, :, :5, :5], B[:, :, :5, :5])
     with pytest.raises(ValueError, match="fitted on per-sample shape"):
         scorer.score(A[:, :, :5, :5], B[:, :, :5, :5])

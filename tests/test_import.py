@@ -3,8 +3,18 @@
 import subprocess
 import sys
 
-HEAVY = ("torch", "onnx", "onnxruntime", "dask", "distributed", "pandas", "matplotlib",
-         "numba", "hypothesis", "tqdm")
+HEAVY = (
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "dask",
+    "distributed",
+    "pandas",
+    "matplotlib",
+    "numba",
+    "hypothesis",
+    "tqdm",
+)
 
 
 def _imported(statement):
@@ -31,7 +41,12 @@ def test_public_surface():
     import seis_sklearn
 
     assert set(seis_sklearn.__all__) == {
-        "SEISResult", "SEISScorer", "SubspaceDenoiser", "matricize", "seis_score", "__version__",
+        "SEISResult",
+        "SEISScorer",
+        "SubspaceDenoiser",
+        "matricize",
+        "seis_score",
+        "__version__",
     }
     for name in seis_sklearn.__all__:
         assert hasattr(seis_sklearn, name)

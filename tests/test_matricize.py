@@ -29,7 +29,10 @@ def test_shapes_and_values_match_the_definition(layout, mode, rng):
     A = rng.normal(size=SHAPES[layout])
     P = matricize(A, layout, mode)
     assert P.shape == EXPECTED[layout][mode]
-    assert P.shape == (3 * matrix_shape(A.shape, layout, mode)[0], matrix_shape(A.shape, layout, mode)[1])
+    assert P.shape == (
+        3 * matrix_shape(A.shape, layout, mode)[0],
+        matrix_shape(A.shape, layout, mode)[1],
+    )
     ref = reference_matricize(A, layout, mode)
     if mode == "flatten" and layout in ("NHWC", "NLD"):
         # flatten keeps the memory order of the features: same columns, permuted
@@ -40,8 +43,16 @@ def test_shapes_and_values_match_the_definition(layout, mode, rng):
 
 @pytest.mark.parametrize(
     "layout, mode",
-    [("NCHW", "spatial"), ("NCHW", "flatten"), ("NHWC", "channel"), ("NHWC", "flatten"),
-     ("NCDHW", "spatial"), ("NLD", "channel"), ("NLD", "flatten"), ("ND", "spatial")],
+    [
+        ("NCHW", "spatial"),
+        ("NCHW", "flatten"),
+        ("NHWC", "channel"),
+        ("NHWC", "flatten"),
+        ("NCDHW", "spatial"),
+        ("NLD", "channel"),
+        ("NLD", "flatten"),
+        ("ND", "spatial"),
+    ],
 )
 def test_contiguous_input_gives_a_view(layout, mode, rng):
     A = rng.normal(size=SHAPES[layout])

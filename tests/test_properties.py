@@ -25,8 +25,9 @@ seeds = st.integers(0, 2**32 - 1)
 @given(activation_pairs(), modes, thresholds, st.sampled_from(["trace", "abs"]))
 def test_scores_are_ordered_in_sample(pair, mode, threshold, invariance):
     layout, A, B = pair
-    r = seis_score(A, B, layout=layout, matricization=mode, n_components=threshold,
-                   invariance=invariance)
+    r = seis_score(
+        A, B, layout=layout, matricization=mode, n_components=threshold, invariance=invariance
+    )
     assert 0 <= r.invariance <= r.equivariance <= 1
     assert 0 <= r.invariance_weighted <= r.equivariance_weighted <= 1
     assert np.all((r.canonical_correlations >= 0) & (r.canonical_correlations <= 1))
@@ -77,7 +78,9 @@ def test_column_permutation_is_fully_equivariant(seed, d):
 def test_swapping_the_views_changes_nothing(pair, mode, threshold):
     layout, A, B = pair
     kw = dict(layout=layout, matricization=mode, n_components=threshold)
-    assert scores(seis_score(B, A, **kw)) == pytest.approx(scores(seis_score(A, B, **kw)), abs=1e-9)
+    assert scores(seis_score(B, A, **kw)) == pytest.approx(
+        scores(seis_score(A, B, **kw)), abs=1e-9
+    )
 
 
 def _spectrum_data(rng, n, d):
@@ -112,9 +115,11 @@ def test_invertible_map_on_one_view_keeps_uniform_equivariance(seed, d, noise):
     for reg, tol in ((0.0, 1e-9), (1e-6, 1e-3)):
         before = seis_score(A, B, n_components=d, reg=reg).equivariance
         assert seis_score(A, B @ M, n_components=d, reg=reg).equivariance == pytest.approx(
-            before, abs=tol)
+            before, abs=tol
+        )
         assert seis_score(A @ M, B, n_components=d, reg=reg).equivariance == pytest.approx(
-            before, abs=tol)
+            before, abs=tol
+        )
 
 
 @given(seeds, st.integers(2, 8), st.floats(1e-3, 1e3), st.floats(0.05, 1))
@@ -124,11 +129,13 @@ def test_rescaling_one_view_keeps_the_uniform_pair(seed, d, factor, noise):
     B = np.roll(A, 1, axis=1) + noise * rng.normal(size=A.shape)
     before = scores(seis_score(A, B, n_components=d, reg=0.0), UNIFORM)
     assert scores(seis_score(A, factor * B, n_components=d, reg=0.0), UNIFORM) == pytest.approx(
-        before, abs=1e-9)
+        before, abs=1e-9
+    )
     if 0.3 <= factor <= 3:  # default ridge: within 1e-4 for moderate factors
         before = scores(seis_score(A, B, n_components=d), UNIFORM)
         assert scores(seis_score(A, factor * B, n_components=d), UNIFORM) == pytest.approx(
-            before, abs=1e-4)
+            before, abs=1e-4
+        )
 
 
 @given(activation_pairs(), modes, thresholds, st.floats(1e-3, 1e3))
@@ -136,7 +143,8 @@ def test_common_rescaling_changes_nothing(pair, mode, threshold, factor):
     layout, A, B = pair
     kw = dict(layout=layout, matricization=mode, n_components=threshold)
     assert scores(seis_score(factor * A, factor * B, **kw)) == pytest.approx(
-        scores(seis_score(A, B, **kw)), abs=1e-8)
+        scores(seis_score(A, B, **kw)), abs=1e-8
+    )
 
 
 @given(activation_pairs(), modes, thresholds)
@@ -174,7 +182,8 @@ def test_nhwc_gives_the_scores_of_its_nchw_transpose(pair, mode, threshold):
     nhwc = [np.ascontiguousarray(x.transpose(0, 2, 3, 1)) for x in (A, B)]
     kw = dict(matricization=mode, n_components=threshold)
     assert scores(seis_score(*nhwc, layout="NHWC", **kw)) == pytest.approx(
-        scores(seis_score(A, B, layout="NCHW", **kw)), abs=1e-9)
+        scores(seis_score(A, B, layout="NCHW", **kw)), abs=1e-9
+    )
 
 
 def _projector(components):
@@ -190,11 +199,13 @@ def test_chunked_partial_fit_equals_fit(pair, mode, threshold, data):
     kw = dict(layout=layout, matricization=mode, n_components=threshold)
     whole = SEISScorer(**kw).fit(A, B)
     parts = SEISScorer(**kw)
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         parts.partial_fit(A[lo:hi], B[lo:hi])
     scale = np.abs(whole._moments.auto).max()
-    for got, want in [(parts._moments.auto, whole._moments.auto),
-                      (parts._moments.cross, whole._moments.cross)]:
+    for got, want in [
+        (parts._moments.auto, whole._moments.auto),
+        (parts._moments.cross, whole._moments.cross),
+    ]:
         assert np.abs(got - want).max() <= 1e-8 * scale
     assert np.allclose(parts.mean_x_, whole.mean_x_, rtol=1e-8, atol=1e-12 * scale)
     assert parts.n_components_ == whole.n_components_
@@ -208,7 +219,7 @@ def test_denoiser_partial_fit_equals_fit(n, d, seed, data):
     cuts = sorted(data.draw(st.sets(st.integers(2, n - 2), max_size=3))) if n > 4 else []
     whole = SubspaceDenoiser(n_components=0.95).fit(X)
     parts = SubspaceDenoiser(n_components=0.95)
-    for lo, hi in zip([0, *cuts], [*cuts, n]):
+    for lo, hi in zip([0, *cuts], [*cuts, n], strict=True):
         parts.partial_fit(X[lo:hi])
     assert parts.n_components_ == whole.n_components_
     assert np.allclose(parts.mean_, whole.mean_, atol=1e-12)

@@ -61,8 +61,9 @@ def test_held_out_scores_match_the_spec(layout, invariance, rng):
     A2, B2 = _pair(rng, SHAPES[layout])
     scorer = SEISScorer(n_components=0.95, layout=layout, invariance=invariance).fit(A, B)
     result = scorer.scores(A2, B2)
-    expected, rho = reference_held_out(reference_fit(A, B, layout, "spatial", 0.95), A2, B2,
-                                       invariance)
+    expected, rho = reference_held_out(
+        reference_fit(A, B, layout, "spatial", 0.95), A2, B2, invariance
+    )
     # Held-out S_I′ is capped at S_E′ (see SEISScorer's notes).
     expected["invariance"] = min(expected["invariance"], expected["equivariance"])
     for name in SCORE_NAMES:
@@ -92,8 +93,11 @@ def test_canonical_correlations_are_cosines_of_subspace_angles(n, d, rng):
 
 
 def test_denoiser_matches_pca(rng):
-    X = rng.normal(size=(300, 8)) @ np.diag([9, 7, 5, 4, 3, 2, 1, 0.5]) @ np.linalg.qr(
-        rng.normal(size=(8, 8)))[0]
+    X = (
+        rng.normal(size=(300, 8))
+        @ np.diag([9, 7, 5, 4, 3, 2, 1, 0.5])
+        @ np.linalg.qr(rng.normal(size=(8, 8)))[0]
+    )
     for n_components in (3, 0.9, 0.999):
         ours = SubspaceDenoiser(n_components=n_components).fit(X)
         pca = PCA(n_components=n_components, svd_solver="full").fit(X)
@@ -101,11 +105,15 @@ def test_denoiser_matches_pca(rng):
         signs = np.sign(np.sum(ours.components_ * pca.components_, axis=1))
         assert np.allclose(ours.components_, signs[:, None] * pca.components_, atol=1e-10)
         assert np.allclose(ours.explained_variance_, pca.explained_variance_, rtol=1e-10)
-        assert np.allclose(ours.explained_variance_ratio_, pca.explained_variance_ratio_,
-                           rtol=1e-10)
+        assert np.allclose(
+            ours.explained_variance_ratio_, pca.explained_variance_ratio_, rtol=1e-10
+        )
         assert np.allclose(ours.transform(X) * signs, pca.transform(X), atol=1e-9)
-        assert np.allclose(ours.inverse_transform(ours.transform(X)),
-                           pca.inverse_transform(pca.transform(X)), atol=1e-9)
+        assert np.allclose(
+            ours.inverse_transform(ours.transform(X)),
+            pca.inverse_transform(pca.transform(X)),
+            atol=1e-9,
+        )
 
 
 # -- the reference behaviour of SPEC §2.6 on smooth random fields --------------------

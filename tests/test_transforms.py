@@ -28,8 +28,14 @@ def img(rng):
 
 @pytest.mark.parametrize(
     "fn",
-    [T.rot90, partial(T.rot90, k=3), T.hflip, T.vflip, partial(T.translate, shift=(2, -3)),
-     partial(T.translate, shift=9)],
+    [
+        T.rot90,
+        partial(T.rot90, k=3),
+        T.hflip,
+        T.vflip,
+        partial(T.translate, shift=(2, -3)),
+        partial(T.translate, shift=9),
+    ],
 )
 def test_exact_transforms_are_permutations(fn, img):
     out = fn(img)
@@ -41,9 +47,15 @@ def test_exact_transforms_are_permutations(fn, img):
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_every_transform_acts_on_the_spatial_axes_of_any_layout(layout, img):
     x = _to(img, layout)
-    for fn in (T.rot90, T.hflip, T.vflip, partial(T.translate, shift=(1.5, -0.25)),
-               partial(T.rotate, angle=33), partial(T.scale, factor=1.3),
-               partial(T.translate, shift=(2, 1), mode="zeros")):
+    for fn in (
+        T.rot90,
+        T.hflip,
+        T.vflip,
+        partial(T.translate, shift=(1.5, -0.25)),
+        partial(T.rotate, angle=33),
+        partial(T.scale, factor=1.3),
+        partial(T.translate, shift=(2, 1), mode="zeros"),
+    ):
         assert np.allclose(fn(x, layout=layout), _to(fn(img, layout="NCHW"), layout), atol=1e-12)
 
 
@@ -64,8 +76,10 @@ def test_rotate_by_quarter_turns_is_rot90(img):
         assert np.array_equal(T.rotate(img, 90 * k), T.rot90(img, k % 4))
     # and the interpolating path agrees with it as the angle approaches 90°
     assert np.abs(T.rotate(img, 90 + 1e-7) - T.rot90(img)).max() < 1e-6
-    assert np.allclose(T.rotate(img, 30), ndimage.rotate(img, 30, axes=(2, 3), reshape=False,
-                                                         order=1, mode="grid-constant"))
+    assert np.allclose(
+        T.rotate(img, 30),
+        ndimage.rotate(img, 30, axes=(2, 3), reshape=False, order=1, mode="grid-constant"),
+    )
 
 
 def test_rotations_compose(img):
@@ -111,7 +125,9 @@ def test_tokens_and_volumes(rng):
         T.rot90(tokens)
     volume = rng.normal(size=(2, 3, 4, 5, 5))  # NCDHW: planar transforms in H-W
     assert np.array_equal(T.rot90(volume), np.rot90(volume, axes=(3, 4)))
-    assert np.array_equal(T.translate(volume, (1, 2, 3)), np.roll(volume, (1, 2, 3), axis=(2, 3, 4)))
+    assert np.array_equal(
+        T.translate(volume, (1, 2, 3)), np.roll(volume, (1, 2, 3), axis=(2, 3, 4))
+    )
 
 
 def test_compose_applies_left_to_right(img):
@@ -140,7 +156,11 @@ def test_float_dtypes(img):
         (lambda x: T.rotate(x, 10, order=7), ValueError, r"order must be an int in \[0, 5\]"),
         (lambda x: T.rotate(x, np.nan), ValueError, "angle must be finite"),
         (lambda x: T.scale(x, 0), ValueError, "factor must be positive"),
-        (lambda x: T.rot90(x[0, 0]), ValueError, "layout='auto' cannot interpret the 2-D|no spatial axes"),
+        (
+            lambda x: T.rot90(x[0, 0]),
+            ValueError,
+            "layout='auto' cannot interpret the 2-D|no spatial axes",
+        ),
         (lambda x: T.hflip(x.astype(str)), TypeError, "x must be a numeric array"),
         (lambda x: T.compose(T.rot90, 3), TypeError, "compose takes callables"),
     ],
@@ -150,8 +170,13 @@ def test_errors(call, error, message, img):
         call(img)
 
 
-@given(st.integers(-20, 20), st.integers(-20, 20), st.integers(1, 4), st.integers(1, 4),
-       st.sampled_from(["NCHW", "NHWC"]))
+@given(
+    st.integers(-20, 20),
+    st.integers(-20, 20),
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.sampled_from(["NCHW", "NHWC"]),
+)
 def test_circular_shifts_compose_and_invert(dy, dx, h, w, layout):
     x = np.arange(2 * 3 * h * w, dtype=float).reshape(2, 3, h, w)
     x = _to(x, layout)

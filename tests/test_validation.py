@@ -14,8 +14,11 @@ def pair(rng):
 
 def test_shape_mismatch(pair):
     A, B = pair
-    with pytest.raises(ValueError, match=r"A and B must have the same shape; got A \(10, 3, 4, 4\) "
-                                         r"and B \(10, 3, 4, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"A and B must have the same shape; got A \(10, 3, 4, 4\) "
+        r"and B \(10, 3, 4, 3\)",
+    ):
         seis_score(A, B[..., :3])
     with pytest.raises(ValueError, match="X and y must have the same shape"):
         SEISScorer().fit(A, B[:5])
@@ -26,7 +29,9 @@ def test_nan_and_inf_are_counted(pair, which, name):
     arrays = [pair[0].copy(), pair[1].copy()]
     arrays[which][0, 0, 0, :3] = np.nan
     arrays[which][5, 1, 2, 2] = -np.inf
-    with pytest.raises(ValueError, match=rf"{name} contains 3 NaN and 1 infinite value\(s\) out of 480"):
+    with pytest.raises(
+        ValueError, match=rf"{name} contains 3 NaN and 1 infinite value\(s\) out of 480"
+    ):
         seis_score(*arrays)
 
 
@@ -48,7 +53,9 @@ def test_overflowing_finite_values(pair):
 @pytest.mark.parametrize("n", [0, 1])
 def test_too_few_samples(n, pair):
     A, B = pair
-    with pytest.raises(ValueError, match=r"A has \d+ sample; at least 2 samples are required|A is empty"):
+    with pytest.raises(
+        ValueError, match=r"A has \d+ sample; at least 2 samples are required|A is empty"
+    ):
         seis_score(A[:n], B[:n])
 
 
@@ -121,8 +128,12 @@ def test_denoiser_errors(rng):
 
 
 def _finite_scores(result):
-    values = [result.equivariance, result.invariance, result.equivariance_weighted,
-              result.invariance_weighted]
+    values = [
+        result.equivariance,
+        result.invariance,
+        result.equivariance_weighted,
+        result.invariance_weighted,
+    ]
     assert all(np.isfinite(values)) and all(0 <= v <= 1 for v in values)
     return values
 
