@@ -445,7 +445,7 @@ def scale(x, factor, *, layout="auto", order=1, mode="zeros", cval=0.0):
             offset[ax[0]] = centre - centre / f
             return ndimage.affine_transform(
                 a,
-                diag,
+                np.diag(diag),
                 offset=offset,
                 order=order,
                 mode=scipy_mode,
