@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import blas
 
-from ._matricize import matricize
+from ._matricize import matricize, matrix_shape
 from ._validation import chunk_samples, raise_nonfinite
 
 
@@ -82,12 +83,12 @@ class NonFiniteError(ArithmeticError):
 
 
 def block_moments(blocks):
-    """Moments of in-memory row-aligned matrices (one chunk).
+    """Moments of in-memory row-aligned matrices (one chunk), in float64.
 
     Parameters
     ----------
     blocks : sequence of ndarray of shape (m, d)
-        The views; any float or integer dtype, converted to float64 here.
+        The views; any float or integer dtype.
 
     Returns
     -------
@@ -98,24 +99,138 @@ def block_moments(blocks):
     NonFiniteError
         If a view holds NaN/inf or values whose products overflow float64.
     """
-    m = blocks[0].shape[0]
-    with np.errstate(over="ignore", invalid="ignore"):
-        mean = np.stack([b.mean(axis=0, dtype=np.float64) for b in blocks])
+    acc = MomentAccumulator(len(blocks), blocks[0].shape[1], np.float64)
+    acc.add(blocks)
+    return acc.result()
+
+
+def product_dtype(dtype):
+    """Dtype of the BLAS products for input of ``dtype``: float32 stays float32."""
+    return np.dtype(np.float32) if np.dtype(dtype) in (np.float32, np.float16) else np.dtype(np.float64)
+
+
+class MomentAccumulator:
+    """Exact one-pass accumulation of the moments of ``G`` views, chunk after chunk.
+
+    Each chunk of rows is centred on its own mean rounded to the product dtype,
+    ``Z_g = x_g − c_g``; BLAS adds ``Z_gᵀZ_g`` (SYRK) and ``Z_0ᵀZ_g`` (GEMM) in
+    place. Centring on ``c_g`` rather than on the exact running mean leaves two
+    rank-1 corrections per chunk (Chan, Golub & LeVeque's merge term
+    ``f·δδᵀ`` and the rounding of the shift ``−r·eeᵀ``); their vectors are
+    kept and applied together, as one small product, in :meth:`result`.
+
+    float32 input is multiplied in float32 over chunks of at most
+    ``FLOAT32_PRODUCT_ROWS`` centred rows and summed in float64 across chunks.
+    """
+
+    def __init__(self, n_views, n_columns, dtype):
+        self.n_rows = 0
+        self.dtype = np.dtype(dtype)
+        d = n_columns
+        self.mean = np.zeros((n_views, d))
+        self.auto = np.zeros((n_views, d, d))
+        self.cross = np.zeros((max(n_views - 1, 0), d, d))
+        self._plus = [[] for _ in range(n_views)]  # rows sqrt(f)·δ_g
+        self._minus = [[] for _ in range(n_views)]  # rows sqrt(r)·e_g
+        self._scratch = np.zeros((d, d), dtype=np.float32) if self.dtype == np.float32 else None
+
+    def add(self, blocks):
+        """Add a chunk: row-aligned ``(r, d)`` matrices, one per view."""
+        r = blocks[0].shape[0]
+        with np.errstate(over="ignore", invalid="ignore"):
+            mu = np.stack([b.mean(axis=0, dtype=np.float64) for b in blocks])
         for g in range(len(blocks)):
-            if not np.isfinite(mean[g]).all():
+            if not np.isfinite(mu[g]).all():
                 raise NonFiniteError(g)
-        centred = [
-            np.subtract(b, mu, dtype=np.float64) for b, mu in zip(blocks, mean, strict=True)
-        ]
-        auto = np.stack([z.T @ z for z in centred])
+        shift = mu.astype(self.dtype)
+        centred = []
+        scales = np.ones(len(blocks))
+        for g, (b, c) in enumerate(zip(blocks, shift, strict=True)):
+            z = np.empty(b.shape, dtype=self.dtype)
+            np.subtract(b, c, out=z, casting="unsafe")
+            if self._scratch is not None:
+                scales[g] = _float32_scale(z)
+                if scales[g] != 1.0:
+                    z *= np.float32(scales[g])
+            centred.append(z)
+        self._products(centred, scales)
         for g in range(len(blocks)):
-            if not np.isfinite(np.trace(auto[g])):
+            if not np.isfinite(np.trace(self.auto[g])):
                 raise NonFiniteError(g)
-    if len(centred) > 1:
-        cross = np.stack([centred[0].T @ z for z in centred[1:]])
+        n = self.n_rows
+        delta = mu - self.mean
+        factor = n * r / (n + r)
+        for g in range(len(blocks)):
+            self._plus[g].append(np.sqrt(factor) * delta[g])
+            self._minus[g].append(np.sqrt(r) * (mu[g] - shift[g]))
+        self.mean += delta * (r / (n + r))
+        self.n_rows = n + r
+
+    def _products(self, centred, scales):
+        z0 = centred[0]
+        for g, z in enumerate(centred):
+            # C-ordered accumulators seen through .T are Fortran matrices for BLAS;
+            # SYRK fills the lower triangle of the C-ordered matrix.
+            if self._scratch is None:
+                blas.dsyrk(1.0, z.T, beta=1.0, c=self.auto[g].T, trans=0, lower=0, overwrite_c=1)
+                if g:
+                    blas.dgemm(
+                        1.0, z.T, z0.T, beta=1.0, c=self.cross[g - 1].T, trans_b=1, overwrite_c=1
+                    )
+            else:
+                tmp = self._scratch
+                blas.ssyrk(1.0, z.T, beta=0.0, c=tmp.T, trans=0, lower=0, overwrite_c=1)
+                _add_scaled(self.auto[g], tmp, 1.0 / (scales[g] * scales[g]))
+                if g:
+                    blas.sgemm(1.0, z.T, z0.T, beta=0.0, c=tmp.T, trans_b=1, overwrite_c=1)
+                    _add_scaled(self.cross[g - 1], tmp, 1.0 / (scales[0] * scales[g]))
+
+    def result(self):
+        """The accumulated :class:`Moments` (symmetric, corrections applied)."""
+        d = self.mean.shape[1]
+        auto = self.auto.copy()
+        cross = self.cross.copy()
+        plus = [np.array(p).reshape(-1, d) for p in self._plus]
+        minus = [np.array(q).reshape(-1, d) for q in self._minus]
+        diagonal = np.arange(d)
+        for g in range(self.mean.shape[0]):
+            a = auto[g]  # lower triangle filled, upper triangle zero
+            a += a.T
+            a[diagonal, diagonal] *= 0.5
+            a += plus[g].T @ plus[g] - minus[g].T @ minus[g]
+            if g:
+                cross[g - 1] += plus[0].T @ plus[g] - minus[0].T @ minus[g]
+        return Moments(self.n_rows, self.mean.copy(), auto, cross)
+
+
+def _add_scaled(total, part, factor):
+    """``total += factor·part`` (``factor`` a power of two, so exact)."""
+    if factor == 1.0:
+        total += part
     else:
-        cross = np.empty((0,) + auto.shape[1:])
-    return Moments(m, mean, auto, cross)
+        total += factor * part.astype(np.float64)
+
+
+# Centred float32 values are multiplied by an exact power of two when their largest
+# magnitude leaves [2^-20, 2^20], so that sums of FLOAT32_PRODUCT_ROWS products
+# neither underflow nor overflow float32.
+_SAFE_EXPONENT = 20
+
+
+def _float32_scale(z):
+    """Power of two that brings the largest |value| of ``z`` near 1, or 1 if it is safe."""
+    top = max(abs(float(z.max())), abs(float(z.min())))
+    if top == 0.0 or not np.isfinite(top):
+        return 1.0
+    exponent = int(np.frexp(top)[1])
+    if -_SAFE_EXPONENT <= exponent <= _SAFE_EXPONENT:
+        return 1.0
+    return float(np.ldexp(1.0, -exponent))
+
+
+# Rows of one float32 BLAS product: the products are summed in float32 over at most
+# this many centred rows, then in float64 (see benchmarks/README.md for the choice).
+FLOAT32_PRODUCT_ROWS = 4096
 
 
 def accumulate(arrays, layout, matricization, *, names, indices=None):
@@ -138,8 +253,12 @@ def accumulate(arrays, layout, matricization, *, names, indices=None):
     """
     first = arrays[0]
     n = first.shape[0] if indices is None else len(indices)
+    dtype = product_dtype(np.result_type(*arrays))
+    rows_per_sample, d = matrix_shape(first.shape, layout, matricization)
     step = chunk_samples(first.shape, first.dtype.itemsize)
-    total = None
+    if dtype == np.float32:
+        step = max(1, min(step, FLOAT32_PRODUCT_ROWS // rows_per_sample))
+    acc = MomentAccumulator(len(arrays), d, dtype)
     for start in range(0, n, step):
         if indices is None:
             chunks = [a[start : start + step] for a in arrays]
@@ -148,8 +267,7 @@ def accumulate(arrays, layout, matricization, *, names, indices=None):
             chunks = [a[take] for a in arrays]
         blocks = [matricize(c, layout, matricization) for c in chunks]
         try:
-            part = block_moments(blocks)
+            acc.add(blocks)
         except NonFiniteError as exc:
             raise_nonfinite(arrays[exc.view], names[exc.view])
-        total = part if total is None else total.merge(part)
-    return total
+    return acc.result()
