@@ -201,21 +201,40 @@ def _energy(sigma, directions, n_rows):
     return out
 
 
-def fit_cca(moments, basis, reg, view=1):
-    """CCA of the original view and view ``view`` in the shared basis (steps 5–6, 9)."""
+def pair_covariances(moments, basis, view=1):
+    """``Σ_xx, Σ_yy, Σ_xy`` of the original view and view ``view`` in the basis (step 5)."""
     m = moments.n_rows
     V = basis.components
-    sigma_xx = project(moments.auto[0], V) / m
-    sigma_yy = project(moments.auto[view], V) / m
-    sigma_xy = project(moments.cross[view - 1], V) / m
-    ridge = reg * basis.smallest_kept
+    return (
+        project(moments.auto[0], V) / m,
+        project(moments.auto[view], V) / m,
+        project(moments.cross[view - 1], V) / m,
+    )
+
+
+def fit_cca(sigma_xx, sigma_yy, sigma_xy, ridge, n_rows):
+    """CCA of two views from their k × k covariances (SPEC §2.3 steps 5–6 and 9).
+
+    Parameters
+    ----------
+    sigma_xx, sigma_yy, sigma_xy : ndarray of shape (k, k)
+        Covariances in the shared basis.
+    ridge : float
+        ``ε·λ_k``, added to both covariances before the inverse square root.
+    n_rows : int
+        ``m``, which scales the energy weights.
+
+    Returns
+    -------
+    CCAFit
+    """
     whiten_x = inverse_sqrt(sigma_xx, ridge)
     whiten_y = inverse_sqrt(sigma_yy, ridge)
     K = whiten_x @ sigma_xy @ whiten_y
     U, rho, Wt = np.linalg.svd(K)
     W = Wt.T
     alignments = np.clip(np.einsum("ij,ij->j", U, W), -1.0, 1.0)
-    weights = _energy(sigma_xx, whiten_x @ U, m) + _energy(sigma_yy, whiten_y @ W, m)
+    weights = _energy(sigma_xx, whiten_x @ U, n_rows) + _energy(sigma_yy, whiten_y @ W, n_rows)
     return CCAFit(
         sigma_xx=sigma_xx,
         sigma_yy=sigma_yy,
@@ -267,39 +286,38 @@ def in_sample_scores(cca, invariance="trace"):
     )
 
 
-def held_out_correlations(cca, basis, moments, view=1):
-    """Pearson correlations ``ρ′_i`` of the fitted canonical variates on new data (§2.4).
-
-    Pearson correlation ignores the fitted means, so only the new data's own
-    centred moments are needed.
-    """
-    dir_x = basis.components @ (cca.whiten_x @ cca.U)
-    dir_y = basis.components @ (cca.whiten_y @ cca.W)
-    cov = np.einsum("ij,ij->j", dir_x, moments.cross[view - 1] @ dir_y)
-    var_x = np.einsum("ij,ij->j", dir_x, moments.auto[0] @ dir_x)
-    var_y = np.einsum("ij,ij->j", dir_y, moments.auto[view] @ dir_y)
-    den = np.sqrt(np.maximum(var_x, 0.0) * np.maximum(var_y, 0.0))
-    rho = np.zeros_like(cov)
-    ok = den > 0
-    rho[ok] = cov[ok] / den[ok]
-    return np.clip(rho, -1.0, 1.0)
-
-
-def held_out_scores(cca, basis, moments, invariance="trace", view=1):
+def held_out_scores(cca, projected, invariance="trace", view=1):
     """The SEIS scores of new paired data under a fitted pair (SPEC §2.4).
+
+    Parameters
+    ----------
+    cca : CCAFit
+        The fitted pair.
+    projected : Moments
+        Moments of the new views projected on the fitted basis, ``P′V_k`` and
+        ``Q′V_k`` (k columns). Pearson correlation and the recentred
+        covariances ``Σ′`` ignore the fitted means, so only these are needed.
+    invariance : {"trace", "abs"}
+    view : int, default=1
+        Which transformed view of ``projected`` pairs with view 0.
 
     Returns
     -------
     scores : dict
         The four scores.
     rho : ndarray of shape (k,)
-        Held-out correlations ``ρ′``.
+        Held-out correlations ``ρ′_i`` of the fitted canonical variates.
     """
-    rho = held_out_correlations(cca, basis, moments, view)
-    V = basis.components
-    agreement = _trace_agreement(
-        project(moments.cross[view - 1], V),
-        project(moments.auto[0], V),
-        project(moments.auto[view], V),
-    )
+    dir_x = cca.whiten_x @ cca.U
+    dir_y = cca.whiten_y @ cca.W
+    c_xx, c_yy, c_xy = projected.auto[0], projected.auto[view], projected.cross[view - 1]
+    cov = np.einsum("ij,ij->j", dir_x, c_xy @ dir_y)
+    var_x = np.einsum("ij,ij->j", dir_x, c_xx @ dir_x)
+    var_y = np.einsum("ij,ij->j", dir_y, c_yy @ dir_y)
+    den = np.sqrt(np.maximum(var_x, 0.0) * np.maximum(var_y, 0.0))
+    rho = np.zeros_like(cov)
+    ok = den > 0
+    rho[ok] = cov[ok] / den[ok]
+    rho = np.clip(rho, -1.0, 1.0)
+    agreement = _trace_agreement(c_xy, c_xx, c_yy)
     return _scores(rho, cca.alignments, cca.weights, agreement, invariance), rho

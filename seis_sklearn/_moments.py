@@ -15,6 +15,8 @@ samples gives the same statistics as one pass.
 
 from __future__ import annotations
 
+import mmap
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,7 +108,11 @@ def block_moments(blocks):
 
 def product_dtype(dtype):
     """Dtype of the BLAS products for input of ``dtype``: float32 stays float32."""
-    return np.dtype(np.float32) if np.dtype(dtype) in (np.float32, np.float16) else np.dtype(np.float64)
+    return (
+        np.dtype(np.float32)
+        if np.dtype(dtype) in (np.float32, np.float16)
+        else np.dtype(np.float64)
+    )
 
 
 class MomentAccumulator:
@@ -132,7 +138,11 @@ class MomentAccumulator:
         self.cross = np.zeros((max(n_views - 1, 0), d, d))
         self._plus = [[] for _ in range(n_views)]  # rows sqrt(f)·δ_g
         self._minus = [[] for _ in range(n_views)]  # rows sqrt(r)·e_g
-        self._scratch = np.zeros((d, d), dtype=np.float32) if self.dtype == np.float32 else None
+        # float32 products land here before their float64 sum. SYRK writes one triangle
+        # only, so it gets a buffer of its own whose other triangle stays zero.
+        self._scratch = None
+        if self.dtype == np.float32:
+            self._scratch = (np.zeros((d, d), np.float32), np.zeros((d, d), np.float32))
 
     def add(self, blocks):
         """Add a chunk: row-aligned ``(r, d)`` matrices, one per view."""
@@ -178,12 +188,12 @@ class MomentAccumulator:
                         1.0, z.T, z0.T, beta=1.0, c=self.cross[g - 1].T, trans_b=1, overwrite_c=1
                     )
             else:
-                tmp = self._scratch
-                blas.ssyrk(1.0, z.T, beta=0.0, c=tmp.T, trans=0, lower=0, overwrite_c=1)
-                _add_scaled(self.auto[g], tmp, 1.0 / (scales[g] * scales[g]))
+                sym, full = self._scratch
+                blas.ssyrk(1.0, z.T, beta=0.0, c=sym.T, trans=0, lower=0, overwrite_c=1)
+                _add_scaled(self.auto[g], sym, 1.0 / (scales[g] * scales[g]))
                 if g:
-                    blas.sgemm(1.0, z.T, z0.T, beta=0.0, c=tmp.T, trans_b=1, overwrite_c=1)
-                    _add_scaled(self.cross[g - 1], tmp, 1.0 / (scales[0] * scales[g]))
+                    blas.sgemm(1.0, z.T, z0.T, beta=0.0, c=full.T, trans_b=1, overwrite_c=1)
+                    _add_scaled(self.cross[g - 1], full, 1.0 / (scales[0] * scales[g]))
 
     def result(self):
         """The accumulated :class:`Moments` (symmetric, corrections applied)."""
@@ -233,7 +243,17 @@ def _float32_scale(z):
 FLOAT32_PRODUCT_ROWS = 4096
 
 
-def accumulate(arrays, layout, matricization, *, names, indices=None):
+def project_moments(moments, V):
+    """Moments of the projected views ``P_g V`` (k columns), from d × d moments."""
+    return Moments(
+        moments.n_rows,
+        moments.mean @ V,
+        np.stack([V.T @ a @ V for a in moments.auto]),
+        np.stack([V.T @ c @ V for c in moments.cross]),
+    )
+
+
+def accumulate(arrays, layout, matricization, *, names, indices=None, projection=None):
     """One pass over sample chunks of the views, returning their moments.
 
     Parameters
@@ -246,6 +266,8 @@ def accumulate(arrays, layout, matricization, *, names, indices=None):
         Argument names, for the error raised on NaN/inf.
     indices : ndarray of int, optional
         Samples to use (in this order of chunks); all samples by default.
+    projection : ndarray of shape (d, k), optional
+        Accumulate the moments of ``P_g @ projection`` (k columns) instead.
 
     Returns
     -------
@@ -255,10 +277,15 @@ def accumulate(arrays, layout, matricization, *, names, indices=None):
     n = first.shape[0] if indices is None else len(indices)
     dtype = product_dtype(np.result_type(*arrays))
     rows_per_sample, d = matrix_shape(first.shape, layout, matricization)
+    if projection is not None:
+        dtype, d = np.dtype(np.float64), projection.shape[1]
+    else:
+        check_moment_memory(len(arrays), d)
     step = chunk_samples(first.shape, first.dtype.itemsize)
     if dtype == np.float32:
         step = max(1, min(step, FLOAT32_PRODUCT_ROWS // rows_per_sample))
     acc = MomentAccumulator(len(arrays), d, dtype)
+    release = _page_releaser(arrays)
     for start in range(0, n, step):
         if indices is None:
             chunks = [a[start : start + step] for a in arrays]
@@ -266,8 +293,67 @@ def accumulate(arrays, layout, matricization, *, names, indices=None):
             take = indices[start : start + step]
             chunks = [a[take] for a in arrays]
         blocks = [matricize(c, layout, matricization) for c in chunks]
+        if projection is not None:
+            blocks = [b @ projection for b in blocks]
         try:
             acc.add(blocks)
         except NonFiniteError as exc:
             raise_nonfinite(arrays[exc.view], names[exc.view])
+        release()
     return acc.result()
+
+
+def check_moment_memory(n_views, d):
+    """Refuse d × d moments that cannot fit in this machine's memory, with the way out."""
+    needed = (2 * n_views - 1) * d * d * 8
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return
+    if needed > available // 2:
+        raise ValueError(
+            f"the moments of {n_views} views with d={d} columns need {needed / 2**30:.1f} GiB "
+            f"(this machine has {available / 2**30:.1f} GiB): use fit with solver='gram' "
+            "(or 'auto'), which works from the Gram matrix of the rows"
+        )
+
+
+def _file_mappings(arr):
+    """The mmap objects behind ``arr`` that may safely drop their resident pages.
+
+    Read-only (``"r"``) and shared (``"r+"``, ``"w+"``) file mappings keep their
+    data in the page cache, so dropping the process's pages loses nothing;
+    copy-on-write mappings (``"c"``) would lose their private changes and are
+    left alone.
+    """
+    found = []
+    obj = arr
+    while obj is not None:
+        mm = getattr(obj, "_mmap", None)
+        if mm is not None and getattr(obj, "mode", "c") != "c":
+            found.append(mm)
+            break
+        obj = getattr(obj, "base", None)
+    return found
+
+
+def _page_releaser(arrays):
+    """A callable that releases the pages a pass has read from memory-mapped inputs.
+
+    Pages of a file mapping that were read stay resident and count in the
+    process's RSS until the mapping is closed; releasing them after each chunk
+    keeps the peak memory of a pass over ``np.load(..., mmap_mode="r")`` arrays
+    bounded by the chunk size instead of the file size.
+    """
+    if not hasattr(mmap, "MADV_DONTNEED"):  # pragma: no cover - not Linux/macOS
+        return lambda: None
+    mappings = {id(m): m for a in arrays for m in _file_mappings(a)}.values()
+
+    def release():
+        for mm in mappings:
+            try:
+                mm.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):  # closed mapping or refused: keep going
+                pass
+
+    return release

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import check_cv
 from sklearn.utils.validation import check_is_fitted
 
-from ._cca import fit_cca, held_out_scores, in_sample_scores, pooled_basis
-from ._moments import accumulate
+from ._cca import fit_cca, held_out_scores, in_sample_scores, pair_covariances, pooled_basis
+from ._gram import accumulate_gram, gram_basis, gram_components, gram_pair_covariances
+from ._matricize import matrix_shape
+from ._moments import accumulate, project_moments
 from ._result import SCORE_NAMES, SEISResult
 from ._validation import (
     INVARIANCE_MODES,
+    SOLVERS,
     check_choice,
     check_max_components,
     check_n_components,
@@ -55,6 +58,15 @@ class SEISScorer(BaseEstimator):
     score_kind : {"equivariance", "invariance", "equivariance_weighted", \
 "invariance_weighted"}, default="equivariance"
         Which score :meth:`score` returns.
+    solver : {"auto", "moments", "gram"}, default="auto"
+        How the statistics are gathered. ``"moments"``: one pass over chunks of
+        samples accumulating the d × d centred moments (memory O(d²), time
+        O(m·d²); supports ``partial_fit``). ``"gram"``: one pass over chunks of
+        columns accumulating the 2m × 2m Gram matrix of the stacked rows
+        (memory O(m²), time O(m²·d)), for wide data such as flatten
+        matricization of big feature maps; never forms a d × d matrix.
+        ``"auto"`` picks ``"gram"`` when d > 2m, else ``"moments"``. Both
+        give the same scores (to rounding).
 
     Attributes
     ----------
@@ -78,6 +90,8 @@ class SEISScorer(BaseEstimator):
         Rows ``m`` accumulated.
     layout_ : str
         Concrete layout of the fitted activations.
+    solver_ : str
+        The solver used: ``"moments"`` or ``"gram"``.
     activation_shape_ : tuple of int
         Shape of one sample's activations.
     result_ : SEISResult
@@ -122,6 +136,7 @@ class SEISScorer(BaseEstimator):
         "max_components": "None or int >= 1",
         "invariance": "'trace' or 'abs'",
         "score_kind": "one of " + ", ".join(SCORE_NAMES),
+        "solver": "'auto', 'moments' or 'gram'",
     }
 
     def __init__(
@@ -133,6 +148,7 @@ class SEISScorer(BaseEstimator):
         max_components=None,
         invariance="trace",
         score_kind="equivariance",
+        solver="auto",
     ):
         self.n_components = n_components
         self.matricization = matricization
@@ -141,6 +157,7 @@ class SEISScorer(BaseEstimator):
         self.max_components = max_components
         self.invariance = invariance
         self.score_kind = score_kind
+        self.solver = solver
 
     # -- fitting -----------------------------------------------------------------
     def _checked_params(self):
@@ -151,6 +168,7 @@ class SEISScorer(BaseEstimator):
             "n_components": check_n_components(self.n_components),
             "max_components": check_max_components(self.max_components),
             "reg": check_reg(self.reg),
+            "solver": check_choice(self.solver, "solver", SOLVERS),
         }
 
     def fit(self, X, y):
@@ -168,12 +186,15 @@ class SEISScorer(BaseEstimator):
         -------
         self : SEISScorer
         """
-        if hasattr(self, "_moments"):
-            del self._moments
-        return self.partial_fit(X, y)
+        for name in ("_moments", "layout_"):
+            if hasattr(self, name):
+                delattr(self, name)
+        return self._fit(X, y, names=("X", "y"), streaming=False)
 
     def partial_fit(self, X, y):
         """Add a batch of pairs to the fit (exact: any split equals one ``fit``).
+
+        Uses the moment solver (the Gram solver needs every sample at once).
 
         Parameters
         ----------
@@ -186,11 +207,21 @@ class SEISScorer(BaseEstimator):
         -------
         self : SEISScorer
         """
-        return self._partial_fit(X, y, names=("X", "y"))
+        return self._fit(X, y, names=("X", "y"), streaming=True)
 
-    def _partial_fit(self, X, y, names):
+    def _fit(self, X, y, names, streaming, store_components=True):
         params = self._checked_params()
-        first = not hasattr(self, "_moments")
+        first = not hasattr(self, "layout_")
+        if streaming and params["solver"] == "gram":
+            raise ValueError(
+                "solver='gram' needs every sample at once; partial_fit accumulates moments: "
+                "use solver='moments' (or 'auto') for partial_fit, or fit for the Gram solver"
+            )
+        if not first and self._moments is None:
+            raise ValueError(
+                "this SEISScorer was fitted with the Gram solver, which cannot add samples: "
+                "call fit on all the samples, or refit with solver='moments'"
+            )
         (X, y), layout = check_views(
             [X, y],
             names,
@@ -200,22 +231,38 @@ class SEISScorer(BaseEstimator):
         )
         if not first:
             self._check_sample_shape(X, names[0])
-        part = accumulate([X, y], layout, self.matricization, names=names)
-        moments = part if first else self._moments.merge(part)
-        basis, cca = _fit_pair(moments, params)
+        solver = (
+            "moments"
+            if streaming
+            else resolve_solver(params["solver"], X.shape, layout, self.matricization)
+        )
+        if solver == "gram":
+            gm = accumulate_gram([X, y], layout, self.matricization, names=names)
+            basis, cca = _fit_gram(gm, params)
+            if store_components:  # held-out scoring needs V_k: one more pass
+                basis.components = gram_components(
+                    [X, y], layout, self.matricization, basis, names=names
+                )
+            moments, n_rows, means = None, gm.n_rows, gm.mean
+        else:
+            part = accumulate([X, y], layout, self.matricization, names=names)
+            moments = part if first else self._moments.merge(part)
+            basis, cca = _fit_moments(moments, params)
+            n_rows, means = moments.n_rows, moments.mean
         # Only now, with every step done, is the estimator's state replaced.
         self._moments = moments
         self._basis = basis
         self._cca = cca
+        self.solver_ = solver
         self.layout_ = layout
         self.activation_shape_ = tuple(X.shape[1:])
-        self.n_rows_ = moments.n_rows
+        self.n_rows_ = n_rows
         self.n_components_ = basis.k
-        self.components_ = basis.components.T.copy()
+        self.components_ = None if basis.components is None else basis.components.T.copy()
         self.eigenvalues_ = basis.eigenvalues
         self.explained_variance_ratio_ = basis.explained_variance_ratio
-        self.mean_x_ = moments.mean[0].copy()
-        self.mean_y_ = moments.mean[1].copy()
+        self.mean_x_ = means[0].copy()
+        self.mean_y_ = means[1].copy()
         self.canonical_correlations_ = cca.canonical_correlations
         self.alignments_ = cca.alignments
         self.weights_ = cca.weights
@@ -224,7 +271,7 @@ class SEISScorer(BaseEstimator):
             cca.canonical_correlations,
             cca,
             basis,
-            moments.n_rows,
+            n_rows,
             self.matricization,
             layout,
             "in-sample",
@@ -259,8 +306,14 @@ class SEISScorer(BaseEstimator):
         check_choice(self.invariance, "invariance", INVARIANCE_MODES)
         (X, y), layout = check_views([X, y], ["X", "y"], self.layout_, self.matricization)
         self._check_sample_shape(X)
-        moments = accumulate([X, y], layout, self.matricization, names=("X", "y"))
-        return _held_out_result(self._cca, self._basis, moments, self, layout)
+        projected = accumulate(
+            [X, y],
+            layout,
+            self.matricization,
+            names=("X", "y"),
+            projection=self._basis.components,
+        )
+        return _held_out_result(self._cca, self._basis, projected, self, layout)
 
     def score(self, X, y):
         """One held-out score, the one named by ``score_kind``.
@@ -287,10 +340,28 @@ class SEISScorer(BaseEstimator):
         return tags
 
 
-def _fit_pair(moments, params, view=1):
-    """Shared basis and CCA of the pair (original, ``view``) from their moments."""
+def resolve_solver(solver, shape, layout, matricization):
+    """``"moments"`` or ``"gram"``: ``"auto"`` takes the Gram matrix when d > 2m."""
+    if solver != "auto":
+        return solver
+    rows_per_sample, d = matrix_shape(shape, layout, matricization)
+    return "gram" if d > 2 * shape[0] * rows_per_sample else "moments"
+
+
+def _fit_moments(moments, params, view=1):
+    """Shared basis and CCA of the pair (original, ``view``) from their d × d moments."""
     basis = pooled_basis(moments, params["n_components"], params["max_components"])
-    return basis, fit_cca(moments, basis, params["reg"], view)
+    covariances = pair_covariances(moments, basis, view)
+    ridge = params["reg"] * basis.smallest_kept
+    return basis, fit_cca(*covariances, ridge, moments.n_rows)
+
+
+def _fit_gram(gm, params, view=1):
+    """Shared basis and CCA of the pair (original, ``view``) from the Gram matrix."""
+    basis = gram_basis(gm, params["n_components"], params["max_components"])
+    covariances = gram_pair_covariances(gm, basis, view)
+    ridge = params["reg"] * basis.smallest_kept
+    return basis, fit_cca(*covariances, ridge, gm.n_rows)
 
 
 def _result(scores, rho, cca, basis, n_rows, matricization, layout, evaluation, **extra):
@@ -309,14 +380,14 @@ def _result(scores, rho, cca, basis, n_rows, matricization, layout, evaluation, 
     )
 
 
-def _held_out_result(cca, basis, moments, params_owner, layout):
-    scores, rho = held_out_scores(cca, basis, moments, params_owner.invariance)
+def _held_out_result(cca, basis, projected, params_owner, layout):
+    scores, rho = held_out_scores(cca, projected, params_owner.invariance)
     return _result(
         scores,
         rho,
         cca,
         basis,
-        moments.n_rows,
+        projected.n_rows,
         params_owner.matricization,
         layout,
         "held-out",
@@ -342,7 +413,7 @@ def seis_score(A, B, *, cv=None, **params):
     **params
         Parameters of :class:`SEISScorer` (``n_components``,
         ``matricization``, ``layout``, ``reg``, ``max_components``,
-        ``invariance``).
+        ``invariance``, ``solver``).
 
     Returns
     -------
@@ -350,9 +421,10 @@ def seis_score(A, B, *, cv=None, **params):
 
     Notes
     -----
-    For ``KFold``-like splits (test sets partition the samples, trains are
-    their complements) the data are read once: the moments of each fold are
-    accumulated and every training set's moments are merged from them.
+    With the moment solver and ``KFold``-like splits (test sets partition the
+    samples, trains are their complements) the data are read once: the
+    moments of each fold are accumulated and every training set's moments are
+    merged from them. The Gram solver fits each fold separately.
 
     Examples
     --------
@@ -369,7 +441,7 @@ def seis_score(A, B, *, cv=None, **params):
     """
     scorer = SEISScorer(**params)
     if cv is None:
-        return scorer._partial_fit(A, B, names=("A", "B")).result_
+        return scorer._fit(A, B, names=("A", "B"), streaming=False, store_components=False).result_
     fit_params = scorer._checked_params()
     (A, B), layout = check_views([A, B], ["A", "B"], scorer.layout, scorer.matricization)
     n = A.shape[0]
@@ -386,26 +458,42 @@ def seis_score(A, B, *, cv=None, **params):
                 f"({len(train)} and {len(test)} of {n}); use fewer folds"
             )
 
-    def moments_of(indices):
-        return accumulate([A, B], layout, scorer.matricization, names=("A", "B"), indices=indices)
-
-    tests = [np.sort(test) for _, test in splits]
-    if _is_partition(splits, n):
-        fold_moments = [moments_of(test) for test in tests]
-        train_moments = [
-            _merge_all(fold_moments[:f] + fold_moments[f + 1 :]) for f in range(len(tests))
-        ]
-        full = _merge_all(fold_moments)
+    solver = resolve_solver(fit_params["solver"], A.shape, layout, scorer.matricization)
+    if solver == "gram":
+        # The Gram matrix of one training set says nothing about another's: fit each fold.
+        folds = []
+        for train, test in splits:
+            train, test = np.sort(train), np.sort(test)
+            fold = clone(scorer).set_params(solver="gram")
+            fold._fit(A[train], B[train], names=("A", "B"), streaming=False)
+            folds.append(fold.scores(A[test], B[test]))
+        gm = accumulate_gram([A, B], layout, scorer.matricization, names=("A", "B"))
+        basis, cca = _fit_gram(gm, fit_params)
+        full_rows = gm.n_rows
     else:
-        fold_moments = [moments_of(test) for test in tests]
-        train_moments = [moments_of(np.sort(train)) for train, _ in splits]
-        full = accumulate([A, B], layout, scorer.matricization, names=("A", "B"))
 
-    folds = []
-    for train_m, test_m in zip(train_moments, fold_moments, strict=True):
-        basis, cca = _fit_pair(train_m, fit_params)
-        folds.append(_held_out_result(cca, basis, test_m, scorer, layout))
-    basis, cca = _fit_pair(full, fit_params)
+        def moments_of(indices):
+            return accumulate(
+                [A, B], layout, scorer.matricization, names=("A", "B"), indices=indices
+            )
+
+        tests = [np.sort(test) for _, test in splits]
+        fold_moments = [moments_of(test) for test in tests]
+        if _is_partition(splits, n):  # read the data once: trains merge from the folds
+            train_moments = [
+                _merge_all(fold_moments[:f] + fold_moments[f + 1 :]) for f in range(len(tests))
+            ]
+            full = _merge_all(fold_moments)
+        else:
+            train_moments = [moments_of(np.sort(train)) for train, _ in splits]
+            full = accumulate([A, B], layout, scorer.matricization, names=("A", "B"))
+        folds = []
+        for train_m, test_m in zip(train_moments, fold_moments, strict=True):
+            basis, cca = _fit_moments(train_m, fit_params)
+            projected = project_moments(test_m, basis.components)
+            folds.append(_held_out_result(cca, basis, projected, scorer, layout))
+        basis, cca = _fit_moments(full, fit_params)
+        full_rows = full.n_rows
     table = np.array([[getattr(f, name) for name in SCORE_NAMES] for f in folds])
     means, stds = table.mean(axis=0), table.std(axis=0)
     return _result(
@@ -413,7 +501,7 @@ def seis_score(A, B, *, cv=None, **params):
         cca.canonical_correlations,
         cca,
         basis,
-        full.n_rows,
+        full_rows,
         scorer.matricization,
         layout,
         "cross-fitted",

@@ -19,6 +19,7 @@ SCORE_KINDS = (
     "invariance_weighted",
 )
 INVARIANCE_MODES = ("trace", "abs")
+SOLVERS = ("auto", "moments", "gram")
 
 # Samples per chunk are chosen so one chunk of one matricized view in float64
 # stays near this size: large enough for BLAS, small enough for the caches.

@@ -197,7 +197,7 @@ def test_chunked_partial_fit_equals_fit(pair, mode, threshold, data):
     cuts = sorted(data.draw(st.sets(st.integers(2, n - 2), max_size=4)))
     bounds = [0, *cuts, n]
     kw = dict(layout=layout, matricization=mode, n_components=threshold)
-    whole = SEISScorer(**kw).fit(A, B)
+    whole = SEISScorer(solver="moments", **kw).fit(A, B)
     parts = SEISScorer(**kw)
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         parts.partial_fit(A[lo:hi], B[lo:hi])
@@ -211,6 +211,8 @@ def test_chunked_partial_fit_equals_fit(pair, mode, threshold, data):
     assert parts.n_components_ == whole.n_components_
     assert np.allclose(_projector(parts.components_), _projector(whole.components_), atol=1e-6)
     assert scores(parts.result_) == pytest.approx(scores(whole.result_), abs=1e-6)
+    auto = SEISScorer(**kw).fit(A, B)  # may take the Gram solver: the same scores
+    assert scores(auto.result_) == pytest.approx(scores(whole.result_), abs=1e-6)
 
 
 @given(st.integers(4, 40), st.integers(2, 8), seeds, st.data())
@@ -235,6 +237,26 @@ def test_float32_matches_float64(pair, mode, threshold):
     r64 = seis_score(A, B, **kw)
     assert r32.n_components == r64.n_components
     assert scores(r32) == pytest.approx(scores(r64), abs=1e-4)
+
+
+@settings(max_examples=20)
+@given(seeds, st.integers(2, 12), st.sampled_from([1, 3, 1000]), st.data())
+def test_float32_over_many_chunks_matches_float64(seed, d, rows_per_batch, data):
+    """Many float32 product chunks (and partial_fit batches) sum like one float64 pass."""
+    from seis_sklearn._moments import FLOAT32_PRODUCT_ROWS
+
+    rng = np.random.default_rng(seed)
+    n = data.draw(st.integers(FLOAT32_PRODUCT_ROWS + 1, 3 * FLOAT32_PRODUCT_ROWS))
+    A = correlated(rng, (n, d)) + 5.0
+    B = np.roll(A, 1, axis=1) + rng.normal(size=A.shape)
+    r64 = seis_score(A, B, n_components=d)
+    r32 = seis_score(A.astype(np.float32), B.astype(np.float32), n_components=d)
+    assert scores(r32) == pytest.approx(scores(r64), abs=1e-4)
+    streamed = SEISScorer(n_components=d)
+    for lo in range(0, n, rows_per_batch * 500):
+        hi = lo + rows_per_batch * 500
+        streamed.partial_fit(A[lo:hi].astype(np.float32), B[lo:hi].astype(np.float32))
+    assert scores(streamed.result_) == pytest.approx(scores(r64), abs=1e-4)
 
 
 @given(activation_pairs(), modes, thresholds)

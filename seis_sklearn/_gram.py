@@ -1,0 +1,170 @@
+"""The wide path: SEIS from the Gram matrix of the stacked rows, never a d × d matrix.
+
+When the number of columns ``d`` is large against the number of rows ``m``
+(flatten matricization of big feature maps: N = 2,000 samples, d = C·H·W =
+262,144), the d × d moments of :mod:`seis_sklearn._moments` do not fit in memory.
+The pooled second moment ``S = ZᵀZ/(G·m)`` of the stacked centred views
+``Z = [P̃_0; …; P̃_{G-1}]`` has the same non-zero eigenvalues as the
+``G·m × G·m`` Gram matrix ``ZZᵀ/(G·m) = U diag(s²/(G·m)) Uᵀ``, and its
+eigenvectors are ``V = Zᵀ U / s``. Hence
+
+``X_g = P̃_g V_k = (ZZᵀ)[rows of g, :] U_k / s_k``,
+
+so the k × k covariances of SPEC §2.3 come from the Gram matrix alone. The
+Gram is accumulated in one pass over chunks of *columns*: each column chunk
+holds every row, so its column means — and the centring — are exact.
+``V_k`` itself (for held-out scoring) takes one more pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import blas
+
+from ._cca import Basis, descending_eigh, select_k
+from ._matricize import matricize
+from ._moments import _float32_scale, _page_releaser, product_dtype
+from ._validation import CHUNK_BYTES, check_finite, raise_nonfinite
+
+
+@dataclass
+class GramMoments:
+    """Column means and the centred Gram matrix of ``G`` stacked views.
+
+    Attributes
+    ----------
+    n_rows : int
+        Rows ``m`` of each view.
+    mean : ndarray of shape (G, d)
+        Column means of each view.
+    gram : ndarray of shape (G·m, G·m)
+        ``Z Zᵀ`` with ``Z`` the row-stack of the centred views.
+    """
+
+    n_rows: int
+    mean: np.ndarray
+    gram: np.ndarray
+
+    @property
+    def n_views(self):
+        """Number of views ``G``."""
+        return self.mean.shape[0]
+
+
+def _column_chunks(matrices, budget=CHUNK_BYTES * 4):
+    """Column ranges such that one chunk of every view stays near ``budget`` bytes."""
+    m, d = matrices[0].shape
+    step = max(1, budget // (8 * m * len(matrices)))
+    return [(c, min(c + step, d)) for c in range(0, d, step)]
+
+
+def _centred_chunk(matrices, c0, c1, dtype, names, arrays):
+    """Rows of every view, columns c0:c1, centred, stacked: (G·m, c1 - c0) in ``dtype``."""
+    m = matrices[0].shape[0]
+    out = np.empty((len(matrices) * m, c1 - c0), dtype=dtype)
+    means = []
+    for g, P in enumerate(matrices):
+        block = P[:, c0:c1]
+        with np.errstate(over="ignore", invalid="ignore"):
+            mu = block.mean(axis=0, dtype=np.float64)
+        if not np.isfinite(mu).all():
+            raise_nonfinite(arrays[g], names[g])
+        np.subtract(block, mu, out=out[g * m : (g + 1) * m], casting="unsafe")
+        means.append(mu)
+    return out, means
+
+
+def accumulate_gram(arrays, layout, matricization, *, names):
+    """One pass over column chunks of the views, returning their :class:`GramMoments`.
+
+    Parameters
+    ----------
+    arrays : sequence of ndarray
+        Validated activation arrays of one shape (samples first).
+    layout, matricization : str
+        Concrete layout and matricization mode.
+    names : sequence of str
+        Argument names, for errors.
+
+    Returns
+    -------
+    GramMoments
+    """
+    matrices = [matricize(a, layout, matricization) for a in arrays]
+    m, d = matrices[0].shape
+    dtype = product_dtype(np.result_type(*arrays))
+    size = len(matrices) * m
+    gram = np.zeros((size, size))
+    scratch = np.zeros((size, size), dtype=np.float32) if dtype == np.float32 else None
+    mean = np.empty((len(matrices), d))
+    release = _page_releaser(arrays)
+    for c0, c1 in _column_chunks(matrices):
+        Z, means = _centred_chunk(matrices, c0, c1, dtype, names, arrays)
+        mean[:, c0:c1] = means
+        if scratch is None:
+            blas.dsyrk(1.0, Z.T, beta=1.0, c=gram.T, trans=1, lower=0, overwrite_c=1)
+        else:
+            scale = _float32_scale(Z)
+            if scale != 1.0:
+                Z *= np.float32(scale)
+            blas.ssyrk(1.0, Z.T, beta=0.0, c=scratch.T, trans=1, lower=0, overwrite_c=1)
+            gram += scratch if scale == 1.0 else scratch.astype(np.float64) / (scale * scale)
+        release()
+    if not np.isfinite(np.trace(gram)):
+        for a, name in zip(arrays, names, strict=True):
+            check_finite(a, name)
+        raise_nonfinite(arrays[0], names[0])
+    # SYRK filled the lower triangle of the C-ordered matrix: mirror it.
+    gram += gram.T
+    gram[np.arange(size), np.arange(size)] *= 0.5
+    return GramMoments(m, mean, gram)
+
+
+@dataclass
+class GramBasis(Basis):
+    """A :class:`~seis_sklearn._cca.Basis` known through the Gram eigenvectors.
+
+    ``components`` (``V_k``, d × k) is ``None`` until :func:`gram_components`
+    computes it; ``coefficients`` maps Gram rows to it: ``V_k = Zᵀ·coefficients``.
+    """
+
+    coefficients: np.ndarray = None
+
+
+def gram_basis(gm, n_components, max_components=None):
+    """The shared basis of SPEC §2.2 from the Gram matrix (eigen-decomposition of ZZᵀ)."""
+    total_rows = gm.n_views * gm.n_rows
+    w, U = descending_eigh(gm.gram)
+    eigenvalues = w / total_rows
+    k = select_k(eigenvalues, n_components, n_rows=gm.n_rows, max_components=max_components)
+    if k == 0:
+        raise ValueError(
+            "the activations have no variance after centring (every column is constant "
+            "in every view); there is nothing to score"
+        )
+    coefficients = U[:, :k] / np.sqrt(w[:k])
+    return GramBasis(None, eigenvalues, k, coefficients)
+
+
+def gram_pair_covariances(gm, basis, view=1):
+    """``Σ_xx, Σ_yy, Σ_xy`` of views 0 and ``view`` in the basis, from the Gram matrix."""
+    m = gm.n_rows
+    X = gm.gram[:m] @ basis.coefficients
+    Y = gm.gram[view * m : (view + 1) * m] @ basis.coefficients
+    # X and Y are centred (rows of centred data times fixed vectors)
+    return X.T @ X / m, Y.T @ Y / m, X.T @ Y / m
+
+
+def gram_components(arrays, layout, matricization, basis, *, names):
+    """``V_k = Zᵀ U_k / s_k`` (d × k), by one more pass over column chunks."""
+    matrices = [matricize(a, layout, matricization) for a in arrays]
+    d = matrices[0].shape[1]
+    V = np.empty((d, basis.k))
+    release = _page_releaser(arrays)
+    for c0, c1 in _column_chunks(matrices):
+        Z, _ = _centred_chunk(matrices, c0, c1, np.float64, names, arrays)
+        V[c0:c1] = Z.T @ basis.coefficients
+        release()
+    return V

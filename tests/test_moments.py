@@ -1,0 +1,161 @@
+"""The one-pass kernels: moments and Gram against direct numpy, both solvers agree."""
+
+import numpy as np
+import pytest
+
+from seis_sklearn import SEISScorer, seis_score
+from seis_sklearn._gram import accumulate_gram
+from seis_sklearn._moments import (
+    FLOAT32_PRODUCT_ROWS,
+    MomentAccumulator,
+    _file_mappings,
+    accumulate,
+    check_moment_memory,
+)
+from seis_sklearn._result import SCORE_NAMES
+from tests.reference import reference_matricize
+
+SHAPES = {
+    "NCHW": (13, 3, 4, 5),
+    "NHWC": (13, 4, 5, 3),
+    "NCDHW": (9, 2, 3, 3, 4),
+    "NLD": (13, 6, 4),
+    "ND": (40, 7),
+}
+
+
+def _direct(arrays, layout, mode):
+    P = [reference_matricize(a, layout, mode) for a in arrays]
+    Pc = [p - p.mean(axis=0) for p in P]
+    return (
+        np.stack([p.mean(axis=0) for p in P]),
+        np.stack([z.T @ z for z in Pc]),
+        np.stack([Pc[0].T @ z for z in Pc[1:]]),
+    )
+
+
+def _pair(rng, shape, dtype, order):
+    A = (rng.normal(size=shape) * 3 + 10).astype(dtype)  # offset: centring matters
+    B = (np.flip(A, axis=-1) * 0.5 + rng.normal(size=shape)).astype(dtype)
+    return np.asarray(A, order=order), np.asarray(B, order=order)
+
+
+@pytest.mark.parametrize("layout", list(SHAPES))
+@pytest.mark.parametrize("mode", ["spatial", "flatten", "channel"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_moments_equal_direct_numpy(layout, mode, dtype, order, rng):
+    A, B = _pair(rng, SHAPES[layout], dtype, order)
+    moments = accumulate([A, B], layout, mode, names=("A", "B"))
+    mean, auto, cross = _direct([A, B], layout, mode)
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    scale = np.abs(auto).max()
+    assert moments.n_rows == reference_matricize(A, layout, mode).shape[0]
+    assert np.allclose(moments.mean, mean, rtol=1e-12, atol=1e-12 * np.abs(mean).max())
+    assert np.abs(moments.auto - auto).max() <= tol * scale
+    assert np.abs(moments.cross - cross).max() <= tol * scale
+    assert np.array_equal(moments.auto, moments.auto.transpose(0, 2, 1))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC", "NLD", "ND"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gram_equals_direct_numpy(layout, dtype, rng):
+    A, B = _pair(rng, SHAPES[layout], dtype, "C")
+    gm = accumulate_gram([A, B], layout, "flatten", names=("A", "B"))
+    P = [reference_matricize(x, layout, "flatten") for x in (A, B)]
+    Z = np.vstack([p - p.mean(axis=0) for p in P])
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    assert np.abs(gm.gram - Z @ Z.T).max() <= tol * np.abs(Z @ Z.T).max()
+
+
+def test_many_chunks_and_float32_products(rng):
+    """Chunks of FLOAT32_PRODUCT_ROWS rows merged exactly, float32 products within 1e-6."""
+    n = 3 * FLOAT32_PRODUCT_ROWS + 17
+    A = rng.normal(size=(n, 6)) + 100.0
+    B = A @ rng.normal(size=(6, 6)) + rng.normal(size=(n, 6))
+    mean, auto, cross = _direct([A, B], "ND", "flatten")
+    m64 = accumulate([A, B], "ND", "flatten", names=("A", "B"))
+    m32 = accumulate(
+        [A.astype(np.float32), B.astype(np.float32)], "ND", "flatten", names=("A", "B")
+    )
+    assert np.abs(m64.auto - auto).max() <= 1e-11 * np.abs(auto).max()
+    # float32 input: the data themselves differ by float32 rounding, ~1e-7 relative
+    assert np.abs(m32.auto - auto).max() <= 1e-5 * np.abs(auto).max()
+    assert np.abs(m32.cross - cross).max() <= 1e-5 * np.abs(auto).max()
+
+
+def test_accumulator_matches_a_single_block(rng):
+    blocks = [rng.normal(size=(50, 4)) for _ in range(3)]
+    acc = MomentAccumulator(3, 4, np.float64)
+    for lo, hi in ((0, 7), (7, 8), (8, 50)):
+        acc.add([b[lo:hi] for b in blocks])
+    mean, auto, cross = _direct(blocks, "ND", "flatten")
+    got = acc.result()
+    assert np.allclose(got.auto, auto, rtol=1e-12) and np.allclose(got.cross, cross, rtol=1e-12)
+    assert np.allclose(got.mean, mean, rtol=1e-13)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC", "NCDHW", "NLD", "ND"])
+@pytest.mark.parametrize("mode", ["flatten", "spatial"])
+def test_gram_solver_equals_moment_solver(layout, mode, rng):
+    A, B = _pair(rng, SHAPES[layout], np.float64, "C")
+    kw = dict(layout=layout, matricization=mode, n_components=0.95)
+    moments = seis_score(A, B, solver="moments", **kw)
+    gram = seis_score(A, B, solver="gram", **kw)
+    assert gram.n_components == moments.n_components
+    for name in SCORE_NAMES:
+        assert getattr(gram, name) == pytest.approx(getattr(moments, name), abs=1e-8)
+    # held-out, through the fitted directions V_k of each solver
+    A2, B2 = _pair(rng, SHAPES[layout], np.float64, "C")
+    fitted = [SEISScorer(solver=s, **kw).fit(A, B) for s in ("moments", "gram")]
+    held = [f.scores(A2, B2) for f in fitted]
+    for name in SCORE_NAMES:
+        assert getattr(held[1], name) == pytest.approx(getattr(held[0], name), abs=1e-8)
+    cv = [seis_score(A, B, cv=3, solver=s, **kw) for s in ("moments", "gram")]
+    assert cv[1].equivariance == pytest.approx(cv[0].equivariance, abs=1e-8)
+
+
+def test_auto_solver_takes_the_gram_path_for_wide_data(rng):
+    # d = 2^17 columns: d × d moments would need 384 GiB; the Gram matrix is 24 × 24
+    A = rng.normal(size=(12, 2, 256, 256)).astype(np.float32)
+    B = np.roll(A, 3, axis=3)
+    scorer = SEISScorer(matricization="flatten", n_components=1.0).fit(A, B)
+    assert scorer.solver_ == "gram" and scorer.components_.shape == (scorer.n_components_, 2**17)
+    assert scorer.result_.equivariance == pytest.approx(1, abs=1e-4)  # a column permutation
+    narrow = SEISScorer(matricization="flatten").fit(A[:, :, :2, :2], B[:, :, :2, :2])
+    assert narrow.solver_ == "moments"  # d = 8 <= 2m = 24
+    with pytest.raises(ValueError, match=r"need 384\.0 GiB .* use fit with solver='gram'"):
+        seis_score(A, B, matricization="flatten", solver="moments")
+
+
+def test_gram_solver_refuses_streaming(rng):
+    A = rng.normal(size=(10, 50))
+    with pytest.raises(ValueError, match="solver='gram' needs every sample at once"):
+        SEISScorer(solver="gram").partial_fit(A, A)
+    fitted = SEISScorer(solver="gram").fit(A, A).set_params(solver="auto")
+    with pytest.raises(ValueError, match="fitted with the Gram solver, which cannot add samples"):
+        fitted.partial_fit(A, A)
+    with pytest.raises(ValueError, match="solver must be one of 'auto', 'moments', 'gram'"):
+        seis_score(A, A, solver="svd")
+
+
+def test_check_moment_memory_passes_small_and_refuses_huge():
+    check_moment_memory(2, 1024)
+    with pytest.raises(ValueError, match="GiB"):
+        check_moment_memory(2, 10**6)
+
+
+def test_memory_mapped_inputs(tmp_path, rng):
+    A = rng.normal(size=(30, 3, 6, 6)).astype(np.float32)
+    np.save(tmp_path / "a.npy", A)
+    np.save(tmp_path / "b.npy", np.rot90(A, axes=(2, 3)))
+    a = np.load(tmp_path / "a.npy", mmap_mode="r")
+    b = np.load(tmp_path / "b.npy", mmap_mode="r")
+    assert not a.flags.writeable and len(_file_mappings(a[3:10])) == 1
+    assert _file_mappings(np.load(tmp_path / "a.npy", mmap_mode="c")) == []  # copy-on-write
+    for solver in ("moments", "gram"):
+        assert (
+            seis_score(a, b, solver=solver).as_dict()
+            == seis_score(np.array(a), np.array(b), solver=solver).as_dict()
+        )
+    assert float(a.sum()) == pytest.approx(float(A.sum()))  # still readable after release
