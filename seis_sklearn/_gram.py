@@ -106,7 +106,7 @@ def accumulate_gram(arrays, layout, matricization, *, names):
         if scratch is None:
             blas.dsyrk(1.0, Z.T, beta=1.0, c=gram.T, trans=1, lower=0, overwrite_c=1)
         else:
-            scale = _float32_scale(Z)
+            scale = _float32_scale(float(Z.min()), float(Z.max()))
             if scale != 1.0:
                 Z *= np.float32(scale)
             blas.ssyrk(1.0, Z.T, beta=0.0, c=scratch.T, trans=1, lower=0, overwrite_c=1)
@@ -161,10 +161,12 @@ def gram_components(arrays, layout, matricization, basis, *, names):
     """``V_k = Zᵀ U_k / s_k`` (d × k), by one more pass over column chunks."""
     matrices = [matricize(a, layout, matricization) for a in arrays]
     d = matrices[0].shape[1]
+    dtype = product_dtype(np.result_type(*arrays))
+    coefficients = basis.coefficients.astype(dtype)
     V = np.empty((d, basis.k))
     release = _page_releaser(arrays)
     for c0, c1 in _column_chunks(matrices):
-        Z, _ = _centred_chunk(matrices, c0, c1, np.float64, names, arrays)
-        V[c0:c1] = Z.T @ basis.coefficients
+        Z, _ = _centred_chunk(matrices, c0, c1, dtype, names, arrays)
+        V[c0:c1] = Z.T @ coefficients  # float32 input: float32 products over 2m rows
         release()
     return V

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import blas
 
+from ._kernels import sample_view
 from ._matricize import matricize, matrix_shape
 from ._validation import chunk_samples, raise_nonfinite
 
@@ -119,11 +120,13 @@ class MomentAccumulator:
     """Exact one-pass accumulation of the moments of ``G`` views, chunk after chunk.
 
     Each chunk of rows is centred on its own mean rounded to the product dtype,
-    ``Z_g = x_g − c_g``; BLAS adds ``Z_gᵀZ_g`` (SYRK) and ``Z_0ᵀZ_g`` (GEMM) in
-    place. Centring on ``c_g`` rather than on the exact running mean leaves two
-    rank-1 corrections per chunk (Chan, Golub & LeVeque's merge term
-    ``f·δδᵀ`` and the rounding of the shift ``−r·eeᵀ``); their vectors are
-    kept and applied together, as one small product, in :meth:`result`.
+    ``Z_g = x_g − c_g``, into one stacked buffer ``[Z_0 … Z_{G-1}]``, and a single
+    BLAS SYRK adds its Gram ``[Z_0 … Z_{G-1}]ᵀ[Z_0 … Z_{G-1}]`` — every block
+    ``Z_gᵀZ_h`` at once — to a ``G·d × G·d`` float64 accumulator. Centring on
+    ``c_g`` rather than on the exact running mean leaves two rank-1 corrections
+    per chunk (Chan, Golub & LeVeque's merge term ``f·δδᵀ`` and the rounding of
+    the shift ``−r·eeᵀ``); their vectors are kept and applied together, as one
+    small product, in :meth:`result`.
 
     float32 input is multiplied in float32 over chunks of at most
     ``FLOAT32_PRODUCT_ROWS`` centred rows and summed in float64 across chunks.
@@ -132,85 +135,122 @@ class MomentAccumulator:
     def __init__(self, n_views, n_columns, dtype):
         self.n_rows = 0
         self.dtype = np.dtype(dtype)
+        self.n_views = n_views
         d = n_columns
         self.mean = np.zeros((n_views, d))
-        self.auto = np.zeros((n_views, d, d))
-        self.cross = np.zeros((max(n_views - 1, 0), d, d))
+        self.joint = np.zeros((n_views * d, n_views * d))  # lower triangle is kept
         self._plus = [[] for _ in range(n_views)]  # rows sqrt(f)·δ_g
         self._minus = [[] for _ in range(n_views)]  # rows sqrt(r)·e_g
-        # float32 products land here before their float64 sum. SYRK writes one triangle
-        # only, so it gets a buffer of its own whose other triangle stays zero.
+        self._buffer = np.empty((0, n_views * d), dtype=self.dtype)
         self._scratch = None
-        if self.dtype == np.float32:
-            self._scratch = (np.zeros((d, d), np.float32), np.zeros((d, d), np.float32))
+        if self.dtype == np.float32:  # float32 products land here before the float64 sum
+            self._scratch = np.zeros((n_views * d, n_views * d), np.float32)
 
-    def add(self, blocks):
-        """Add a chunk: row-aligned ``(r, d)`` matrices, one per view."""
-        r = blocks[0].shape[0]
-        with np.errstate(over="ignore", invalid="ignore"):
-            mu = np.stack([b.mean(axis=0, dtype=np.float64) for b in blocks])
-        for g in range(len(blocks)):
-            if not np.isfinite(mu[g]).all():
+    def add(self, blocks, views=None):
+        """Add a chunk: row-aligned ``(r, d)`` matrices, one per view.
+
+        ``views`` may give the same chunk as ``(n_samples, rows, d)`` strided views
+        of the input, which the Numba kernel centres without a transposing copy.
+        """
+        r, d = (
+            blocks[0].shape
+            if blocks is not None
+            else (views[0].shape[0] * views[0].shape[1], views[0].shape[2])
+        )
+        if self._buffer.shape[0] < r:
+            self._buffer = np.empty((r, self.n_views * d), dtype=self.dtype)
+        buffer = self._buffer[:r]
+        mu = np.empty((self.n_views, d))
+        shift = np.empty((self.n_views, d), dtype=self.dtype)
+        scales = np.ones(self.n_views)
+        for g in range(self.n_views):
+            out = buffer[:, g * d : (g + 1) * d]
+            if views is not None:
+                mu[g], shift[g], lo, hi = centre_view(views[g], out)
+            else:
+                mu[g], shift[g], lo, hi = _centre_block(blocks[g], out)
+            if not (np.isfinite(mu[g]).all() and np.isfinite(lo) and np.isfinite(hi)):
                 raise NonFiniteError(g)
-        shift = mu.astype(self.dtype)
-        centred = []
-        scales = np.ones(len(blocks))
-        for g, (b, c) in enumerate(zip(blocks, shift, strict=True)):
-            z = np.empty(b.shape, dtype=self.dtype)
-            np.subtract(b, c, out=z, casting="unsafe")
             if self._scratch is not None:
-                scales[g] = _float32_scale(z)
+                scales[g] = _float32_scale(lo, hi)
                 if scales[g] != 1.0:
-                    z *= np.float32(scales[g])
-            centred.append(z)
-        self._products(centred, scales)
-        for g in range(len(blocks)):
-            if not np.isfinite(np.trace(self.auto[g])):
-                raise NonFiniteError(g)
+                    out *= np.float32(scales[g])
+        self._product(buffer, scales, d)
+        if not np.isfinite(np.trace(self.joint)):
+            raise NonFiniteError(int(np.argmin(np.isfinite(np.diagonal(self.joint)))) // d)
         n = self.n_rows
         delta = mu - self.mean
         factor = n * r / (n + r)
-        for g in range(len(blocks)):
+        for g in range(self.n_views):
             self._plus[g].append(np.sqrt(factor) * delta[g])
             self._minus[g].append(np.sqrt(r) * (mu[g] - shift[g]))
         self.mean += delta * (r / (n + r))
         self.n_rows = n + r
 
-    def _products(self, centred, scales):
-        z0 = centred[0]
-        for g, z in enumerate(centred):
-            # C-ordered accumulators seen through .T are Fortran matrices for BLAS;
-            # SYRK fills the lower triangle of the C-ordered matrix.
-            if self._scratch is None:
-                blas.dsyrk(1.0, z.T, beta=1.0, c=self.auto[g].T, trans=0, lower=0, overwrite_c=1)
-                if g:
-                    blas.dgemm(
-                        1.0, z.T, z0.T, beta=1.0, c=self.cross[g - 1].T, trans_b=1, overwrite_c=1
-                    )
-            else:
-                sym, full = self._scratch
-                blas.ssyrk(1.0, z.T, beta=0.0, c=sym.T, trans=0, lower=0, overwrite_c=1)
-                _add_scaled(self.auto[g], sym, 1.0 / (scales[g] * scales[g]))
-                if g:
-                    blas.sgemm(1.0, z.T, z0.T, beta=0.0, c=full.T, trans_b=1, overwrite_c=1)
-                    _add_scaled(self.cross[g - 1], full, 1.0 / (scales[0] * scales[g]))
+    def _product(self, buffer, scales, d):
+        # The C-ordered accumulator seen through .T is a Fortran matrix for BLAS;
+        # SYRK of bufferᵀ fills the lower triangle of the C-ordered matrix.
+        if self._scratch is None:
+            blas.dsyrk(1.0, buffer.T, beta=1.0, c=self.joint.T, trans=0, lower=0, overwrite_c=1)
+            return
+        blas.ssyrk(1.0, buffer.T, beta=0.0, c=self._scratch.T, trans=0, lower=0, overwrite_c=1)
+        if (scales == 1.0).all():
+            self.joint += self._scratch
+            return
+        for g in range(self.n_views):
+            for h in range(g + 1):
+                sl_g, sl_h = slice(g * d, (g + 1) * d), slice(h * d, (h + 1) * d)
+                _add_scaled(
+                    self.joint[sl_g, sl_h],
+                    self._scratch[sl_g, sl_h],
+                    1.0 / (scales[g] * scales[h]),
+                )
 
     def result(self):
         """The accumulated :class:`Moments` (symmetric, corrections applied)."""
-        d = self.mean.shape[1]
-        auto = self.auto.copy()
-        cross = self.cross.copy()
+        G, d = self.mean.shape
         plus = [np.array(p).reshape(-1, d) for p in self._plus]
         minus = [np.array(q).reshape(-1, d) for q in self._minus]
+        auto = np.empty((G, d, d))
+        cross = np.empty((max(G - 1, 0), d, d))
         diagonal = np.arange(d)
-        for g in range(self.mean.shape[0]):
-            a = auto[g]  # lower triangle filled, upper triangle zero
+        for g in range(G):
+            block = self.joint[g * d : (g + 1) * d, g * d : (g + 1) * d]
+            a = auto[g]
+            np.copyto(a, block)  # lower triangle filled, upper triangle zero
             a += a.T
             a[diagonal, diagonal] *= 0.5
             a += plus[g].T @ plus[g] - minus[g].T @ minus[g]
             if g:
-                cross[g - 1] += plus[0].T @ plus[g] - minus[0].T @ minus[g]
+                # the lower-left block (rows of view g, columns of view 0) is Z_gᵀZ_0
+                lower_left = self.joint[g * d : (g + 1) * d, :d]
+                cross[g - 1] = lower_left.T + plus[0].T @ plus[g] - minus[0].T @ minus[g]
         return Moments(self.n_rows, self.mean.copy(), auto, cross)
+
+
+# Rows of wide chunks are centred by the Numba kernel, narrow ones by numpy: the
+# crossover measured by benchmarks/kernels.py (see benchmarks/README.md).
+NUMBA_MIN_COLUMNS = 256
+
+
+def _centre_block(block, out):
+    """numpy: column means, rounded shift, ``out = block − shift`` and its range."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mu = block.mean(axis=0, dtype=np.float64)
+    if not np.isfinite(mu).all():
+        return mu, mu.astype(out.dtype), np.nan, np.nan
+    shift = mu.astype(out.dtype)
+    np.subtract(block, shift, out=out, casting="unsafe")
+    if out.dtype != np.float32:
+        return mu, shift, 0.0, 0.0
+    return mu, shift, float(out.min()), float(out.max())
+
+
+def centre_view(view, out):
+    """Numba: the same as :func:`_centre_block`, reading a (n, rows, d) strided view."""
+    from ._kernels import centre_into_view
+
+    return centre_into_view(view, out)
 
 
 def _add_scaled(total, part, factor):
@@ -227,9 +267,9 @@ def _add_scaled(total, part, factor):
 _SAFE_EXPONENT = 20
 
 
-def _float32_scale(z):
-    """Power of two that brings the largest |value| of ``z`` near 1, or 1 if it is safe."""
-    top = max(abs(float(z.max())), abs(float(z.min())))
+def _float32_scale(lo, hi):
+    """Power of two that brings values in [lo, hi] near 1 in magnitude, or 1 if safe."""
+    top = max(abs(lo), abs(hi))
     if top == 0.0 or not np.isfinite(top):
         return 1.0
     exponent = int(np.frexp(top)[1])
@@ -292,11 +332,18 @@ def accumulate(arrays, layout, matricization, *, names, indices=None, projection
         else:
             take = indices[start : start + step]
             chunks = [a[take] for a in arrays]
-        blocks = [matricize(c, layout, matricization) for c in chunks]
-        if projection is not None:
-            blocks = [b @ projection for b in blocks]
+        views = None
+        if projection is None and d >= NUMBA_MIN_COLUMNS:
+            views = [sample_view(c, layout, matricization) for c in chunks]
+            if any(v is None for v in views):
+                views = None
+        blocks = None
+        if views is None:
+            blocks = [matricize(c, layout, matricization) for c in chunks]
+            if projection is not None:
+                blocks = [b @ projection for b in blocks]
         try:
-            acc.add(blocks)
+            acc.add(blocks, views)
         except NonFiniteError as exc:
             raise_nonfinite(arrays[exc.view], names[exc.view])
         release()

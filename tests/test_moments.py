@@ -159,3 +159,43 @@ def test_memory_mapped_inputs(tmp_path, rng):
             == seis_score(np.array(a), np.array(b), solver=solver).as_dict()
         )
     assert float(a.sum()) == pytest.approx(float(A.sum()))  # still readable after release
+
+
+WIDE_SHAPES = {  # d >= NUMBA_MIN_COLUMNS in spatial mode: the Numba centring kernel
+    "NCHW": (6, 3, 16, 17),
+    "NHWC": (6, 16, 17, 3),
+    "NCDHW": (5, 2, 2, 12, 12),
+    "NLD": (6, 300, 4),
+    "ND": (40, 300),
+}
+
+
+@pytest.mark.parametrize("layout", list(WIDE_SHAPES))
+@pytest.mark.parametrize("mode", ["spatial", "flatten"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_numba_centring_path_equals_direct_numpy(layout, mode, dtype, order, rng):
+    from seis_sklearn._moments import NUMBA_MIN_COLUMNS
+
+    A, B = _pair(rng, WIDE_SHAPES[layout], dtype, order)
+    assert reference_matricize(A, layout, mode).shape[1] >= NUMBA_MIN_COLUMNS
+    moments = accumulate([A, B], layout, mode, names=("A", "B"))
+    mean, auto, cross = _direct([A, B], layout, mode)
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    scale = np.abs(auto).max()
+    assert np.allclose(moments.mean, mean, rtol=1e-12, atol=1e-12 * np.abs(mean).max())
+    assert np.abs(moments.auto - auto).max() <= tol * scale
+    assert np.abs(moments.cross - cross).max() <= tol * scale
+
+
+def test_numba_path_on_read_only_memory_maps_and_nan(tmp_path, rng):
+    A = rng.normal(size=(8, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "a.npy", A)
+    a = np.load(tmp_path / "a.npy", mmap_mode="r")
+    assert seis_score(a, a[:, ::-1].copy()).as_dict() == seis_score(A, A[:, ::-1].copy()).as_dict()
+    bad = A.copy()
+    bad[3, 1, 2, 2] = np.nan
+    with pytest.raises(ValueError, match=r"B contains 1 NaN and 0 infinite"):
+        seis_score(A, bad)
+    with pytest.raises(ValueError, match=r"A contains 0 NaN and 1 infinite"):
+        seis_score(np.where(bad != bad, np.inf, bad), A)
