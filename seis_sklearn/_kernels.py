@@ -4,20 +4,22 @@ Compiled on first use (``cache=True``), never at import: ``import seis_sklearn``
 does not import numba. Which step uses a kernel and which uses numpy/BLAS was
 decided by ``benchmarks/kernels.py``; the numbers are in ``benchmarks/README.md``.
 
-All kernels read a 3-D view ``(n_samples, rows_per_sample, d)`` of the
+The kernels read a 3-D view ``(n_samples, rows_per_sample, d)`` of the
 activations — any strides, so transposing layouts (NHWC spatial, NCHW channel,
 NLD spatial) need no copy — and write the matricized chunk ``(n·rows, d)``.
-They accumulate in float64 and never use ``fastmath``.
+They accumulate in float64 and never use ``fastmath``. They are serial: a
+parallel twin centred a chunk 2–3.7× faster on its own but gained nothing end to
+end on 2 cores, where its threads contend with OpenBLAS's (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled():
     import numba
 
@@ -49,21 +51,7 @@ def _compiled():
                         hi = v
         return lo, hi
 
-    @numba.njit(cache=True, nogil=True)
-    def outer_products(z0, z1, auto0, auto1, cross):
-        """Lower triangles of z0ᵀz0, z1ᵀz1 and all of z0ᵀz1, added in float64."""
-        m, d = z0.shape
-        for i in range(m):
-            for a in range(d):
-                x0 = np.float64(z0[i, a])
-                x1 = np.float64(z1[i, a])
-                for b in range(a + 1):
-                    auto0[a, b] += x0 * z0[i, b]
-                    auto1[a, b] += x1 * z1[i, b]
-                for b in range(d):
-                    cross[b, a] += z0[i, b] * x1
-
-    return column_means, centre_into, outer_products
+    return column_means, centre_into
 
 
 def sample_view(chunk, layout, matricization):
@@ -79,52 +67,28 @@ def sample_view(chunk, layout, matricization):
     if layout == "ND" or matricization == "flatten":
         view = chunk.reshape(n, 1, d) if chunk.flags.c_contiguous else None
     elif matricization == "spatial":
-        cf = _to_channels_first(chunk, layout)  # (N, C, *positions)
-        view = _merge_trailing(cf, rows, d)
+        view = _reshaped_view(_to_channels_first(chunk, layout), rows, d)  # (N, C, *pos)
     else:
-        cl = _to_channels_last(chunk, layout)  # (N, *positions, C)
-        view = _merge_middle(cl, rows, d)
+        view = _reshaped_view(_to_channels_last(chunk, layout), rows, d)  # (N, *pos, C)
     return view
 
 
-def _merge_trailing(a, rows, d):
-    """(N, C, p1, p2, …) → (N, C, p1·p2·…) as a view when the positions merge."""
+def _reshaped_view(a, rows, d):
+    """``a`` as (N, rows, d) without a copy, or None when its strides do not allow it."""
+    out = a.view()
     try:
-        out = a.view()
         out.shape = (a.shape[0], rows, d)
-        return out
     except AttributeError:
         return None
-
-
-def _merge_middle(a, rows, d):
-    """(N, p1, p2, …, C) → (N, p1·p2·…, C) as a view when the positions merge."""
-    try:
-        out = a.view()
-        out.shape = (a.shape[0], rows, d)
-        return out
-    except AttributeError:
-        return None
+    return out
 
 
 def centre_into_view(view, out):
     """Column means (float64), rounded shift; ``out`` = centred rows; their (min, max)."""
-    column_means, centre_into, _ = _compiled()
+    column_means, centre_into = _compiled()
     mu = column_means(view)
     if not np.isfinite(mu).all():
         return mu, mu.astype(out.dtype), np.nan, np.nan
     shift = mu.astype(out.dtype)
     lo, hi = centre_into(view, shift, out)
     return mu, shift, float(lo), float(hi)
-
-
-def centre_chunk(view, dtype):
-    """Column means, rounded shift, the centred rows (a new array) and their range."""
-    out = np.empty((view.shape[0] * view.shape[1], view.shape[2]), dtype=dtype)
-    mu, shift, lo, hi = centre_into_view(view, out)
-    return mu, shift, out, lo, hi
-
-
-def outer_products(z0, z1, auto0, auto1, cross):
-    """Accumulate small-d products directly (see benchmarks/kernels.py)."""
-    _compiled()[2](z0, z1, auto0, auto1, cross)
