@@ -101,9 +101,7 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         -------
         self : SubspaceDenoiser
         """
-        if hasattr(self, "_moments"):
-            del self._moments
-        return self.partial_fit(X)
+        return self._partial_fit(X, reset=True)
 
     def partial_fit(self, X, y=None):
         """Add the samples of ``X`` to the fit.
@@ -119,9 +117,12 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         -------
         self : SubspaceDenoiser
         """
+        return self._partial_fit(X, reset=False)
+
+    def _partial_fit(self, X, reset):
         n_components = check_n_components(self.n_components)
         max_components = check_max_components(self.max_components)
-        first = not hasattr(self, "_moments")
+        first = reset or not hasattr(self, "_moments")
         X = validate_data(
             self,
             X,

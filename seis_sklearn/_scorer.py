@@ -186,10 +186,7 @@ class SEISScorer(BaseEstimator):
         -------
         self : SEISScorer
         """
-        for name in ("_moments", "layout_"):
-            if hasattr(self, name):
-                delattr(self, name)
-        return self._fit(X, y, names=("X", "y"), streaming=False)
+        return self._fit(X, y, names=("X", "y"), streaming=False, reset=True)
 
     def partial_fit(self, X, y):
         """Add a batch of pairs to the fit (exact: any split equals one ``fit``).
@@ -209,9 +206,9 @@ class SEISScorer(BaseEstimator):
         """
         return self._fit(X, y, names=("X", "y"), streaming=True)
 
-    def _fit(self, X, y, names, streaming, store_components=True):
+    def _fit(self, X, y, names, streaming, reset=False, store_components=True):
         params = self._checked_params()
-        first = not hasattr(self, "layout_")
+        first = reset or not hasattr(self, "layout_")
         if streaming and params["solver"] == "gram":
             raise ValueError(
                 "solver='gram' needs every sample at once; partial_fit accumulates moments: "
@@ -441,7 +438,8 @@ def seis_score(A, B, *, cv=None, **params):
     """
     scorer = SEISScorer(**params)
     if cv is None:
-        return scorer._fit(A, B, names=("A", "B"), streaming=False, store_components=False).result_
+        fitted = scorer._fit(A, B, names=("A", "B"), streaming=False, store_components=False)
+        return fitted.result_
     fit_params = scorer._checked_params()
     (A, B), layout = check_views([A, B], ["A", "B"], scorer.layout, scorer.matricization)
     n = A.shape[0]
@@ -465,7 +463,7 @@ def seis_score(A, B, *, cv=None, **params):
         for train, test in splits:
             train, test = np.sort(train), np.sort(test)
             fold = clone(scorer).set_params(solver="gram")
-            fold._fit(A[train], B[train], names=("A", "B"), streaming=False)
+            fold._fit(A[train], B[train], names=("A", "B"), streaming=False, reset=True)
             folds.append(fold.scores(A[test], B[test]))
         gm = accumulate_gram([A, B], layout, scorer.matricization, names=("A", "B"))
         basis, cca = _fit_gram(gm, fit_params)

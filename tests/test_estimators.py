@@ -116,6 +116,21 @@ def test_failed_partial_fit_leaves_the_fit_unchanged(rng):
     assert scorer.n_rows_ == 30 * 4 and np.array_equal(scorer.canonical_correlations_, before)
 
 
+def test_failed_refit_keeps_the_previous_fit(rng):
+    A, B = _data(rng)
+    scorer = SEISScorer(n_components=5).fit(A, B)
+    before = scorer.result_
+    with pytest.raises(ValueError, match="X and y must have the same shape"):
+        scorer.fit(A, B[:10])
+    assert scorer.result_ is before and scorer.layout_ == "NCHW"
+    assert scorer.score(A, B) == SEISScorer(n_components=5).fit(A, B).score(A, B)
+    denoiser = SubspaceDenoiser(n_components=2).fit(A.reshape(60, -1))
+    components = denoiser.components_.copy()
+    with pytest.raises(ValueError):
+        denoiser.fit(np.full((1, 144), np.nan))
+    assert np.array_equal(denoiser.components_, components)
+
+
 def test_unfitted_scorer_raises_not_fitted(rng):
     from sklearn.exceptions import NotFittedError
 

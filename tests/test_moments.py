@@ -199,3 +199,25 @@ def test_numba_path_on_read_only_memory_maps_and_nan(tmp_path, rng):
         seis_score(A, bad)
     with pytest.raises(ValueError, match=r"A contains 0 NaN and 1 infinite"):
         seis_score(np.where(bad != bad, np.inf, bad), A)
+
+
+def test_gram_solver_extreme_scales_overflow_and_constant_views(rng):
+    A = rng.normal(size=(10, 3, 8, 8))
+    B = np.roll(A, 1, axis=1) + 0.3 * rng.normal(size=A.shape)
+    reference = seis_score(A, B, matricization="flatten", solver="gram")
+    for scale in (1e-30, 1e30):  # float32 products rescaled by exact powers of two
+        tiny = seis_score(
+            (A * scale).astype(np.float32),
+            (B * scale).astype(np.float32),
+            matricization="flatten",
+            solver="gram",
+        )
+        assert tiny.equivariance == pytest.approx(reference.equivariance, abs=1e-4)
+    with pytest.raises(ValueError, match="sums overflow float64"):
+        seis_score(A * 1e200, B, matricization="flatten", solver="gram")
+    with pytest.raises(ValueError, match="no variance after centring"):
+        seis_score(np.ones((10, 50)), np.ones((10, 50)), solver="gram")
+    bad = B.copy()
+    bad[0, 0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"B contains 0 NaN and 1 infinite"):
+        seis_score(A, bad, matricization="flatten", solver="gram")
