@@ -246,6 +246,8 @@ class SEISScorer(BaseEstimator):
             moments = part if first else self._moments.merge(part)
             basis, cca = _fit_moments(moments, params)
             n_rows, means = moments.n_rows, moments.mean
+        # V_k (d × k) is kept once, as components_ (k × d, a transposed view).
+        components, basis.components = basis.components, None
         # Only now, with every step done, is the estimator's state replaced.
         self._moments = moments
         self._basis = basis
@@ -255,7 +257,7 @@ class SEISScorer(BaseEstimator):
         self.activation_shape_ = tuple(X.shape[1:])
         self.n_rows_ = n_rows
         self.n_components_ = basis.k
-        self.components_ = None if basis.components is None else basis.components.T.copy()
+        self.components_ = None if components is None else components.T
         self.eigenvalues_ = basis.eigenvalues
         self.explained_variance_ratio_ = basis.explained_variance_ratio
         self.mean_x_ = means[0].copy()
@@ -308,7 +310,7 @@ class SEISScorer(BaseEstimator):
             layout,
             self.matricization,
             names=("X", "y"),
-            projection=self._basis.components,
+            projection=self.components_.T,
         )
         return _held_out_result(self._cca, self._basis, projected, self, layout)
 
