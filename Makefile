@@ -12,7 +12,7 @@ DEMO_OUT ?= demo-output
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@$(PYTHON) -c 'import sys; sys.exit("seis-sklearn needs Python >= 3.10, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e ".[dev,torch]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -27,7 +27,7 @@ test: $(STAMP)
 OLD_VENV := .venv-oldest
 $(OLD_VENV)/.installed-stamp: pyproject.toml requirements/oldest.txt
 	test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
-	$(OLD_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c requirements/oldest.txt -e ".[dev]"
+	$(OLD_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c requirements/oldest.txt -e ".[dev,torch]"
 	touch $@
 
 test-oldest: $(OLD_VENV)/.installed-stamp
@@ -37,8 +37,8 @@ docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check seis_sklearn tests benchmarks docs
-	$(VENV)/bin/ruff format --check seis_sklearn tests benchmarks docs
+	$(VENV)/bin/ruff check seis_sklearn adapters tests benchmarks docs
+	$(VENV)/bin/ruff format --check seis_sklearn adapters tests benchmarks docs
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

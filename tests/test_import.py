@@ -28,6 +28,7 @@ def _imported(statement):
 
 def test_import_loads_no_optional_dependency_and_no_sklearn():
     assert _imported("import seis_sklearn, seis_sklearn.transforms") == set()
+    assert _imported("import seis_sklearn.adapters") == set()  # torch only with .torch
 
 
 def test_the_public_names_add_nothing_beyond_what_sklearn_imports():

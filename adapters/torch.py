@@ -1,0 +1,398 @@
+"""Pull layer activations out of PyTorch modules with forward hooks.
+
+Importable as ``seis_sklearn.adapters.torch`` (the source lives in the top-level
+``adapters/`` folder). Needs the ``torch`` extra: ``pip install 'seis-sklearn[torch]'``
+(bring your own torch build; the extra only states a lower bound).
+
+>>> import numpy as np, torch
+>>> from seis_sklearn.adapters.torch import extract_activations
+>>> from seis_sklearn import seis_score, transforms
+>>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU())
+>>> x = np.random.default_rng(0).normal(size=(16, 1, 9, 9)).astype(np.float32)
+>>> pairs = extract_activations(model, x, ["0"], transform=lambda b: torch.rot90(b, 1, (2, 3)),
+...                             progress=False)
+>>> original, rotated = pairs["0"]
+>>> original.shape, original.dtype
+((16, 4, 9, 9), dtype('float32'))
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["extract_activations", "find_layers", "default_select"]
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - exercised only without torch
+        raise ImportError(
+            "seis_sklearn.adapters.torch needs PyTorch: pip install 'seis-sklearn[torch]' "
+            "(or install the torch build for your machine first)"
+        ) from None
+    return torch
+
+
+def default_select(output):
+    """The tensor to record from a module's output.
+
+    A tensor is taken as is; for a tuple or list, its first tensor; for a dict
+    (or any mapping), its first tensor value in insertion order.
+
+    Parameters
+    ----------
+    output : tensor, tuple, list or dict
+        What the module's ``forward`` returned.
+
+    Returns
+    -------
+    torch.Tensor
+    """
+    torch = _import_torch()
+    if isinstance(output, torch.Tensor):
+        return output
+    values = output.values() if hasattr(output, "values") else output
+    if isinstance(values, Iterable):
+        for value in values:
+            if isinstance(value, torch.Tensor):
+                return value
+    raise TypeError(
+        f"cannot find a tensor in a module output of type {type(output).__name__}; "
+        "pass select= to say which part to record"
+    )
+
+
+def find_layers(model, *, types=None, pattern=None, leaves_only=False):
+    """Names of the submodules of ``model`` to record, by type and/or name pattern.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    types : type or tuple of types, optional
+        Keep modules that are instances of these (e.g. ``torch.nn.Conv2d``).
+    pattern : str, optional
+        Keep modules whose name matches this regular expression (``re.search``).
+    leaves_only : bool, default=False
+        Keep only modules without children.
+
+    Returns
+    -------
+    list of str
+        Names in ``model.named_modules()`` order (the root, named ``""``, excluded).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from seis_sklearn.adapters.torch import find_layers
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(),
+    ...                           torch.nn.Conv2d(2, 2, 3))
+    >>> find_layers(net, types=torch.nn.Conv2d)
+    ['0', '2']
+    >>> find_layers(net, pattern=r"^[01]$")
+    ['0', '1']
+    """
+    regex = re.compile(pattern) if pattern is not None else None
+    names = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        if types is not None and not isinstance(module, types):
+            continue
+        if regex is not None and not regex.search(name):
+            continue
+        if leaves_only and any(True for _ in module.children()):
+            continue
+        names.append(name)
+    return names
+
+
+def _check_layers(model, layers):
+    modules = dict(model.named_modules())
+    if isinstance(layers, str):
+        layers = [layers]
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers is empty: name at least one module (see find_layers)")
+    for name in layers:
+        if name not in modules or name == "":
+            close = difflib.get_close_matches(str(name), [n for n in modules if n], n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"layers: the model has no module named {name!r}{hint}")
+    if len(set(layers)) != len(layers):
+        raise ValueError("layers names a module twice")
+    return layers, [modules[n] for n in layers]
+
+
+def _batches(inputs, batch_size, torch):
+    """(batches, n_samples or None): tensors, arrays, or an iterable of batches."""
+    if isinstance(inputs, np.ndarray):
+        inputs = torch.from_numpy(np.ascontiguousarray(inputs))
+    if isinstance(inputs, torch.Tensor):
+        n = inputs.shape[0]
+        return (inputs[i : i + batch_size] for i in range(0, n, batch_size)), n
+    if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Iterable):
+        raise TypeError(
+            "inputs must be a tensor, a numpy array or an iterable of batches; "
+            f"got {type(inputs).__name__}"
+        )
+    dataset = getattr(inputs, "dataset", None)
+    try:
+        n = len(dataset) if dataset is not None else None
+    except TypeError:
+        n = None
+
+    def unpack():
+        for batch in inputs:
+            if isinstance(batch, (tuple, list)):  # (inputs, targets) from a DataLoader
+                batch = batch[0]
+            if isinstance(batch, np.ndarray):
+                batch = torch.from_numpy(np.ascontiguousarray(batch))
+            if not isinstance(batch, torch.Tensor):
+                raise TypeError(f"a batch of inputs is a {type(batch).__name__}, not a tensor")
+            yield batch
+
+    return unpack(), n
+
+
+def _safe_filename(name):
+    """A file name for a layer that cannot leave the output folder."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.#-]", "_", name).lstrip(".")
+    return cleaned or "_"
+
+
+class _Recorder:
+    """Forward hooks recording every call of the watched modules during one forward."""
+
+    def __init__(self, names, modules, select):
+        self.names = names
+        self.select = select
+        self.calls = {n: [] for n in names}
+        self.handles = [
+            m.register_forward_hook(self._hook(n)) for n, m in zip(names, modules, strict=True)
+        ]
+
+    def _hook(self, name):
+        def hook(module, args, output):
+            self.calls[name].append(self.select(output))
+
+        return hook
+
+    def take(self):
+        """Keys (``name`` or ``name#i`` for a module called several times) → tensors."""
+        out = {}
+        for name in self.names:
+            calls = self.calls[name]
+            if len(calls) == 1:
+                out[name] = calls[0]
+            else:
+                for i, tensor in enumerate(calls, start=1):
+                    out[f"{name}#{i}"] = tensor
+            self.calls[name] = []
+        return out
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def extract_activations(
+    model,
+    inputs,
+    layers,
+    *,
+    transform=None,
+    batch_size=256,
+    device=None,
+    out=None,
+    select=None,
+    dtype=np.float32,
+    progress=True,
+):
+    """Record the activations of named layers of a PyTorch model.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Put in eval mode for the call (every submodule's mode is restored
+        afterwards, also on error) and run under ``torch.inference_mode()``.
+    inputs : torch.Tensor, ndarray or iterable of batches
+        Samples first. An iterable (e.g. a ``DataLoader``) yields tensors or
+        arrays, or ``(inputs, targets)`` pairs whose first element is used.
+    layers : str or sequence of str
+        Names from ``model.named_modules()`` (see :func:`find_layers`).
+    transform : callable, optional
+        Maps a batch of inputs (a tensor on ``device``) to the transformed batch.
+        Then every layer gives a pair ``(original, transformed)``.
+    batch_size : int, default=256
+        Batch size when ``inputs`` is a tensor or an array.
+    device : str or torch.device, optional
+        Where to run; default CUDA when available, else CPU. The model is
+        moved there for the call and moved back afterwards.
+    out : str or path-like, optional
+        A folder: activations go into ``.npy`` memory maps there
+        (``<layer>.npy``, or ``<layer>.original.npy`` and
+        ``<layer>.transformed.npy``) instead of memory. Needs the number of
+        samples up front (a tensor, an array or a loader with a sized dataset).
+    select : callable, optional
+        Picks the tensor to record from a module's output; default
+        :func:`default_select`.
+    dtype : numpy dtype, default=float32
+        Dtype of the recorded arrays.
+    progress : bool, default=True
+        Show a tqdm progress bar (when tqdm is installed).
+
+    Returns
+    -------
+    dict
+        Layer key → ndarray of shape (n_samples, ...), or → ``(original,
+        transformed)`` with ``transform``. A module called several times per
+        forward gives the keys ``name#1``, ``name#2``, … instead of ``name``.
+    """
+    torch = _import_torch()
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    names, modules = _check_layers(model, layers)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
+    if transform is not None and not callable(transform):
+        raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
+    device = torch.device(
+        device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    batches, n_total = _batches(inputs, batch_size, torch)
+    if out is not None and n_total is None:
+        raise ValueError(
+            "out= needs the number of samples up front: pass a tensor, an array "
+            "or a DataLoader over a sized dataset"
+        )
+    views = ("original", "transformed") if transform is not None else ("original",)
+    recorder = _Recorder(names, modules, select or default_select)
+    modes = {m: m.training for m in model.modules()}
+    first_param = next(model.parameters(), None)
+    home = first_param.device if first_param is not None else None
+    storage = {}
+    pieces = {}
+    finished = False
+    bar = _progress_bar(n_total, progress)
+    try:
+        model.eval()
+        model.to(device)
+        start = 0
+        with torch.inference_mode():
+            for batch in batches:
+                batch = batch.to(device)
+                per_view = {}
+                for view in views:
+                    x = batch if view == "original" else transform(batch)
+                    model(x)
+                    per_view[view] = recorder.take()
+                stop = start + batch.shape[0]
+                for view, recorded in per_view.items():
+                    for key, tensor in recorded.items():
+                        array = tensor.detach().to("cpu").numpy().astype(dtype, copy=False)
+                        if array.shape[0] != batch.shape[0]:
+                            raise ValueError(
+                                f"layer {key!r} returned {array.shape[0]} rows for a batch of "
+                                f"{batch.shape[0]} samples: activations must keep samples first"
+                            )
+                        _store(
+                            storage,
+                            pieces,
+                            key,
+                            view,
+                            array,
+                            (start, stop),
+                            n_total,
+                            out,
+                            paired=transform is not None,
+                        )
+                start = stop
+                if bar is not None:
+                    bar.update(batch.shape[0])
+        finished = True
+    finally:
+        recorder.remove()
+        if home is not None:
+            model.to(home)
+        for module, training in modes.items():
+            module.train(training)
+        if bar is not None:
+            bar.close()
+        _finish_files(storage, keep=finished)
+    if not storage and not pieces:
+        raise ValueError("inputs gave no batches")
+    if pieces:  # unknown length: concatenate what was collected
+        storage = {k: np.concatenate(v) for k, v in pieces.items()}
+    if start != (n_total if n_total is not None else start):
+        raise ValueError(f"inputs gave {start} samples, expected {n_total}")
+    return _assemble(storage, views)
+
+
+def _store(storage, pieces, key, view, array, rows, n_total, out, paired):
+    start, stop = rows
+    slot = (key, view)
+    if n_total is None:
+        pieces.setdefault(slot, []).append(array)
+        return
+    if slot not in storage:
+        if start != 0:
+            raise ValueError(
+                f"layer {key!r} appeared only after the first batch: the number of calls "
+                "of a module must be the same for every batch"
+            )
+        shape = (n_total,) + array.shape[1:]
+        if out is None:
+            storage[slot] = np.empty(shape, dtype=array.dtype)
+        else:
+            folder = Path(out)
+            folder.mkdir(parents=True, exist_ok=True)
+            name = _safe_filename(key) + (f".{view}" if paired else "") + ".npy"
+            # written under a temporary name, renamed when the whole run has finished
+            storage[slot] = np.lib.format.open_memmap(
+                folder / f".{name}.partial", mode="w+", dtype=array.dtype, shape=shape
+            )
+    target = storage[slot]
+    if target.shape[1:] != array.shape[1:]:
+        raise ValueError(
+            f"layer {key!r} changed shape between batches: {target.shape[1:]} then "
+            f"{array.shape[1:]}"
+        )
+    target[start:stop] = array
+
+
+def _finish_files(storage, keep):
+    """Rename finished memory maps to their final names, or delete them after an error."""
+    for array in storage.values():
+        if not isinstance(array, np.memmap):
+            continue
+        partial = Path(array.filename)
+        final = partial.with_name(partial.name[1 : -len(".partial")])
+        if keep:
+            array.flush()
+            os.replace(partial, final)
+        else:
+            partial.unlink(missing_ok=True)
+
+
+def _assemble(storage, views):
+    keys = list(dict.fromkeys(k for k, _ in storage))
+    if len(views) == 1:
+        return {k: storage[(k, "original")] for k in keys}
+    return {k: (storage[(k, "original")], storage[(k, "transformed")]) for k in keys}
+
+
+def _progress_bar(total, enabled):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with the torch extra
+        return None
+    return tqdm(total=total, unit="sample", desc="activations", leave=False)

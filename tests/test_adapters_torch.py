@@ -1,0 +1,161 @@
+"""The PyTorch adapter: hooks record exactly what a manual forward computes."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from seis_sklearn.adapters.torch import extract_activations, find_layers  # noqa: E402
+
+from seis_sklearn import seis_score  # noqa: E402
+
+
+class Net(torch.nn.Module):
+    """Conv blocks, a module with a tuple output, a module used twice, a dict output."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.act = torch.nn.ReLU()  # called twice per forward
+        self.conv2 = torch.nn.Conv2d(4, 3, 3, padding=1)
+        self.split = Split()
+        self.head = DictHead()
+        self.fail_on = None
+
+    def forward(self, x):
+        if self.fail_on is not None and x.shape[0] == self.fail_on:
+            raise RuntimeError("boom")
+        h = self.act(self.bn(self.conv1(x)))
+        h = self.act(self.conv2(h))
+        a, b = self.split(h)
+        return self.head(a + b)
+
+
+class Split(torch.nn.Module):
+    def forward(self, x):
+        return x[:, :2], x[:, 1:]
+
+
+class DictHead(torch.nn.Module):
+    def forward(self, x):
+        return {"label": "not a tensor", "logits": x.mean(dim=(2, 3))}
+
+
+@pytest.fixture
+def net():
+    model = Net()
+    model.train()
+    model.bn.running_mean += 0.5  # eval-mode BN differs visibly from train mode
+    return model
+
+
+@pytest.fixture
+def images():
+    return np.random.default_rng(0).normal(size=(10, 1, 7, 7)).astype(np.float32)
+
+
+def manual(model, x):
+    model.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(x)
+        c1 = model.conv1(x)
+        a1 = model.act(model.bn(c1))
+        c2 = model.conv2(a1)
+        a2 = model.act(c2)
+        s = model.split(a2)
+        head = model.head(s[0] + s[1])["logits"]
+    return {"conv1": c1, "act#1": a1, "act#2": a2, "split": s[0], "head": head, "conv2": c2}
+
+
+def test_hooks_record_what_a_manual_forward_computes(net, images):
+    got = extract_activations(
+        net, images, ["conv1", "act", "conv2", "split", "head"], batch_size=3, progress=False
+    )
+    expected = manual(net, images)
+    assert list(got) == ["conv1", "act#1", "act#2", "conv2", "split", "head"]
+    for key, value in got.items():
+        assert value.dtype == np.float32
+        assert np.allclose(value, expected[key].numpy(), atol=1e-6), key
+
+
+def test_select_picks_another_part_of_the_output(net, images):
+    got = extract_activations(net, images, ["split"], select=lambda out: out[1], progress=False)
+    net.eval()
+    with torch.no_grad():
+        h = net.act(net.conv2(net.act(net.bn(net.conv1(torch.from_numpy(images))))))
+    assert np.allclose(got["split"], h[:, 1:].numpy(), atol=1e-6)
+
+
+def test_mode_and_hooks_restored_after_an_error(net, images):
+    net.bn.eval()  # a mixed state must come back exactly
+    modes = {name: m.training for name, m in net.named_modules()}
+    net.fail_on = 4  # the last batch of 10 in batches of 6
+    with pytest.raises(RuntimeError, match="boom"):
+        extract_activations(net, images, ["conv1", "act"], batch_size=6, progress=False)
+    assert {name: m.training for name, m in net.named_modules()} == modes
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_pairs_with_a_transform(net, images):
+    rot = lambda batch: torch.rot90(batch, 1, (2, 3))  # noqa: E731
+    pairs = extract_activations(net, images, ["conv2"], transform=rot, progress=False)
+    original, rotated = pairs["conv2"]
+    assert np.allclose(original, manual(net, images)["conv2"].numpy(), atol=1e-6)
+    turned = np.ascontiguousarray(np.rot90(images, 1, (2, 3)))
+    assert np.allclose(rotated, manual(net, turned)["conv2"].numpy(), atol=1e-6)
+    result = seis_score(original, rotated)
+    assert 0 <= result.invariance <= result.equivariance <= 1
+
+
+def test_memory_mapped_output(tmp_path, net, images):
+    rot = lambda batch: torch.flip(batch, (3,))  # noqa: E731
+    out = tmp_path / "acts"
+    pairs = extract_activations(
+        net, images, ["conv1", "act"], transform=rot, out=out, batch_size=4, progress=False
+    )
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        f"{k}.{v}.npy" for k in ("conv1", "act#1", "act#2") for v in ("original", "transformed")
+    )
+    assert np.array_equal(np.load(out / "conv1.original.npy"), pairs["conv1"][0])
+    net.fail_on = 2
+    with pytest.raises(RuntimeError):
+        extract_activations(
+            net, images, ["conv1"], out=tmp_path / "failed", batch_size=4, progress=False
+        )
+    assert list((tmp_path / "failed").iterdir()) == []  # nothing half-written
+
+
+def test_inputs_from_loaders_and_generators(net, images):
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(images), torch.zeros(10)), batch_size=4
+    )
+    from_loader = extract_activations(net, loader, "conv2", progress=False)["conv2"]
+    from_generator = extract_activations(
+        net, (images[i : i + 3] for i in range(0, 10, 3)), "conv2", progress=False
+    )["conv2"]
+    expected = manual(net, images)["conv2"].numpy()
+    assert np.allclose(from_loader, expected, atol=1e-6)
+    assert np.allclose(from_generator, expected, atol=1e-6)
+
+
+def test_layer_selection_and_errors(net, images):
+    assert find_layers(net, types=torch.nn.Conv2d) == ["conv1", "conv2"]
+    assert find_layers(net, pattern="^conv") == ["conv1", "conv2"]
+    assert "split" in find_layers(net, leaves_only=True)
+    with pytest.raises(
+        ValueError, match=r"no module named 'conv3'; did you mean 'conv2', 'conv1'"
+    ):
+        extract_activations(net, images, ["conv3"], progress=False)
+    with pytest.raises(ValueError, match="layers is empty"):
+        extract_activations(net, images, [], progress=False)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        extract_activations(net, images, ["conv1"], batch_size=0, progress=False)
+    with pytest.raises(TypeError, match="inputs must be a tensor, a numpy array or an iterable"):
+        extract_activations(net, 3.0, ["conv1"], progress=False)
+    with pytest.raises(ValueError, match="out= needs the number of samples up front"):
+        extract_activations(net, iter([images]), ["conv1"], out="x", progress=False)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        extract_activations(lambda x: x, images, ["conv1"], progress=False)
