@@ -18,6 +18,7 @@ Importable as ``seis_sklearn.adapters.torch`` (the source lives in the top-level
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["extract_activations", "find_layers", "default_select"]
+__all__ = ["default_select", "extract_activations", "find_layers", "stream_scores"]
 
 
 def _import_torch():
@@ -255,6 +256,54 @@ def extract_activations(
         transformed)`` with ``transform``. A module called several times per
         forward gives the keys ``name#1``, ``name#2``, … instead of ``name``.
     """
+    batches = _forward_batches(
+        model, inputs, layers, transform, batch_size, device, select, progress
+    )
+    n_total = next(batches)
+    if out is not None and n_total is None:
+        batches.close()
+        raise ValueError(
+            "out= needs the number of samples up front: pass a tensor, an array "
+            "or a DataLoader over a sized dataset"
+        )
+    views = ("original", "transformed") if transform is not None else ("original",)
+    storage, pieces, finished, stop = {}, {}, False, 0
+    try:
+        with contextlib.closing(batches):
+            for (start, stop), per_view in batches:
+                for view, recorded in per_view.items():
+                    for key, array in recorded.items():
+                        _store(
+                            storage,
+                            pieces,
+                            key,
+                            view,
+                            array.astype(dtype, copy=False),
+                            (start, stop),
+                            n_total,
+                            out,
+                            paired=transform is not None,
+                        )
+        finished = True
+    finally:
+        _finish_files(storage, keep=finished)
+    if not storage and not pieces:
+        raise ValueError("inputs gave no batches")
+    if pieces:  # unknown length: concatenate what was collected
+        storage = {k: np.concatenate(v) for k, v in pieces.items()}
+    if n_total is not None and stop != n_total:
+        raise ValueError(f"inputs gave {stop} samples, expected {n_total}")
+    return _assemble(storage, views)
+
+
+def _forward_batches(model, inputs, layers, transform, batch_size, device, select, progress):
+    """Generator: first the number of samples (or None), then per batch
+    ``((start, stop), {view: {layer key: ndarray}})``.
+
+    Sets the model up once (eval mode, device, hooks) and restores every
+    submodule's mode, the device and the hooks in ``finally`` — also when the
+    forward raises or the consumer stops early.
+    """
     torch = _import_torch()
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -267,19 +316,12 @@ def extract_activations(
         device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     )
     batches, n_total = _batches(inputs, batch_size, torch)
-    if out is not None and n_total is None:
-        raise ValueError(
-            "out= needs the number of samples up front: pass a tensor, an array "
-            "or a DataLoader over a sized dataset"
-        )
+    yield n_total
     views = ("original", "transformed") if transform is not None else ("original",)
     recorder = _Recorder(names, modules, select or default_select)
     modes = {m: m.training for m in model.modules()}
     first_param = next(model.parameters(), None)
     home = first_param.device if first_param is not None else None
-    storage = {}
-    pieces = {}
-    finished = False
     bar = _progress_bar(n_total, progress)
     try:
         model.eval()
@@ -288,35 +330,23 @@ def extract_activations(
         with torch.inference_mode():
             for batch in batches:
                 batch = batch.to(device)
+                stop = start + batch.shape[0]
                 per_view = {}
                 for view in views:
-                    x = batch if view == "original" else transform(batch)
-                    model(x)
-                    per_view[view] = recorder.take()
-                stop = start + batch.shape[0]
-                for view, recorded in per_view.items():
-                    for key, tensor in recorded.items():
-                        array = tensor.detach().to("cpu").numpy().astype(dtype, copy=False)
+                    model(batch if view == "original" else transform(batch))
+                    per_view[view] = {}
+                    for key, tensor in recorder.take().items():
+                        array = tensor.detach().to("cpu").numpy()
                         if array.shape[0] != batch.shape[0]:
                             raise ValueError(
                                 f"layer {key!r} returned {array.shape[0]} rows for a batch of "
                                 f"{batch.shape[0]} samples: activations must keep samples first"
                             )
-                        _store(
-                            storage,
-                            pieces,
-                            key,
-                            view,
-                            array,
-                            (start, stop),
-                            n_total,
-                            out,
-                            paired=transform is not None,
-                        )
+                        per_view[view][key] = array
+                yield (start, stop), per_view
                 start = stop
                 if bar is not None:
                     bar.update(batch.shape[0])
-        finished = True
     finally:
         recorder.remove()
         if home is not None:
@@ -325,14 +355,97 @@ def extract_activations(
             module.train(training)
         if bar is not None:
             bar.close()
-        _finish_files(storage, keep=finished)
-    if not storage and not pieces:
+
+
+def stream_scores(
+    model,
+    inputs,
+    layers,
+    transform,
+    *,
+    held_out=0.2,
+    batch_size=256,
+    device=None,
+    select=None,
+    dtype=np.float64,
+    progress=True,
+    **seis_params,
+):
+    """Held-out SEIS scores of layers without ever storing their activations.
+
+    Each batch's activations (original and transformed inputs) go straight into
+    the statistics: every ``round(1 / held_out)``-th sample (by its index in
+    ``inputs``, whatever the batches) is held out, the others feed
+    :meth:`SEISScorer.partial_fit <seis_sklearn.SEISScorer.partial_fit>`, and the
+    held-out samples' moments are merged across batches and scored under the
+    final fit. Memory: the statistics (d × d per view) and one batch.
+
+    Parameters
+    ----------
+    model, inputs, layers, batch_size, device, select, progress
+        As in :func:`extract_activations`.
+    transform : callable
+        Maps a batch of inputs to the transformed batch.
+    held_out : float, default=0.2
+        Fraction of samples held out, in (0, 0.5].
+    dtype : numpy dtype, default=float64
+        Each batch's activations are converted to this before entering the
+        statistics (only one batch is ever held, so float64 costs little).
+    **seis_params
+        Parameters of :class:`~seis_sklearn.SEISScorer` (``n_components``,
+        ``matricization``, ``layout``, …); the moment solver is used.
+
+    Returns
+    -------
+    dict
+        Layer key → held-out :class:`~seis_sklearn.SEISResult`. The same
+        numbers as storing the activations, fitting on the kept samples and
+        scoring the held-out ones.
+    """
+    if not (isinstance(held_out, float) and 0.0 < held_out <= 0.5):
+        raise ValueError(f"held_out must be a float in (0, 0.5]; got {held_out!r}")
+    if transform is None or not callable(transform):
+        raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
+    every = int(round(1.0 / held_out))
+    scorers, held = {}, {}
+    batches = _forward_batches(
+        model, inputs, layers, transform, batch_size, device, select, progress
+    )
+    next(batches)
+    with contextlib.closing(batches):
+        for (start, stop), per_view in batches:
+            index = np.arange(start, stop)
+            test, train = index % every == 0, index % every != 0
+            per_view = {
+                view: {k: a.astype(dtype, copy=False) for k, a in recorded.items()}
+                for view, recorded in per_view.items()
+            }
+            _stream_batch(per_view, train, test, scorers, held, seis_params)
+    if not scorers:
         raise ValueError("inputs gave no batches")
-    if pieces:  # unknown length: concatenate what was collected
-        storage = {k: np.concatenate(v) for k, v in pieces.items()}
-    if start != (n_total if n_total is not None else start):
-        raise ValueError(f"inputs gave {start} samples, expected {n_total}")
-    return _assemble(storage, views)
+    return {key: scorer._score_moments(held[key]) for key, scorer in scorers.items()}
+
+
+def _stream_batch(per_view, train, test, scorers, held, seis_params):
+    """Feed one batch of every layer to its scorer (kept samples) and held-out moments."""
+    from seis_sklearn import SEISScorer
+    from seis_sklearn._matricize import resolve_layout
+    from seis_sklearn._moments import accumulate
+
+    for key, original in per_view["original"].items():
+        transformed = per_view["transformed"][key]
+        scorer = scorers.setdefault(key, SEISScorer(**seis_params, solver="moments"))
+        if train.any():
+            scorer.partial_fit(original[train], transformed[train])
+        if test.any():
+            layout = resolve_layout(seis_params.get("layout", "auto"), original.ndim)
+            part = accumulate(
+                [original[test], transformed[test]],
+                layout,
+                seis_params.get("matricization", "spatial"),
+                names=(f"{key} (original)", f"{key} (transformed)"),
+            )
+            held[key] = part if key not in held else held[key].merge(part)
 
 
 def _store(storage, pieces, key, view, array, rows, n_total, out, paired):

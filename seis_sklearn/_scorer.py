@@ -314,6 +314,12 @@ class SEISScorer(BaseEstimator):
         )
         return _held_out_result(self._cca, self._basis, projected, self, layout)
 
+    def _score_moments(self, moments):
+        """Held-out result from the d × d moments of new pairs (streaming scoring)."""
+        check_is_fitted(self)
+        projected = project_moments(moments, self.components_.T)
+        return _held_out_result(self._cca, self._basis, projected, self, self.layout_)
+
     def score(self, X, y):
         """One held-out score, the one named by ``score_kind``.
 

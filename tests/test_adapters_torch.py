@@ -159,3 +159,29 @@ def test_layer_selection_and_errors(net, images):
         extract_activations(net, iter([images]), ["conv1"], out="x", progress=False)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         extract_activations(lambda x: x, images, ["conv1"], progress=False)
+
+
+def test_streaming_equals_storing_then_scoring(net):
+    from seis_sklearn.adapters.torch import stream_scores
+
+    from seis_sklearn import SEISScorer
+
+    x = np.random.default_rng(1).normal(size=(60, 1, 7, 7)).astype(np.float32)
+    flip = lambda batch: torch.flip(batch, (3,))  # noqa: E731
+    streamed = stream_scores(
+        net, x, ["conv1", "act"], flip, batch_size=7, progress=False, n_components=0.95
+    )
+    stored = extract_activations(
+        net, x, ["conv1", "act"], transform=flip, progress=False, dtype=np.float64
+    )
+    test = np.arange(60) % 5 == 0
+    assert set(streamed) == set(stored) == {"conv1", "act#1", "act#2"}
+    for key, (original, flipped) in stored.items():
+        scorer = SEISScorer(n_components=0.95).fit(original[~test], flipped[~test])
+        expected = scorer.scores(original[test], flipped[test])
+        got = streamed[key]
+        assert got.evaluation == "held-out" and got.n_components == expected.n_components
+        for name in ("equivariance", "invariance", "equivariance_weighted", "invariance_weighted"):
+            assert getattr(got, name) == pytest.approx(getattr(expected, name), abs=1e-8)
+    with pytest.raises(ValueError, match=r"held_out must be a float in \(0, 0.5\]"):
+        stream_scores(net, x, ["conv1"], flip, held_out=0.9)
