@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(PY) -m seis_sklearn.demo --out $(DEMO_OUT)
 
 test: $(STAMP)
-	$(PY) -m pytest --cov=seis_sklearn --cov-report=term-missing:skip-covered -q
+	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered -q
 
 # The same suite against the oldest versions pyproject.toml claims (requirements/oldest.txt).
 OLD_VENV := .venv-oldest
