@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import transforms
+from ._files import atomic_write
 from ._result import SCORE_NAMES
 from ._scorer import seis_score
 
@@ -124,20 +123,6 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def _atomic_write(path, data):
-    """Write bytes to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def rows_to_csv(rows):
     """CSV text of the sweep rows."""
     buf = io.StringIO()
@@ -220,13 +205,13 @@ def main(argv=None):
     print(format_table([]).splitlines()[0])
     print(format_table([]).splitlines()[1])
     rows = run_sweep(A, cv=args.cv, progress=lambda r: print(format_table([r]).splitlines()[2]))
-    _atomic_write(out / "synthetic_validation.csv", rows_to_csv(rows).encode())
+    atomic_write(out / "synthetic_validation.csv", rows_to_csv(rows).encode())
     written = [out / "synthetic_validation.csv"]
     if not args.no_plot:
         fig = plot_sweep(rows, "SEIS on digits activations transformed directly")
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
-        _atomic_write(out / "synthetic_validation.png", buf.getvalue())
+        atomic_write(out / "synthetic_validation.png", buf.getvalue())
         written.append(out / "synthetic_validation.png")
     print(f"\n{time.perf_counter() - start:.1f} s; wrote " + ", ".join(map(str, written)))
     return 0

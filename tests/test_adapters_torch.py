@@ -74,7 +74,7 @@ def test_hooks_record_what_a_manual_forward_computes(net, images):
         net, images, ["conv1", "act", "conv2", "split", "head"], batch_size=3, progress=False
     )
     expected = manual(net, images)
-    assert list(got) == ["conv1", "act#1", "act#2", "conv2", "split", "head"]
+    assert list(got) == ["conv1", "act#1", "conv2", "act#2", "split", "head"]  # forward order
     for key, value in got.items():
         assert value.dtype == np.float32
         assert np.allclose(value, expected[key].numpy(), atol=1e-6), key
@@ -185,3 +185,38 @@ def test_streaming_equals_storing_then_scoring(net):
             assert getattr(got, name) == pytest.approx(getattr(expected, name), abs=1e-8)
     with pytest.raises(ValueError, match=r"held_out must be a float in \(0, 0.5\]"):
         stream_scores(net, x, ["conv1"], flip, held_out=0.9)
+
+
+def test_layerwise_report_schema_and_figure(net, tmp_path):
+    from seis_sklearn.adapters.torch import layerwise_seis
+    from seis_sklearn.adapters.torch import transforms as TT
+
+    from seis_sklearn.report import COLUMNS, plot_layerwise, save_report
+
+    x = np.random.default_rng(2).normal(size=(40, 1, 7, 7)).astype(np.float32)
+    chosen = {"rot90": TT.rot90, "flip": TT.hflip}
+    frame = layerwise_seis(
+        net,
+        x,
+        chosen,
+        layers=["conv1", "act", "conv2"],
+        batch_size=16,
+        progress=False,
+        n_components=0.95,
+    )
+    assert list(frame.columns) == list(COLUMNS)
+    assert len(frame) == 2 * 4  # conv1, act#1, conv2, act#2 per transform
+    assert set(frame["transform"]) == {"rot90", "flip"}
+    first = frame[frame["transform"] == "rot90"].sort_values("depth")
+    assert first["layer"].tolist() == ["conv1", "act#1", "conv2", "act#2"]
+    assert first["module"].tolist() == ["Conv2d", "ReLU", "Conv2d", "ReLU"]
+    assert first["shape"].iloc[0] == "4×7×7" and set(frame["evaluation"]) == {"held-out"}
+    assert ((frame["invariance"] <= frame["equivariance"]) & (frame["equivariance"] <= 1)).all()
+    in_sample = layerwise_seis(net, x, {"flip": TT.hflip}, progress=False, held_out=None)
+    assert in_sample["layer"].tolist() == ["conv1", "conv2"]  # default: conv and linear layers
+    assert set(in_sample["evaluation"]) == {"in-sample"}
+    fig = plot_layerwise(frame)
+    assert len(fig.axes[0].get_lines()) == 2 * 2  # S_E and S_I per transform
+    csv_path, png_path = save_report(frame, tmp_path / "report")
+    assert csv_path.read_text().splitlines()[0] == ",".join(COLUMNS)
+    assert png_path.read_bytes()[:4] == b"\x89PNG"

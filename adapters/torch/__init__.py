@@ -27,7 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["default_select", "extract_activations", "find_layers", "stream_scores"]
+__all__ = [
+    "default_select",
+    "extract_activations",
+    "find_layers",
+    "layerwise_seis",
+    "stream_scores",
+]
 
 
 def _import_torch():
@@ -169,33 +175,33 @@ def _safe_filename(name):
 
 
 class _Recorder:
-    """Forward hooks recording every call of the watched modules during one forward."""
+    """Forward hooks logging every call of the watched modules, in execution order."""
 
     def __init__(self, names, modules, select):
-        self.names = names
         self.select = select
-        self.calls = {n: [] for n in names}
+        self.log = []
         self.handles = [
             m.register_forward_hook(self._hook(n)) for n, m in zip(names, modules, strict=True)
         ]
 
     def _hook(self, name):
         def hook(module, args, output):
-            self.calls[name].append(self.select(output))
+            self.log.append((name, self.select(output)))
 
         return hook
 
     def take(self):
-        """Keys (``name`` or ``name#i`` for a module called several times) → tensors."""
+        """Keys in execution order → tensors; a module called several times gives
+        ``name#1``, ``name#2``, … (in call order)."""
+        counts = {}
+        for name, _ in self.log:
+            counts[name] = counts.get(name, 0) + 1
+        seen = {}
         out = {}
-        for name in self.names:
-            calls = self.calls[name]
-            if len(calls) == 1:
-                out[name] = calls[0]
-            else:
-                for i, tensor in enumerate(calls, start=1):
-                    out[f"{name}#{i}"] = tensor
-            self.calls[name] = []
+        for name, tensor in self.log:
+            seen[name] = seen.get(name, 0) + 1
+            out[name if counts[name] == 1 else f"{name}#{seen[name]}"] = tensor
+        self.log = []
         return out
 
     def remove(self):
@@ -253,8 +259,9 @@ def extract_activations(
     -------
     dict
         Layer key → ndarray of shape (n_samples, ...), or → ``(original,
-        transformed)`` with ``transform``. A module called several times per
-        forward gives the keys ``name#1``, ``name#2``, … instead of ``name``.
+        transformed)`` with ``transform``, in the order the layers ran. A module
+        called several times per forward gives the keys ``name#1``, ``name#2``,
+        … instead of ``name``.
     """
     batches = _forward_batches(
         model, inputs, layers, transform, batch_size, device, select, progress
@@ -404,6 +411,35 @@ def stream_scores(
     """
     if not (isinstance(held_out, float) and 0.0 < held_out <= 0.5):
         raise ValueError(f"held_out must be a float in (0, 0.5]; got {held_out!r}")
+    return _stream(
+        model,
+        inputs,
+        layers,
+        transform,
+        held_out,
+        batch_size,
+        device,
+        select,
+        dtype,
+        progress,
+        seis_params,
+    )[0]
+
+
+def _stream(
+    model,
+    inputs,
+    layers,
+    transform,
+    held_out,
+    batch_size,
+    device,
+    select,
+    dtype,
+    progress,
+    seis_params,
+):
+    """Held-out results and per-sample activation shapes of every layer key."""
     if transform is None or not callable(transform):
         raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
     every = int(round(1.0 / held_out))
@@ -423,7 +459,105 @@ def stream_scores(
             _stream_batch(per_view, train, test, scorers, held, seis_params)
     if not scorers:
         raise ValueError("inputs gave no batches")
-    return {key: scorer._score_moments(held[key]) for key, scorer in scorers.items()}
+    results = {key: scorer._score_moments(held[key]) for key, scorer in scorers.items()}
+    shapes = {key: scorer.activation_shape_ for key, scorer in scorers.items()}
+    return results, shapes
+
+
+def layerwise_seis(
+    model,
+    inputs,
+    transforms,
+    *,
+    layers=None,
+    held_out=0.2,
+    batch_size=256,
+    device=None,
+    progress=True,
+    **seis_params,
+):
+    """SEIS of every chosen layer under every transform, as one table.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    inputs : torch.Tensor, ndarray or iterable of batches
+        As in :func:`extract_activations`.
+    transforms : dict of str → callable
+        Name → a function of a batch of inputs (a tensor) giving the transformed
+        batch, e.g. ``{"rot90": partial(transforms.rot90, k=1)}`` with
+        :mod:`seis_sklearn.adapters.torch.transforms`.
+    layers : sequence of str, optional
+        Default: every ``Conv*d`` and ``Linear`` module (:func:`find_layers`).
+    held_out : float or None, default=0.2
+        Fraction of samples held out for honest scores (:func:`stream_scores`;
+        activations are never stored). ``None``: in-sample scores of all samples
+        (activations are held in memory, one layer at a time per transform).
+    batch_size, device, progress
+        As in :func:`extract_activations`.
+    **seis_params
+        Parameters of :class:`~seis_sklearn.SEISScorer`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (layer, transform): ``layer``, ``depth`` (the order in which
+        the layers ran in the forward pass), ``module`` (its class), ``shape`` (per sample),
+        ``transform``, the four scores, ``n_components``, ``n_rows`` and
+        ``evaluation``. Draw it with :func:`seis_sklearn.report.plot_layerwise`,
+        save it with :func:`seis_sklearn.report.save_report`.
+    """
+    from seis_sklearn import seis_score
+    from seis_sklearn.report import report_frame, result_row
+
+    torch = _import_torch()
+    if not isinstance(transforms, dict) or not transforms:
+        raise TypeError("transforms must be a non-empty dict of name → callable")
+    if layers is None:
+        convs = tuple(getattr(torch.nn, f"Conv{n}d") for n in (1, 2, 3))
+        layers = find_layers(model, types=(*convs, torch.nn.Linear))
+    modules = dict(model.named_modules())
+    rows = []
+    for name, transform in transforms.items():
+        if held_out is None:
+            pairs = extract_activations(
+                model,
+                inputs,
+                layers,
+                transform=transform,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+            )
+            results = {k: seis_score(a, b, **seis_params) for k, (a, b) in pairs.items()}
+            shapes = {k: a.shape[1:] for k, (a, _) in pairs.items()}
+        else:
+            results, shapes = _stream(
+                model,
+                inputs,
+                layers,
+                transform,
+                held_out,
+                batch_size,
+                device,
+                None,
+                np.float64,
+                progress,
+                seis_params,
+            )
+        for depth, (key, result) in enumerate(results.items()):
+            module = modules[key.split("#")[0]]
+            rows.append(
+                result_row(
+                    result,
+                    layer=key,
+                    depth=depth,
+                    module=type(module).__name__,
+                    shape=shapes[key],
+                    transform=name,
+                )
+            )
+    return report_frame(rows)
 
 
 def _stream_batch(per_view, train, test, scorers, held, seis_params):

@@ -1,0 +1,158 @@
+"""Layerwise reports: a table of scores per (layer, transform) and its figure.
+
+Needs the ``plot`` extra (pandas, matplotlib), imported when a function is called.
+The table comes from :func:`seis_sklearn.adapters.torch.layerwise_seis` (or from
+:func:`report_frame` on any rows); :func:`plot_layerwise` draws S_E and S_I against
+depth, one colour per transform; :func:`save_report` writes ``report.csv`` and
+``layers.png`` in one call.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from ._files import atomic_write
+
+COLUMNS = (
+    "layer",
+    "depth",
+    "module",
+    "shape",
+    "transform",
+    "equivariance",
+    "invariance",
+    "equivariance_weighted",
+    "invariance_weighted",
+    "n_components",
+    "n_rows",
+    "evaluation",
+)
+
+
+def _pandas():
+    try:
+        import pandas
+    except ImportError:  # pragma: no cover - exercised only without the extra
+        raise ImportError("the report needs pandas: pip install 'seis-sklearn[plot]'") from None
+    return pandas
+
+
+def report_frame(rows):
+    """The report table from rows of per-(layer, transform) results.
+
+    Parameters
+    ----------
+    rows : iterable of dict
+        Each with the keys of :data:`COLUMNS`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns in the order of :data:`COLUMNS`, sorted by transform then depth.
+    """
+    pd = _pandas()
+    frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    return frame.sort_values(["transform", "depth"], kind="stable").reset_index(drop=True)
+
+
+def result_row(result, *, layer, depth, module, shape, transform):
+    """One report row from a :class:`~seis_sklearn.SEISResult`."""
+    return {
+        "layer": layer,
+        "depth": depth,
+        "module": module,
+        "shape": "×".join(map(str, shape)),
+        "transform": transform,
+        "equivariance": result.equivariance,
+        "invariance": result.invariance,
+        "equivariance_weighted": result.equivariance_weighted,
+        "invariance_weighted": result.invariance_weighted,
+        "n_components": result.n_components,
+        "n_rows": result.n_rows,
+        "evaluation": result.evaluation,
+    }
+
+
+def plot_layerwise(frame, *, title=None, weighted=False):
+    """S_E (solid) and S_I (dashed) against depth, one colour per transform.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        A report table (:func:`report_frame`).
+    title : str, optional
+    weighted : bool, default=False
+        Plot the variance-weighted pair instead of the uniform one.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two lines per transform; the x axis is labelled with the layer names.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "the figure needs matplotlib: pip install 'seis-sklearn[plot]'"
+        ) from None
+    suffix = "_weighted" if weighted else ""
+    fig = Figure(
+        figsize=(max(6.0, 0.55 * frame["depth"].nunique() + 3), 4.2), layout="constrained"
+    )
+    ax = fig.subplots()
+    for i, (name, group) in enumerate(frame.groupby("transform", sort=False)):
+        group = group.sort_values("depth")
+        color = f"C{i % 10}"
+        ax.plot(
+            group["depth"],
+            group["equivariance" + suffix],
+            "-o",
+            color=color,
+            ms=4,
+            label=f"{name}: S_E",
+        )
+        ax.plot(
+            group["depth"],
+            group["invariance" + suffix],
+            "--s",
+            color=color,
+            ms=4,
+            label=f"{name}: S_I",
+        )
+    ticks = frame.drop_duplicates("depth").sort_values("depth")
+    ax.set_xticks(ticks["depth"], ticks["layer"], rotation=45, ha="right", fontsize=8)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("layer (depth order)")
+    ax.set_ylabel(("variance-weighted " if weighted else "") + "score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    evaluation = ", ".join(sorted(set(frame["evaluation"])))
+    ax.set_title(title or f"SEIS by layer ({evaluation})")
+    return fig
+
+
+def save_report(frame, out, *, title=None):
+    """Write ``report.csv`` and ``layers.png`` in ``out`` (created), each atomically.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+    out : str or path-like
+        Output folder.
+    title : str, optional
+        Title of the figure.
+
+    Returns
+    -------
+    (pathlib.Path, pathlib.Path)
+        The CSV and the PNG.
+    """
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = folder / "report.csv", folder / "layers.png"
+    atomic_write(csv_path, frame.to_csv(index=False, float_format="%.6f").encode())
+    buf = io.BytesIO()
+    plot_layerwise(frame, title=title).savefig(buf, format="png", dpi=110)
+    atomic_write(png_path, buf.getvalue())
+    return csv_path, png_path
