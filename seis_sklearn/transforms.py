@@ -78,8 +78,12 @@ def spatial_axes(x, layout="auto"):
     >>> spatial_axes(np.zeros((2, 8, 8, 3)), "NHWC")
     (1, 2)
     """
-    x = _as_array(x)
-    axes = _SPATIAL_AXES[resolve_layout(layout, x.ndim, name="x")]
+    return _spatial_axes_for(_as_array(x).ndim, layout)
+
+
+def _spatial_axes_for(ndim, layout):
+    """Spatial axes of an array of ``ndim`` dimensions in ``layout`` (any framework)."""
+    axes = _SPATIAL_AXES[resolve_layout(layout, ndim, name="x")]
     if not axes:
         raise ValueError("x has layout 'ND', which has no spatial axes to transform")
     return axes
@@ -94,7 +98,12 @@ def _as_array(x):
 
 def _plane(x, layout):
     """The (H, W) axes of ``x``: the last two spatial axes."""
-    axes = spatial_axes(x, layout)
+    return _plane_for(np.ndim(x), layout)
+
+
+def _plane_for(ndim, layout):
+    """The (H, W) axes of an array of ``ndim`` dimensions (any framework)."""
+    axes = _spatial_axes_for(ndim, layout)
     if len(axes) < 2:
         raise ValueError(
             f"this transform needs a 2-D spatial grid, but layout {layout!r} of x has a "

@@ -1,5 +1,7 @@
 """Geometric transforms of torch tensors, with the semantics of :mod:`seis_sklearn.transforms`.
 
+``compose`` is the numpy module's own (it chains any callables).
+
 They run where the tensor lives (GPU included) and accept the same layouts
 (``"NCHW"``, ``"NHWC"``, ``"NCDHW"``, ``"NLD"``; ``"auto"`` by ndim) and the same
 conventions: ``rot90`` is ``torch.rot90`` over (H, W); ``rotate(x, 90)`` equals
@@ -23,35 +25,19 @@ from __future__ import annotations
 import math
 import numbers
 
-from seis_sklearn._matricize import resolve_layout
+from seis_sklearn.transforms import _plane_for, _shift_vector, _spatial_axes_for, compose
 
 from . import _import_torch
 
 __all__ = ["compose", "flip", "hflip", "rot90", "rotate", "scale", "translate", "vflip"]
 
-_SPATIAL_AXES = {"NCHW": (2, 3), "NHWC": (1, 2), "NCDHW": (3, 4), "NLD": (1,), "ND": ()}
-
 
 def _axes(x, layout):
-    axes = _SPATIAL_AXES[resolve_layout(layout, x.ndim, name="x")]
-    if not axes:
-        raise ValueError("x has layout 'ND', which has no spatial axes to transform")
-    return axes
-
-
-def _all_spatial_axes(x, layout):
-    concrete = resolve_layout(layout, x.ndim, name="x")
-    return (2, 3, 4) if concrete == "NCDHW" else _SPATIAL_AXES[concrete]
+    return _spatial_axes_for(x.ndim, layout)
 
 
 def _plane(x, layout):
-    axes = _axes(x, layout)
-    if len(axes) < 2:
-        raise ValueError(
-            f"this transform needs a 2-D spatial grid, but layout {layout!r} of x has a "
-            "single spatial axis (tokens)"
-        )
-    return axes[-2:]
+    return _plane_for(x.ndim, layout)
 
 
 def rot90(x, k=1, *, layout="auto"):
@@ -113,17 +99,8 @@ def translate(x, shift, *, layout="auto", mode="circular"):
     """
     if mode not in ("circular", "zeros"):
         raise ValueError(f"mode must be 'circular' or 'zeros'; got {mode!r}")
-    axes = _all_spatial_axes(x, layout)
-    if isinstance(shift, numbers.Real) and not isinstance(shift, bool):
-        shifts = [0.0] * (len(axes) - 1) + [float(shift)]
-    else:
-        shifts = [float(s) for s in shift]
-        if len(shifts) != len(axes):
-            raise ValueError(
-                f"shift must have one entry per spatial axis ({len(axes)}); got {len(shifts)}"
-            )
-    if not all(math.isfinite(s) for s in shifts):
-        raise ValueError(f"shift must be finite; got {shift!r}")
+    axes = _axes(x, layout)
+    shifts = _shift_vector(shift, len(axes))
     out = x
     for dim, s in zip(axes, shifts, strict=True):
         whole = math.floor(s)
@@ -184,17 +161,3 @@ def scale(x, factor, *, layout="auto"):
     if len(factors) != 2 or not all(math.isfinite(f) and f > 0 for f in factors):
         raise ValueError(f"factor must be positive and finite; got {factor!r}")
     return _affine(x, layout, ((1.0 / factors[0], 0.0), (0.0, 1.0 / factors[1])))
-
-
-def compose(*transforms):
-    """Chain transforms left to right; keyword arguments go to every one of them."""
-    for t in transforms:
-        if not callable(t):
-            raise TypeError(f"compose takes callables; got {t!r}")
-
-    def composed(x, **kwargs):
-        for t in transforms:
-            x = t(x, **kwargs)
-        return x
-
-    return composed
