@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CONSTRAINTS := requirements/constraints.txt
 DEMO_OUT ?= demo-output
 
-.PHONY: setup demo test test-oldest docs lint bench clean
+.PHONY: setup demo demo-synthetic test test-oldest docs lint bench clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@$(PYTHON) -c 'import sys; sys.exit("seis-sklearn needs Python >= 3.10, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 setup: $(STAMP)
 
+# The main job: a small CNN trained on digits (plain and rotation-augmented), layer by layer.
 demo: $(STAMP)
-	$(PY) -m seis_sklearn.demo --out $(DEMO_OUT)
+	$(PY) -m seis_sklearn.adapters.torch.demo --out $(DEMO_OUT)
+
+# The numpy-only synthetic validation (random filters, activations transformed directly).
+demo-synthetic: $(STAMP)
+	$(PY) -m seis_sklearn.demo --out $(DEMO_OUT)/synthetic
 
 test: $(STAMP)
 	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered -q

@@ -6,7 +6,7 @@ to 32×32); the resulting activation maps are then transformed *directly*
 transform keeps the information (equivariance high) but moves it (invariance
 low), except where interpolation or zero fill destroys part of it.
 
-Run it with ``python -m seis_sklearn.demo --out DIR`` (``make demo``): it prints
+Run it with ``python -m seis_sklearn.demo --out DIR`` (``make demo-synthetic``): it prints
 a table and writes ``synthetic_validation.csv`` and ``synthetic_validation.png``
 in ``DIR``.
 """

@@ -74,7 +74,7 @@ def result_row(result, *, layer, depth, module, shape, transform):
     }
 
 
-def plot_layerwise(frame, *, title=None, weighted=False):
+def plot_layerwise(frame, *, title=None, weighted=False, ax=None):
     """S_E (solid) and S_I (dashed) against depth, one colour per transform.
 
     Parameters
@@ -84,6 +84,8 @@ def plot_layerwise(frame, *, title=None, weighted=False):
     title : str, optional
     weighted : bool, default=False
         Plot the variance-weighted pair instead of the uniform one.
+    ax : matplotlib.axes.Axes, optional
+        Draw into this axis (e.g. one panel per model) instead of a new figure.
 
     Returns
     -------
@@ -97,10 +99,11 @@ def plot_layerwise(frame, *, title=None, weighted=False):
             "the figure needs matplotlib: pip install 'seis-sklearn[plot]'"
         ) from None
     suffix = "_weighted" if weighted else ""
-    fig = Figure(
-        figsize=(max(6.0, 0.55 * frame["depth"].nunique() + 3), 4.2), layout="constrained"
-    )
-    ax = fig.subplots()
+    if ax is None:
+        fig = Figure(
+            figsize=(max(6.0, 0.55 * frame["depth"].nunique() + 3), 4.2), layout="constrained"
+        )
+        ax = fig.subplots()
     for i, (name, group) in enumerate(frame.groupby("transform", sort=False)):
         group = group.sort_values("depth")
         color = f"C{i % 10}"
@@ -129,7 +132,7 @@ def plot_layerwise(frame, *, title=None, weighted=False):
     ax.legend(fontsize=7, ncol=2, loc="best")
     evaluation = ", ".join(sorted(set(frame["evaluation"])))
     ax.set_title(title or f"SEIS by layer ({evaluation})")
-    return fig
+    return ax.figure
 
 
 def save_report(frame, out, *, title=None):
