@@ -18,6 +18,8 @@ from functools import cache
 
 import numpy as np
 
+from ._matricize import _to_channels_first, _to_channels_last, matrix_shape
+
 
 @cache
 def _compiled():
@@ -60,8 +62,6 @@ def sample_view(chunk, layout, matricization):
     ``None`` when the axes cannot be merged without a copy (e.g. an F-ordered
     array); the caller then matricizes with numpy instead.
     """
-    from ._matricize import _to_channels_first, _to_channels_last, matrix_shape
-
     n = chunk.shape[0]
     rows, d = matrix_shape(chunk.shape, layout, matricization)
     if layout == "ND" or matricization == "flatten":

@@ -53,11 +53,6 @@ class Moments:
         """Number of views ``G``."""
         return self.mean.shape[0]
 
-    @property
-    def n_columns(self):
-        """Number of columns ``d``."""
-        return self.mean.shape[1]
-
     def merge(self, other):
         """Return the moments of the union of the rows of ``self`` and ``other``."""
         if other.mean.shape != self.mean.shape:
@@ -83,28 +78,6 @@ class NonFiniteError(ArithmeticError):
     def __init__(self, view):
         super().__init__(view)
         self.view = view
-
-
-def block_moments(blocks):
-    """Moments of in-memory row-aligned matrices (one chunk), in float64.
-
-    Parameters
-    ----------
-    blocks : sequence of ndarray of shape (m, d)
-        The views; any float or integer dtype.
-
-    Returns
-    -------
-    Moments
-
-    Raises
-    ------
-    NonFiniteError
-        If a view holds NaN/inf or values whose products overflow float64.
-    """
-    acc = MomentAccumulator(len(blocks), blocks[0].shape[1], np.float64)
-    acc.add(blocks)
-    return acc.result()
 
 
 def product_dtype(dtype):
@@ -152,11 +125,11 @@ class MomentAccumulator:
         ``views`` may give the same chunk as ``(n_samples, rows, d)`` strided views
         of the input, which the Numba kernel centres without a transposing copy.
         """
-        r, d = (
-            blocks[0].shape
-            if blocks is not None
-            else (views[0].shape[0] * views[0].shape[1], views[0].shape[2])
-        )
+        if views is not None:
+            n, rows, d = views[0].shape
+            r = n * rows
+        else:
+            r, d = blocks[0].shape
         if self._buffer.shape[0] < r:
             self._buffer = np.empty((r, self.n_views * d), dtype=self.dtype)
         buffer = self._buffer[:r]

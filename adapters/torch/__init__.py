@@ -409,8 +409,6 @@ def stream_scores(
         numbers as storing the activations, fitting on the kept samples and
         scoring the held-out ones.
     """
-    if not (isinstance(held_out, float) and 0.0 < held_out <= 0.5):
-        raise ValueError(f"held_out must be a float in (0, 0.5]; got {held_out!r}")
     return _stream(
         model,
         inputs,
@@ -440,6 +438,8 @@ def _stream(
     seis_params,
 ):
     """Held-out results and per-sample activation shapes of every layer key."""
+    if not (isinstance(held_out, float) and 0.0 < held_out <= 0.5):
+        raise ValueError(f"held_out must be a float in (0, 0.5]; got {held_out!r}")
     if transform is None or not callable(transform):
         raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
     every = int(round(1.0 / held_out))
