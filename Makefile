@@ -19,7 +19,7 @@ setup: $(STAMP)
 
 # The main job: a small CNN trained on digits (plain and rotation-augmented), layer by layer.
 demo: $(STAMP)
-	$(PY) -m seis_sklearn.adapters.torch.demo --out $(DEMO_OUT)
+	$(VENV)/bin/seis demo --out $(DEMO_OUT) --force
 
 # The numpy-only synthetic validation (random filters, activations transformed directly).
 demo-synthetic: $(STAMP)

@@ -26,7 +26,9 @@ _LAZY = {
     "matricize": "._matricize",
     "seis_score": "._scorer",
     "transforms": ".transforms",
+    "io": ".io",
 }
+_SUBMODULES = ("transforms", "io")
 
 __all__ = [
     "SEISResult",
@@ -41,7 +43,7 @@ __all__ = [
 def __getattr__(name):
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name], __name__)
-        value = module if name == "transforms" else getattr(module, name)
+        value = module if name in _SUBMODULES else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

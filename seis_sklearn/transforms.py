@@ -38,7 +38,9 @@ from ._matricize import resolve_layout
 __all__ = [
     "compose",
     "flip",
+    "from_spec",
     "hflip",
+    "parse_spec",
     "rot90",
     "rotate",
     "scale",
@@ -501,3 +503,100 @@ def compose(*transforms):
 
     composed.transforms = transforms
     return composed
+
+
+_SPEC_NAMES = ("rot90", "flip", "hflip", "vflip", "shift", "rotate", "scale")
+_SPEC_EXAMPLES = "e.g. rot90, rot90:2, hflip, vflip, shift:4, shift:2,-3, rotate:15, scale:1.2"
+
+
+def parse_spec(spec):
+    """Parse a transform written as text (as the ``seis`` command line takes it).
+
+    Parameters
+    ----------
+    spec : str
+        Steps joined by ``+`` (applied left to right), each ``name`` or
+        ``name:arguments``:
+
+        ==================  ===============================================
+        ``rot90[:k]``       quarter turns (default 1)
+        ``flip``/``hflip``  mirror left–right; ``vflip`` top–bottom
+        ``shift:dx``        circular shift along the last spatial axis;
+                            ``shift:dy,dx`` per axis (fractions interpolate)
+        ``rotate:degrees``  rotation about the grid centre, zero fill
+        ``scale:factor``    zoom about the grid centre, zero fill
+        ==================  ===============================================
+
+    Returns
+    -------
+    list of (str, dict)
+        The function of this module and its keyword arguments, per step.
+
+    Examples
+    --------
+    >>> from seis_sklearn.transforms import parse_spec
+    >>> parse_spec("rot90+shift:2,-3")
+    [('rot90', {'k': 1}), ('translate', {'shift': (2.0, -3.0)})]
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"transform must be a non-empty string ({_SPEC_EXAMPLES}); got {spec!r}")
+    steps = []
+    for step in spec.replace(" ", "").split("+"):
+        name, _, args = step.partition(":")
+        try:
+            steps.append(_parse_step(name, args))
+        except ValueError:
+            if name not in _SPEC_NAMES:
+                raise ValueError(
+                    f"transform {spec!r}: unknown step {name!r}; expected one of "
+                    f"{', '.join(_SPEC_NAMES)} ({_SPEC_EXAMPLES})"
+                ) from None
+            raise ValueError(
+                f"transform {spec!r}: bad arguments {args!r} for {name!r} ({_SPEC_EXAMPLES})"
+            ) from None
+    return steps
+
+
+def _parse_step(name, args):
+    numbers_ = [float(a) for a in args.split(",")] if args else []
+    if name == "rot90" and len(numbers_) <= 1:
+        k = numbers_[0] if numbers_ else 1.0
+        if k != int(k):
+            raise ValueError
+        return "rot90", {"k": int(k)}
+    if name in ("flip", "hflip", "vflip") and not numbers_:
+        return ("vflip" if name == "vflip" else "hflip"), {}
+    if name == "shift" and len(numbers_) in (1, 2) and all(np.isfinite(numbers_)):
+        return "translate", {"shift": numbers_[0] if len(numbers_) == 1 else tuple(numbers_)}
+    if name == "rotate" and len(numbers_) == 1 and np.isfinite(numbers_[0]):
+        return "rotate", {"angle": numbers_[0]}
+    if name == "scale" and len(numbers_) == 1 and np.isfinite(numbers_[0]) and numbers_[0] > 0:
+        return "scale", {"factor": numbers_[0]}
+    raise ValueError
+
+
+def from_spec(spec):
+    """The transform a text spec describes (see :func:`parse_spec`), as a function.
+
+    Parameters
+    ----------
+    spec : str
+
+    Returns
+    -------
+    callable
+        ``f(x, layout="auto")`` on numpy arrays.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from seis_sklearn.transforms import from_spec, rot90, translate
+    >>> x = np.random.default_rng(0).normal(size=(2, 3, 5, 5))
+    >>> f = from_spec("rot90+shift:1")
+    >>> bool(np.array_equal(f(x), translate(rot90(x), 1)))
+    True
+    """
+    from functools import partial
+
+    steps = [partial(globals()[name], **kwargs) for name, kwargs in parse_spec(spec)]
+    return compose(*steps)

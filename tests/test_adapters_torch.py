@@ -117,7 +117,8 @@ def test_memory_mapped_output(tmp_path, net, images):
     )
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(
-        f"{k}.{v}.npy" for k in ("conv1", "act#1", "act#2") for v in ("original", "transformed")
+        [f"{k}.{v}.npy" for k in ("conv1", "act#1", "act#2") for v in ("original", "transformed")]
+        + ["pairs.json"]  # the saved-pairs manifest (seis_sklearn.io)
     )
     assert np.array_equal(np.load(out / "conv1.original.npy"), pairs["conv1"][0])
     net.fail_on = 2

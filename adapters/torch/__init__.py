@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from seis_sklearn._files import safe_stem
+
+from ._script import ScriptRecorder
 
 __all__ = [
     "default_select",
@@ -34,6 +39,9 @@ __all__ = [
     "layerwise_seis",
     "stream_scores",
 ]
+
+
+DEFAULT_LAYER_TYPES = ("Conv1d", "Conv2d", "Conv3d", "Linear")
 
 
 def _import_torch():
@@ -82,8 +90,11 @@ def find_layers(model, *, types=None, pattern=None, leaves_only=False):
     Parameters
     ----------
     model : torch.nn.Module
-    types : type or tuple of types, optional
-        Keep modules that are instances of these (e.g. ``torch.nn.Conv2d``).
+    types : type, str or tuple of them, optional
+        Keep modules that are instances of these classes (e.g.
+        ``torch.nn.Conv2d``), or whose class (or a base class) has one of these
+        names (e.g. ``"Conv2d"``) — names also work for TorchScript models,
+        whose submodules keep their original class names.
     pattern : str, optional
         Keep modules whose name matches this regular expression (``re.search``).
     leaves_only : bool, default=False
@@ -106,11 +117,13 @@ def find_layers(model, *, types=None, pattern=None, leaves_only=False):
     ['0', '1']
     """
     regex = re.compile(pattern) if pattern is not None else None
+    if types is not None and not isinstance(types, tuple):
+        types = (types,)
     names = []
     for name, module in model.named_modules():
         if not name:
             continue
-        if types is not None and not isinstance(module, types):
+        if types is not None and not any(_is_kind(module, t) for t in types):
             continue
         if regex is not None and not regex.search(name):
             continue
@@ -118,6 +131,19 @@ def find_layers(model, *, types=None, pattern=None, leaves_only=False):
             continue
         names.append(name)
     return names
+
+
+def module_type(module):
+    """The class name of a module (the original one for a TorchScript submodule)."""
+    return getattr(module, "original_name", None) or type(module).__name__
+
+
+def _is_kind(module, kind):
+    if isinstance(kind, str):
+        if hasattr(module, "original_name"):  # TorchScript: only the class name survives
+            return module.original_name == kind
+        return any(cls.__name__ == kind for cls in type(module).__mro__)
+    return isinstance(module, kind)
 
 
 def _check_layers(model, layers):
@@ -139,8 +165,12 @@ def _check_layers(model, layers):
 
 def _batches(inputs, batch_size, torch):
     """(batches, n_samples or None): tensors, arrays, or an iterable of batches."""
-    if isinstance(inputs, np.ndarray):
-        inputs = torch.from_numpy(np.ascontiguousarray(inputs))
+    if isinstance(inputs, np.ndarray):  # also a read-only memory map: one batch at a time
+        n = inputs.shape[0]
+        return (
+            torch.from_numpy(np.array(inputs[i : i + batch_size], order="C"))
+            for i in range(0, n, batch_size)
+        ), n
     if isinstance(inputs, torch.Tensor):
         n = inputs.shape[0]
         return (inputs[i : i + batch_size] for i in range(0, n, batch_size)), n
@@ -166,12 +196,6 @@ def _batches(inputs, batch_size, torch):
             yield batch
 
     return unpack(), n
-
-
-def _safe_filename(name):
-    """A file name for a layer that cannot leave the output folder."""
-    cleaned = re.sub(r"[^A-Za-z0-9_.#-]", "_", name).lstrip(".")
-    return cleaned or "_"
 
 
 class _Recorder:
@@ -231,7 +255,9 @@ def extract_activations(
         afterwards, also on error) and run under ``torch.inference_mode()``.
     inputs : torch.Tensor, ndarray or iterable of batches
         Samples first. An iterable (e.g. a ``DataLoader``) yields tensors or
-        arrays, or ``(inputs, targets)`` pairs whose first element is used.
+        arrays, or ``(inputs, targets)`` pairs whose first element is used. An
+        array (a memory map too) is read one batch at a time. Floating-point
+        batches are cast to the dtype of the model's parameters.
     layers : str or sequence of str
         Names from ``model.named_modules()`` (see :func:`find_layers`).
     transform : callable, optional
@@ -245,7 +271,9 @@ def extract_activations(
     out : str or path-like, optional
         A folder: activations go into ``.npy`` memory maps there
         (``<layer>.npy``, or ``<layer>.original.npy`` and
-        ``<layer>.transformed.npy``) instead of memory. Needs the number of
+        ``<layer>.transformed.npy``) instead of memory. With ``transform``
+        the folder is a saved-pairs folder (:mod:`seis_sklearn.io`, with its
+        ``pairs.json`` manifest) that ``seis report --pairs`` reads. Needs the number of
         samples up front (a tensor, an array or a loader with a sized dataset).
     select : callable, optional
         Picks the tensor to record from a module's output; default
@@ -294,6 +322,8 @@ def extract_activations(
         finished = True
     finally:
         _finish_files(storage, keep=finished)
+    if out is not None and transform is not None and storage:
+        _write_manifest(out, model, storage, transform)
     if not storage and not pieces:
         raise ValueError("inputs gave no batches")
     if pieces:  # unknown length: concatenate what was collected
@@ -325,22 +355,30 @@ def _forward_batches(model, inputs, layers, transform, batch_size, device, selec
     batches, n_total = _batches(inputs, batch_size, torch)
     yield n_total
     views = ("original", "transformed") if transform is not None else ("original",)
-    recorder = _Recorder(names, modules, select or default_select)
+    if isinstance(model, torch.jit.ScriptModule):  # no hooks: record from a private copy
+        recorder = ScriptRecorder(model, names, select or default_select, torch)
+        runner = recorder.model
+    else:
+        recorder = _Recorder(names, modules, select or default_select)
+        runner = model
     modes = {m: m.training for m in model.modules()}
     first_param = next(model.parameters(), None)
     home = first_param.device if first_param is not None else None
     bar = _progress_bar(n_total, progress)
     try:
-        model.eval()
-        model.to(device)
+        runner.eval()
+        runner.to(device)
+        floating = next((p.dtype for p in runner.parameters() if p.is_floating_point()), None)
         start = 0
         with torch.inference_mode():
             for batch in batches:
                 batch = batch.to(device)
+                if floating is not None and batch.is_floating_point():
+                    batch = batch.to(floating)  # float64 arrays into a float32 model
                 stop = start + batch.shape[0]
                 per_view = {}
                 for view in views:
-                    model(batch if view == "original" else transform(batch))
+                    runner(batch if view == "original" else transform(batch))
                     per_view[view] = {}
                     for key, tensor in recorder.take().items():
                         array = tensor.detach().to("cpu").numpy()
@@ -510,12 +548,15 @@ def layerwise_seis(
     from seis_sklearn import seis_score
     from seis_sklearn.report import report_frame, result_row
 
-    torch = _import_torch()
+    _import_torch()
     if not isinstance(transforms, dict) or not transforms:
         raise TypeError("transforms must be a non-empty dict of name → callable")
     if layers is None:
-        convs = tuple(getattr(torch.nn, f"Conv{n}d") for n in (1, 2, 3))
-        layers = find_layers(model, types=(*convs, torch.nn.Linear))
+        layers = find_layers(model, types=DEFAULT_LAYER_TYPES)
+        if not layers:
+            raise ValueError(
+                "layers: the model has no Conv1d/2d/3d or Linear module; name the layers"
+            )
     modules = dict(model.named_modules())
     rows = []
     for name, transform in transforms.items():
@@ -552,7 +593,7 @@ def layerwise_seis(
                     result,
                     layer=key,
                     depth=depth,
-                    module=type(module).__name__,
+                    module=module_type(module),
                     shape=shapes[key],
                     transform=name,
                 )
@@ -568,7 +609,7 @@ def _stream_batch(per_view, train, test, scorers, held, seis_params):
 
     for key, original in per_view["original"].items():
         transformed = per_view["transformed"][key]
-        scorer = scorers.setdefault(key, SEISScorer(**seis_params, solver="moments"))
+        scorer = scorers.setdefault(key, SEISScorer(**{**seis_params, "solver": "moments"}))
         if train.any():
             scorer.partial_fit(original[train], transformed[train])
         if test.any():
@@ -600,7 +641,7 @@ def _store(storage, pieces, key, view, array, rows, n_total, out, paired):
         else:
             folder = Path(out)
             folder.mkdir(parents=True, exist_ok=True)
-            name = _safe_filename(key) + (f".{view}" if paired else "") + ".npy"
+            name = safe_stem(key) + (f".{view}" if paired else "") + ".npy"
             # written under a temporary name, renamed when the whole run has finished
             storage[slot] = np.lib.format.open_memmap(
                 folder / f".{name}.partial", mode="w+", dtype=array.dtype, shape=shape
@@ -626,6 +667,30 @@ def _finish_files(storage, keep):
             os.replace(partial, final)
         else:
             partial.unlink(missing_ok=True)
+
+
+def _write_manifest(out, model, storage, transform):
+    """The saved-pairs manifest (:mod:`seis_sklearn.io`): layers in execution order."""
+    from seis_sklearn.io import write_manifest
+
+    modules = dict(model.named_modules())
+    keys = list(dict.fromkeys(k for k, _ in storage))
+    layers = [
+        {"name": k, "file": safe_stem(k), "module": module_type(modules[k.split("#")[0]])}
+        for k in keys
+    ]
+    write_manifest(out, layers, transform=_describe(transform))
+
+
+def _describe(transform):
+    """A readable name of a transform callable (``rot90(k=1)``), or None."""
+    if isinstance(transform, functools.partial):
+        args = [repr(a) for a in transform.args]
+        args += [f"{k}={v!r}" for k, v in transform.keywords.items()]
+        inner = _describe(transform.func)
+        return f"{inner}({', '.join(args)})" if inner else None
+    name = getattr(transform, "__name__", None)
+    return None if name in (None, "<lambda>") else name
 
 
 def _assemble(storage, views):

@@ -25,11 +25,27 @@ from __future__ import annotations
 import math
 import numbers
 
-from seis_sklearn.transforms import _plane_for, _shift_vector, _spatial_axes_for, compose
+from seis_sklearn.transforms import (
+    _plane_for,
+    _shift_vector,
+    _spatial_axes_for,
+    compose,
+    parse_spec,
+)
 
 from . import _import_torch
 
-__all__ = ["compose", "flip", "hflip", "rot90", "rotate", "scale", "translate", "vflip"]
+__all__ = [
+    "compose",
+    "flip",
+    "from_spec",
+    "hflip",
+    "rot90",
+    "rotate",
+    "scale",
+    "translate",
+    "vflip",
+]
 
 
 def _axes(x, layout):
@@ -161,3 +177,23 @@ def scale(x, factor, *, layout="auto"):
     if len(factors) != 2 or not all(math.isfinite(f) and f > 0 for f in factors):
         raise ValueError(f"factor must be positive and finite; got {factor!r}")
     return _affine(x, layout, ((1.0 / factors[0], 0.0), (0.0, 1.0 / factors[1])))
+
+
+def from_spec(spec):
+    """The torch transform a text spec describes (:func:`seis_sklearn.transforms.parse_spec`).
+
+    Parameters
+    ----------
+    spec : str
+        E.g. ``"rot90"``, ``"hflip"``, ``"shift:4"``, ``"rotate:15"``,
+        ``"rot90+shift:2"``.
+
+    Returns
+    -------
+    callable
+        ``f(x, layout="auto")`` on tensors.
+    """
+    from functools import partial
+
+    steps = [partial(globals()[name], **kwargs) for name, kwargs in parse_spec(spec)]
+    return compose(*steps)

@@ -1,0 +1,828 @@
+"""The ``seis`` command line: score saved activations, write layerwise reports, run the demo.
+
+Built on :mod:`argparse` (standard library: no extra dependency, and the same
+parser drives ``--help``, the docs and the tests). Exit codes: 0 success, 1
+failure (one line on stderr; ``--debug`` shows the traceback), 2 usage error,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import fnmatch
+import hashlib
+import importlib
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+from ._files import atomic_write
+from ._matricize import LAYOUTS, MATRICIZATIONS
+from ._validation import INVARIANCE_MODES, SOLVERS
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+RUN_FILE = "seis-run.json"
+ROWS_DIR = "rows"
+OUTPUTS = ("report.csv", "layers.png")
+
+SCORE_EXAMPLES = """\
+examples:
+  seis score conv3_original.npy conv3_rot90.npy
+  seis score acts.npz:conv3 acts_rot.npz:conv3 --cv 5 --format json
+  seis score pairs/conv3.npz --matricization flatten --n-components 0.95
+  seis score A.npy B.npy --format csv --out conv3.csv
+"""
+
+REPORT_EXAMPLES = """\
+examples:
+  # a folder of saved pairs per transform (see the docs: "From saved activations")
+  seis report --pairs rot90=acts/rot90 --pairs hflip=acts/hflip --out report/
+  # a TorchScript model, its inputs and transforms written as text
+  seis report --torchscript model.pt --inputs images.npy \\
+      --transform rot90 --transform shift:4 --transform rotate:15 --out report/
+  # a model built by your own code, weights from a state dict (weights_only=True)
+  seis report --model mynet.py:build --weights mynet.pt --inputs images.npy \\
+      --transform hflip --layers 'features.*' --out report/
+  # continue an interrupted report; start over
+  seis report ... --out report/ --resume
+  seis report ... --out report/ --force
+"""
+
+DEMO_EXAMPLES = """\
+examples:
+  seis demo                      # writes demo-output/report.csv and layers.png
+  seis demo --out /tmp/demo --force
+"""
+
+
+class CommandError(Exception):
+    """A failure the command line reports as one line (exit status 1)."""
+
+
+# ------------------------------------------------------------------ argument parsing
+
+
+def _n_components(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a variance threshold in (0, 1] or a whole number; got {text!r}"
+        ) from None
+    if any(c in text for c in ".eE") or not value.is_integer():
+        return value
+    return int(value)
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1; got {text!r}")
+    return value
+
+
+def _folds(text):
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected at least 2 folds; got {text!r}")
+    return value
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 0.5:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 0.5]; got {text!r}")
+    return value
+
+
+def _common():
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("output manners")
+    group.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars or messages on stderr"
+    )
+    group.add_argument(
+        "--debug", action="store_true", help="show the full traceback when something fails"
+    )
+    return parent
+
+
+def _seis_options(parser):
+    group = parser.add_argument_group("SEIS parameters (as in SEISScorer)")
+    group.add_argument(
+        "--n-components",
+        type=_n_components,
+        default=0.99,
+        metavar="K",
+        help="variance threshold in (0, 1] or a number of components (default 0.99)",
+    )
+    group.add_argument(
+        "--matricization", choices=MATRICIZATIONS, default="spatial", help="default: spatial"
+    )
+    group.add_argument("--layout", choices=LAYOUTS, default="auto", help="default: auto")
+    group.add_argument(
+        "--reg", type=float, default=1e-6, help="ridge factor epsilon (default 1e-6)"
+    )
+    group.add_argument("--max-components", type=_positive_int, default=None, metavar="N")
+    group.add_argument("--invariance", choices=INVARIANCE_MODES, default="trace")
+    group.add_argument("--solver", choices=SOLVERS, default="auto")
+
+
+def _seis_params(args):
+    return {
+        "n_components": args.n_components,
+        "matricization": args.matricization,
+        "layout": args.layout,
+        "reg": args.reg,
+        "max_components": args.max_components,
+        "invariance": args.invariance,
+        "solver": args.solver,
+    }
+
+
+def build_parser():
+    """The ``seis`` argument parser (subcommands ``score``, ``report``, ``demo``).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="seis",
+        description=(
+            "SEIS: does a layer keep (equivariance S_E), and keep in place (invariance S_I), "
+            "what a transformation does to its input?"
+        ),
+        epilog=(
+            "exit status: 0 success, 1 failure (one line on stderr; --debug for the "
+            "traceback), 2 usage error, 130 interrupted.\n"
+            "Run 'seis COMMAND --help' for a command's options and examples."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"seis-sklearn {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    score = commands.add_parser(
+        "score",
+        help="SEIS of one pair of saved activation arrays",
+        description=(
+            "Score a pair of saved activations: A (on the original inputs) and B (on the "
+            "transformed inputs), each a .npy file or FILE.npz:NAME; or one .npz holding "
+            "'original' and 'transformed'. Files are memory-mapped, never unpickled."
+        ),
+        epilog=SCORE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_common()],
+    )
+    score.add_argument("A", help="activations on the original inputs (FILE.npy, FILE.npz:NAME)")
+    score.add_argument(
+        "B", nargs="?", help="activations on the transformed inputs (left out: A is a pair .npz)"
+    )
+    _seis_options(score)
+    group = score.add_argument_group("evaluation and output")
+    group.add_argument(
+        "--cv", type=_folds, default=None, metavar="K", help="cross-fitted mean ± std over K folds"
+    )
+    group.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    group.add_argument("--out", metavar="FILE", help="write here (atomically) instead of stdout")
+    group.add_argument("--force", action="store_true", help="overwrite an existing --out FILE")
+
+    report = commands.add_parser(
+        "report",
+        help="layerwise report (report.csv, layers.png) from saved pairs or a model",
+        description=(
+            "Score every layer under every transform and write report.csv and layers.png "
+            "in --out. Each finished layer is saved in --out/rows/ at once, so an "
+            "interrupted report loses nothing: rerun with --resume."
+        ),
+        epilog=REPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_common()],
+    )
+    source = report.add_argument_group("source (saved pairs, or a model with inputs)")
+    source.add_argument(
+        "--pairs",
+        action="append",
+        metavar="[NAME=]DIR",
+        help="a saved-pairs folder (repeatable; NAME names its transform)",
+    )
+    source.add_argument("--torchscript", metavar="FILE", help="a TorchScript model (torch.jit)")
+    source.add_argument(
+        "--model",
+        metavar="MODULE:FUNCTION",
+        help="your code that builds the torch model (module.path:func or file.py:func)",
+    )
+    source.add_argument(
+        "--weights", metavar="FILE", help="state dict for --model (loaded with weights_only=True)"
+    )
+    source.add_argument(
+        "--inputs", metavar="FILE", help="model inputs (FILE.npy or FILE.npz:NAME)"
+    )
+    source.add_argument(
+        "--transform",
+        action="append",
+        metavar="SPEC",
+        help="rot90[:k], hflip, vflip, shift:dx or dy,dx, rotate:deg, scale:f; "
+        "'+' composes (repeatable)",
+    )
+    source.add_argument("--input-layout", choices=LAYOUTS, default="auto", metavar="LAYOUT")
+    source.add_argument(
+        "--layers",
+        action="append",
+        metavar="NAME",
+        help="layer names or globs (repeatable; default: every layer of the folders, every "
+        "Conv/Linear module of a model)",
+    )
+    source.add_argument("--batch-size", type=_positive_int, default=256)
+    source.add_argument("--device", default=None, help="torch device (default: cuda if any)")
+    _seis_options(report)
+    group = report.add_argument_group("evaluation and output")
+    group.add_argument(
+        "--cv", type=_folds, default=5, metavar="K", help="saved pairs: folds (default 5)"
+    )
+    group.add_argument(
+        "--held-out",
+        type=_fraction,
+        default=0.2,
+        metavar="F",
+        help="models: fraction of samples held out, streaming (default 0.2)",
+    )
+    group.add_argument(
+        "--in-sample", action="store_true", help="score on all samples (biased upward)"
+    )
+    group.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    group.add_argument("--title", help="figure title")
+    mode = group.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue an unfinished run")
+    mode.add_argument("--force", action="store_true", help="replace a previous run in --out")
+
+    demo = commands.add_parser(
+        "demo",
+        help="the embedded demo: a CNN on digits, plain and rotation-augmented",
+        description=(
+            "Train a small CNN on scikit-learn's digits twice (plain and rotation-augmented) "
+            "and write its layerwise held-out SEIS report. Needs the torch extra."
+        ),
+        epilog=DEMO_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_common()],
+    )
+    demo.add_argument("--out", default="demo-output", metavar="DIR")
+    demo.add_argument("--epochs", type=_positive_int, default=12)
+    demo.add_argument("--force", action="store_true", help="replace a finished demo in --out")
+    return parser
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _array_argument(text):
+    """(path, key) from ``FILE.npy`` or ``FILE.npz:NAME``."""
+    path = Path(text)
+    if not path.exists() and ":" in text:
+        head, _, key = text.rpartition(":")
+        if head.endswith(".npz"):
+            return Path(head), key
+    return path, None
+
+
+def _load(text, mmap=True):
+    from .io import load_array
+
+    path, key = _array_argument(text)
+    return load_array(path, key, mmap=mmap)
+
+
+def _progress(enabled):
+    return enabled and sys.stderr.isatty()
+
+
+def _say(args, message):
+    if not getattr(args, "quiet", False):
+        print(message, file=sys.stderr)
+
+
+def _check_new_file(path, force):
+    path = Path(path)
+    if path.is_dir():
+        raise CommandError(f"--out {path}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise CommandError(f"--out {path}: the folder {path.parent} does not exist")
+    if path.exists() and not force:
+        raise CommandError(f"--out {path}: exists; pass --force to overwrite it")
+
+
+# ------------------------------------------------------------------ seis score
+
+
+def cmd_score(args):
+    from . import seis_score
+    from ._result import SCORE_NAMES
+
+    if args.out:
+        _check_new_file(args.out, args.force)
+    if args.B is None:
+        path, key = _array_argument(args.A)
+        if key is not None or path.suffix != ".npz":
+            raise CommandError(
+                "give two arrays (A B), or one .npz holding 'original' and 'transformed'"
+            )
+        names = (f"{path}:original", f"{path}:transformed")
+    else:
+        names = (args.A, args.B)
+    A, B = (_load(name) for name in names)
+    result = seis_score(A, B, cv=args.cv, **_seis_params(args))
+    record = {"A": names[0], "B": names[1], "shape": list(A.shape), **result.as_dict()}
+    if args.format == "json":
+        text = json.dumps(record, indent=2) + "\n"
+    elif args.format == "csv":
+        columns = [k for k, v in record.items() if not isinstance(v, list)]
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerow([_csv_value(record[c]) for c in columns])
+        text = buffer.getvalue()
+    else:
+        text = _score_table(names, A, B, result, SCORE_NAMES)
+    if args.out:
+        atomic_write(args.out, text.encode())
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _csv_value(value):
+    if value is None:
+        return ""
+    return repr(value) if isinstance(value, float) else value
+
+
+def _score_table(names, A, B, result, score_names):
+    lines = [
+        f"A  {names[0]}  {A.dtype} {tuple(A.shape)}",
+        f"B  {names[1]}  {B.dtype} {tuple(B.shape)}",
+        "",
+    ]
+    folds = result.n_folds
+    lines.append(f"{'score':<24}{'value':>10}" + (f"   ± std over {folds} folds" if folds else ""))
+    for name in score_names:
+        std = getattr(result, f"{name}_std")
+        value = getattr(result, name)
+        lines.append(f"{name:<24}{value:>10.4f}" + (f"   ± {std:.4f}" if std is not None else ""))
+    lines.append("")
+    lines.append(
+        f"{result.evaluation}; k = {result.n_components} components "
+        f"({result.explained_variance_ratio:.1%} of the variance), m = {result.n_rows} rows, "
+        f"{result.matricization} matricization of {result.layout}"
+    )
+    if result.evaluation == "in-sample":
+        lines.append("note: in-sample scores are biased upward; --cv K gives honest ones")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ seis report
+
+
+def _report_settings(args):
+    """What defines a report run (its fingerprint), and the plan of its work."""
+    params = _seis_params(args)
+    settings = {"seis": params, "in_sample": args.in_sample, "layers": args.layers}
+    model_given = [a for a in ("torchscript", "model") if getattr(args, a)]
+    if args.pairs and model_given:
+        raise CommandError("give either --pairs folders or a model, not both")
+    if args.pairs:
+        for name in ("inputs", "transform", "weights"):
+            if getattr(args, name):
+                raise CommandError(f"--{name} goes with a model; --pairs folders hold activations")
+        settings["cv"] = None if args.in_sample else args.cv
+        settings["pairs"] = [_pairs_source(text, args.layers) for text in args.pairs]
+        return settings
+    if not model_given:
+        raise CommandError("give a source: --pairs DIR, --torchscript FILE or --model MODULE:FUNC")
+    if len(model_given) == 2:
+        raise CommandError("give --torchscript or --model, not both")
+    if args.weights and not args.model:
+        raise CommandError("--weights goes with --model (a TorchScript file holds its weights)")
+    if not args.inputs:
+        raise CommandError("a model needs --inputs FILE.npy (samples first)")
+    if not args.transform:
+        raise CommandError("a model needs at least one --transform (e.g. --transform rot90)")
+    from .transforms import parse_spec
+
+    for spec in args.transform:
+        parse_spec(spec)
+    if len(set(args.transform)) != len(args.transform):
+        raise CommandError("--transform names the same transform twice")
+    settings["held_out"] = None if args.in_sample else args.held_out
+    settings["transforms"] = args.transform
+    settings["input_layout"] = args.input_layout
+    settings["inputs"] = _file_record(_array_argument(args.inputs)[0], args.inputs)
+    if args.torchscript:
+        settings["torchscript"] = _file_record(Path(args.torchscript), args.torchscript)
+    else:
+        settings["model"] = args.model
+        if args.weights:
+            settings["weights"] = _file_record(Path(args.weights), args.weights)
+    return settings
+
+
+def _file_record(path, text):
+    from .io import file_identity
+
+    if not path.is_file():
+        raise CommandError(f"{text}: no such file")
+    return {"path": str(path.resolve()), "argument": text, "identity": file_identity(path)}
+
+
+def _pairs_source(text, patterns):
+    from .io import file_identity, list_pairs
+
+    name, sep, folder = text.partition("=")
+    if not sep:
+        name, folder = None, text
+    layers, manifest = list_pairs(folder)
+    layers = _select(layers, patterns, lambda layer: layer.name, f"--pairs {folder}")
+    transform = name or manifest.get("transform") or Path(folder).resolve().name
+    return {
+        "transform": transform,
+        "folder": str(Path(folder).resolve()),
+        "layers": [
+            {
+                "name": layer.name,
+                "depth": layer.depth,
+                "module": layer.module,
+                "files": [[f.name, *file_identity(f)] for f in layer.files],
+            }
+            for layer in layers
+        ],
+    }
+
+
+def _select(items, patterns, name_of, where):
+    if not patterns:
+        return list(items)
+    chosen = []
+    for item in items:
+        if any(fnmatch.fnmatchcase(name_of(item), p) for p in patterns):
+            chosen.append(item)
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(name_of(i), p) for i in items)]
+    if unmatched:
+        import difflib
+
+        names = [name_of(i) for i in items]
+        close = difflib.get_close_matches(unmatched[0], names, n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise CommandError(f"{where}: --layers {unmatched[0]!r} matches no layer{hint}")
+    return chosen
+
+
+def _fingerprint(settings):
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _prepare_out(folder, settings, args):
+    """Check what --out holds against --resume/--force; return the finished rows."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CommandError(f"--out {folder}: exists and is not a folder")
+    run_file = folder / RUN_FILE
+    fingerprint = _fingerprint(settings)
+    previous = None
+    if run_file.exists():
+        try:
+            previous = json.loads(run_file.read_text())
+            previous["fingerprint"]  # noqa: B018 - the key must be there
+        except (ValueError, KeyError, TypeError):
+            if not args.force:
+                raise CommandError(
+                    f"--out {folder}: {RUN_FILE} is damaged; pass --force"
+                ) from None
+            previous = {"fingerprint": None, "status": "unknown"}
+    ours = [folder / RUN_FILE, folder / ROWS_DIR, *(folder / o for o in OUTPUTS)]
+    if args.force:
+        for path in ours:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        previous = None
+    elif previous is None:
+        clashes = [p.name for p in ours if p.exists()]
+        if clashes:
+            raise CommandError(
+                f"--out {folder}: already holds {', '.join(clashes)} from something other "
+                "than a seis report run; pass --force to replace them or choose another --out"
+            )
+    elif previous.get("status") == "finished":
+        raise CommandError(
+            f"--out {folder}: holds a finished report; pass --force to overwrite it or choose "
+            "another --out"
+        )
+    elif not args.resume:
+        done = len(list((folder / ROWS_DIR).glob("*.json")))
+        raise CommandError(
+            f"--out {folder}: holds an unfinished run ({done} layer results kept); pass "
+            "--resume to continue it or --force to start over"
+        )
+    elif previous["fingerprint"] != fingerprint:
+        changed = sorted(
+            key
+            for key in set(settings) | set(previous.get("settings", {}))
+            if settings.get(key) != previous.get("settings", {}).get(key)
+        )
+        raise CommandError(
+            f"--out {folder}: the unfinished run there used different settings "
+            f"({', '.join(changed) or 'unknown'} differ); --resume needs the same command "
+            "and unchanged inputs, or pass --force to start over"
+        )
+    (folder / ROWS_DIR).mkdir(parents=True, exist_ok=True)
+    record = {"status": "running", "fingerprint": fingerprint, "settings": settings}
+    atomic_write(run_file, (json.dumps(record, indent=1, default=str) + "\n").encode())
+    rows = {}
+    for path in sorted((folder / ROWS_DIR).glob("*.json")):
+        try:
+            rows[path.stem] = json.loads(path.read_text())
+        except ValueError:  # pragma: no cover - rows are written atomically
+            path.unlink()
+    return rows
+
+
+def _write_row(folder, key, row):
+    atomic_write(Path(folder) / ROWS_DIR / f"{key}.json", (json.dumps(row) + "\n").encode())
+
+
+def cmd_report(args):
+    from .report import report_frame
+
+    settings = _report_settings(args)
+    # everything is loaded and checked before --out is touched
+    job = _report_pairs if "pairs" in settings else _model_job(args, settings)
+    done = _prepare_out(args.out, settings, args)
+    kept = len(done)
+    if kept:
+        _say(args, f"resuming: {kept} layer results already in {args.out}")
+    job(args, settings, done)
+    frame = report_frame(done.values())
+    _finish_report(args, frame, settings)
+    return EXIT_OK
+
+
+def _report_pairs(args, settings, done):
+    from . import seis_score
+    from .io import LayerPair
+    from .report import result_row
+
+    work = []
+    for t, source in enumerate(settings["pairs"]):
+        for layer in source["layers"]:
+            key = f"t{t:03d}-l{layer['depth']:04d}"
+            if key not in done:
+                work.append((key, source, layer))
+    bar = _bar(len(work), "layers", _progress(not args.quiet))
+    for key, source, layer in work:
+        files = tuple(Path(source["folder"]) / f[0] for f in layer["files"])
+        A, B = LayerPair(layer["name"], layer["depth"], layer["module"], files).load()
+        result = seis_score(A, B, cv=settings["cv"], **settings["seis"])
+        row = result_row(
+            result,
+            layer=layer["name"],
+            depth=layer["depth"],
+            module=layer["module"],
+            shape=A.shape[1:],
+            transform=source["transform"],
+        )
+        _write_row(args.out, key, row)
+        done[key] = row
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+
+def _model_job(args, settings):
+    """Load the model, its inputs and the transforms; return the function that runs them."""
+    from seis_sklearn.adapters.torch import DEFAULT_LAYER_TYPES, find_layers
+    from seis_sklearn.adapters.torch.transforms import from_spec
+
+    model = _load_model(args)
+    layers = None
+    if args.layers:
+        names = [n for n, _ in model.named_modules() if n]
+        layers = _select(names, args.layers, str, "the model")
+    elif not find_layers(model, types=DEFAULT_LAYER_TYPES):
+        raise CommandError("the model has no Conv/Linear module; name layers with --layers")
+    inputs = _load(args.inputs)
+    if inputs.ndim < 2 or inputs.shape[0] < 2:
+        raise CommandError(
+            f"--inputs {args.inputs}: needs samples first, at least 2; got shape {inputs.shape}"
+        )
+    transforms = [from_spec(spec) for spec in settings["transforms"]]
+
+    def run(args, settings, done):
+        _report_model(args, settings, done, model, layers, inputs, transforms)
+
+    return run
+
+
+def _report_model(args, settings, done, model, layers, inputs, transforms):
+    from seis_sklearn.adapters.torch import layerwise_seis
+
+    for t, (spec, transform) in enumerate(zip(settings["transforms"], transforms, strict=True)):
+        if any(k.startswith(f"t{t:03d}-") for k in done):
+            continue  # every layer of a transform finishes in the same pass
+        frame = layerwise_seis(
+            model,
+            inputs,
+            {spec: lambda x, f=transform: f(x, layout=args.input_layout)},
+            layers=layers,
+            held_out=settings["held_out"],
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=_progress(not args.quiet),
+            **settings["seis"],
+        )
+        for row in frame.to_dict("records"):
+            key = f"t{t:03d}-l{int(row['depth']):04d}"
+            row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+            _write_row(args.out, key, row)
+            done[key] = row
+        _say(args, f"{spec}: {len(frame)} layers scored")
+
+
+def _load_model(args):
+    from seis_sklearn.adapters.torch import _import_torch
+
+    torch = _import_torch()
+    if args.torchscript:
+        try:
+            with warnings.catch_warnings():  # deprecated in torch >= 2.10, still what .pt is
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.load(args.torchscript, map_location="cpu")
+        except (RuntimeError, ValueError) as exc:
+            raise CommandError(
+                f"--torchscript {args.torchscript}: not a loadable TorchScript model "
+                f"({_first_line(exc)})"
+            ) from exc
+    module_text, _, function = args.model.rpartition(":")
+    if not module_text or not function:
+        raise CommandError(f"--model {args.model!r}: expected MODULE:FUNCTION or FILE.py:FUNCTION")
+    if module_text.endswith(".py"):
+        path = Path(module_text)
+        if not path.is_file():
+            raise CommandError(f"--model {args.model}: no such file {path}")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_text)
+        except ImportError as exc:
+            raise CommandError(
+                f"--model {args.model}: cannot import {module_text}: {exc}"
+            ) from exc
+    build = getattr(module, function, None)
+    if not callable(build):
+        raise CommandError(f"--model {args.model}: {module_text} has no function {function!r}")
+    model = build()
+    if not isinstance(model, torch.nn.Module):
+        raise CommandError(
+            f"--model {args.model}: returned a {type(model).__name__}, not a module"
+        )
+    if args.weights:
+        try:
+            state = torch.load(args.weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a bad or unsafe file
+            raise CommandError(
+                f"--weights {args.weights}: not a loadable state dict (loaded with "
+                f"weights_only=True: no code is unpickled) ({_first_line(exc)})"
+            ) from exc
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise CommandError(
+                f"--weights {args.weights}: does not fit the model ({_first_line(exc)})"
+            ) from exc
+    return model
+
+
+def _finish_report(args, frame, settings):
+    from .report import save_report
+
+    csv_path, png_path = save_report(frame, args.out, title=args.title)
+    run_file = Path(args.out) / RUN_FILE
+    record = {"status": "finished", "fingerprint": _fingerprint(settings), "settings": settings}
+    atomic_write(run_file, (json.dumps(record, indent=1, default=str) + "\n").encode())
+    columns = ["transform", "depth", "layer", "equivariance", "invariance", "evaluation"]
+    print(frame[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    _say(args, f"wrote {csv_path} and {png_path}")
+
+
+def _bar(total, unit, enabled):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with the torch extra
+        return None
+    return tqdm(total=total, unit=unit, file=sys.stderr, leave=False)
+
+
+# ------------------------------------------------------------------ seis demo
+
+
+def cmd_demo(args):
+    try:
+        from seis_sklearn.adapters.torch import demo
+    except ImportError as exc:
+        raise CommandError(f"{exc}") from exc
+    folder = Path(args.out)
+    finished = [o for o in OUTPUTS if (folder / o).exists()]
+    if finished and not args.force:
+        raise CommandError(
+            f"--out {folder}: already holds {', '.join(finished)}; pass --force to overwrite"
+        )
+    log = (lambda message: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    table = demo.run(folder, epochs=args.epochs, progress=_progress(not args.quiet), log=log)
+    print(demo.format_table(table.sort_values(["model", "depth"], kind="stable")))
+    _say(args, f"wrote {folder / 'report.csv'} and {folder / 'layers.png'}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def _first_line(exc):
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # terminal colours in some messages
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+COMMANDS = {"score": cmd_score, "report": cmd_report, "demo": cmd_demo}
+
+
+def main(argv=None):
+    """Run the ``seis`` command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: 0 success, 1 failure, 2 usage error, 130 interrupted.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) and usage errors (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        kept = (
+            f"; finished layers are kept in {args.out} (--resume)"
+            if args.command == "report"
+            else ""
+        )
+        print(f"seis: interrupted{kept}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (CommandError, ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
+        if args.debug:
+            raise
+        print(f"seis {args.command}: error: {_first_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def console():  # pragma: no cover - the installed ``seis`` script; tests call main()
+    """Entry point of the ``seis`` console script."""
+    with contextlib.suppress(BrokenPipeError):
+        status = main()
+        sys.stdout.flush()
+        sys.exit(status)
+    # stdout closed early (e.g. ``seis score ... | head``): exit quietly
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(EXIT_FAILURE)

@@ -1,0 +1,451 @@
+"""Safe loading of saved activations, and the saved-pairs folder format.
+
+Activations saved as ``.npy`` or ``.npz`` files are read without ever
+unpickling: an array of Python objects is refused, a file that is not what its
+name says or that was cut short is one clear :class:`ArrayFileError`, and large
+arrays come back as read-only memory maps (also the members of an uncompressed
+``.npz``), so nothing is read before it is used.
+
+A **saved-pairs folder** holds one layer's activations on the original and on
+the transformed inputs per layer, in either form (both may be mixed):
+
+* ``<layer>.npz`` with the arrays ``original`` and ``transformed``
+  (:func:`save_pairs` writes this form);
+* ``<layer>.original.npy`` and ``<layer>.transformed.npy`` (what
+  :func:`seis_sklearn.adapters.torch.extract_activations` writes with ``out=``
+  and ``transform=``).
+
+An optional ``pairs.json`` manifest gives the layers' order (their depth) and
+module types, and the name of the transform; without it the layers are taken in
+natural order of their names (``layer2`` before ``layer10``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._files import atomic_write, safe_stem
+
+__all__ = [
+    "ArrayFileError",
+    "LayerPair",
+    "MANIFEST",
+    "list_pairs",
+    "load_array",
+    "load_pairs",
+    "save_pairs",
+    "write_manifest",
+]
+
+MANIFEST = "pairs.json"
+FORMAT = "seis-pairs"
+FORMAT_VERSION = 1
+VIEWS = ("original", "transformed")
+
+
+class ArrayFileError(ValueError):
+    """A saved array or pairs folder that cannot be read safely (one-line message)."""
+
+
+def _fail(path, problem):
+    raise ArrayFileError(f"{path}: {problem}")
+
+
+def _read_header(fp, path):
+    """Read a .npy header from ``fp``; return (shape, fortran_order, dtype)."""
+    try:
+        version = np.lib.format.read_magic(fp)
+    except ValueError:
+        _fail(path, "not a .npy array (the file does not start with the .npy magic string)")
+    try:
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+        else:
+            _fail(path, f"unsupported .npy format version {version[0]}.{version[1]}")
+    except (ValueError, SyntaxError, EOFError, struct.error) as exc:
+        _fail(path, f"corrupt .npy header ({_one_line(exc)})")
+    if dtype.hasobject:
+        _fail(
+            path,
+            f"holds Python objects (dtype {dtype}); loading it would unpickle arbitrary "
+            "code, so it is refused — save numeric arrays",
+        )
+    return shape, fortran, dtype
+
+
+def _one_line(exc):
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _nbytes(shape, dtype):
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def load_array(path, key=None, *, mmap=True):
+    """Load one array from a ``.npy`` or ``.npz`` file without unpickling anything.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.npy`` file, or a ``.npz`` archive.
+    key : str, optional
+        The array's name inside a ``.npz`` (may be left out when the archive
+        holds exactly one array). Not allowed for ``.npy``.
+    mmap : bool, default=True
+        Return a read-only memory map when the data can be mapped (a ``.npy``
+        file, or an uncompressed member of a ``.npz``); compressed members are
+        read into memory.
+
+    Returns
+    -------
+    ndarray or numpy.memmap
+
+    Raises
+    ------
+    ArrayFileError
+        The file is missing, not a ``.npy``/``.npz``, truncated or corrupt,
+        holds an object array, or ``key`` names no array in it — one line that
+        names the file and the problem.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from seis_sklearn.io import load_array
+    >>> folder = tempfile.mkdtemp()
+    >>> np.savez(os.path.join(folder, "acts.npz"), conv1=np.ones((4, 3)), conv2=np.zeros(2))
+    >>> load_array(os.path.join(folder, "acts.npz"), "conv1").shape
+    (4, 3)
+    >>> load_array(os.path.join(folder, "acts.npz"), "conv3")
+    Traceback (most recent call last):
+    ...
+    seis_sklearn.io.ArrayFileError: ...acts.npz: holds no array named 'conv3' (it holds ...)
+    """
+    path = Path(path)
+    if not path.exists():
+        _fail(path, "no such file")
+    if not path.is_file():
+        _fail(path, "not a file")
+    with open(path, "rb") as fp:
+        magic = fp.read(6)
+    if magic[:4] == b"PK\x03\x04" or path.suffix == ".npz":
+        return _load_npz_member(path, key, mmap)
+    if key is not None:
+        _fail(path, f"a .npy file holds one array; it has no array named {key!r}")
+    return _load_npy(path, mmap)
+
+
+def _load_npy(path, mmap):
+    size = path.stat().st_size
+    with open(path, "rb") as fp:
+        shape, fortran, dtype = _read_header(fp, path)
+        offset = fp.tell()
+        need = _nbytes(shape, dtype)
+        if size - offset < need:
+            _fail(
+                path,
+                f"truncated: its header promises {need} bytes of {dtype} data "
+                f"{shape}, the file holds {size - offset}",
+            )
+        if not mmap or need == 0:
+            data = np.fromfile(fp, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)))
+            return data.reshape(shape, order="F" if fortran else "C")
+    return np.memmap(
+        path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"
+    )
+
+
+def _open_zip(path):
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        _fail(path, f"not a readable .npz (zip) archive — truncated or corrupt ({_one_line(exc)})")
+
+
+def npz_keys(path):
+    """Names of the arrays in a ``.npz`` archive, in archive order."""
+    with _open_zip(Path(path)) as zf:
+        return [n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy")]
+
+
+def _load_npz_member(path, key, mmap):
+    with _open_zip(path) as zf:
+        members = {n[: -len(".npy")]: n for n in zf.namelist() if n.endswith(".npy")}
+        if not members:
+            _fail(path, "holds no .npy arrays (not an .npz archive of arrays)")
+        if key is None:
+            if len(members) != 1:
+                _fail(
+                    path,
+                    f"holds {len(members)} arrays ({_quoted(members)}); name one "
+                    f"(e.g. {path.name}:{next(iter(members))})",
+                )
+            key = next(iter(members))
+        if key not in members:
+            _fail(path, f"holds no array named {key!r} (it holds {_quoted(members)})")
+        info = zf.getinfo(members[key])
+        where = f"{path}:{key}"
+        try:
+            with zf.open(info) as fp:
+                shape, fortran, dtype = _read_header(fp, where)
+                header_length = fp.tell()
+                need = _nbytes(shape, dtype)
+                if info.file_size - header_length < need:
+                    _fail(where, f"truncated: its header promises {need} bytes of data")
+                if not (mmap and info.compress_type == zipfile.ZIP_STORED and need > 0):
+                    data = np.frombuffer(fp.read(need), dtype=dtype)
+                    if data.nbytes != need:
+                        _fail(where, "truncated: the archive ends inside the array")
+                    return data.reshape(shape, order="F" if fortran else "C").copy()
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            _fail(where, f"corrupt archive member ({_one_line(exc)})")
+        start = _member_data_offset(path, info) + header_length
+    if path.stat().st_size < start + need:
+        _fail(where, "truncated: the archive ends inside the array")
+    return np.memmap(
+        path, dtype=dtype, mode="r", offset=start, shape=shape, order="F" if fortran else "C"
+    )
+
+
+def _member_data_offset(path, info):
+    """Byte offset of a stored zip member's data (after its local file header)."""
+    with open(path, "rb") as fp:
+        fp.seek(info.header_offset)
+        local = fp.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        _fail(path, "corrupt .npz: a local file header is damaged")
+    name_length, extra_length = struct.unpack("<HH", local[26:30])
+    return info.header_offset + 30 + name_length + extra_length
+
+
+def _quoted(names):
+    return ", ".join(repr(n) for n in names)
+
+
+# --------------------------------------------------------------------- pairs folders
+
+
+@dataclass(frozen=True)
+class LayerPair:
+    """One layer of a saved-pairs folder (the arrays are read by :meth:`load`).
+
+    Attributes
+    ----------
+    name : str
+        The layer's name.
+    depth : int
+        Its position in the folder's order (execution order when the manifest
+        gives it).
+    module : str
+        The module's type, when the manifest records it, else ``""``.
+    files : tuple of pathlib.Path
+        ``(<layer>.npz,)`` or ``(<layer>.original.npy, <layer>.transformed.npy)``.
+    """
+
+    name: str
+    depth: int
+    module: str
+    files: tuple
+
+    def load(self, *, mmap=True):
+        """Return ``(original, transformed)`` (memory maps where possible)."""
+        if len(self.files) == 1:
+            return tuple(load_array(self.files[0], view, mmap=mmap) for view in VIEWS)
+        return tuple(load_array(f, mmap=mmap) for f in self.files)
+
+
+def _natural_key(name):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def list_pairs(folder):
+    """The layers of a saved-pairs folder, in order, without reading any array.
+
+    Parameters
+    ----------
+    folder : str or path-like
+
+    Returns
+    -------
+    (list of LayerPair, dict)
+        The layers, and the manifest (``{}`` when the folder has none).
+
+    Raises
+    ------
+    ArrayFileError
+        The folder is missing or empty, a layer lacks one of its two views, or
+        the manifest is unreadable or names a file that is not there.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        _fail(folder, "no such folder" if not folder.exists() else "not a folder")
+    found = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        if path.suffix == ".npz":
+            found.setdefault(path.stem, {})["npz"] = path
+        elif path.suffix == ".npy":
+            stem, _, view = path.stem.rpartition(".")
+            if view in VIEWS and stem:
+                found.setdefault(stem, {})[view] = path
+    manifest = _read_manifest(folder)
+    entries = {}
+    for stem, files in found.items():
+        if "npz" in files:
+            if "original" in files or "transformed" in files:
+                _fail(folder, f"layer {stem!r} is saved twice (as .npz and as .npy files)")
+            entries[stem] = (files["npz"],)
+        elif set(files) == set(VIEWS):
+            entries[stem] = (files["original"], files["transformed"])
+        else:
+            have = next(iter(files))
+            missing = "transformed" if have == "original" else "original"
+            _fail(folder, f"layer {stem!r} has {stem}.{have}.npy but no {stem}.{missing}.npy")
+    if manifest:
+        layers = []
+        for depth, layer in enumerate(manifest["layers"]):
+            stem = layer.get("file", safe_stem(layer["name"]))
+            if stem not in entries:
+                _fail(
+                    folder, f"{MANIFEST} lists layer {layer['name']!r} but its files are missing"
+                )
+            layers.append(LayerPair(layer["name"], depth, layer.get("module", ""), entries[stem]))
+        return layers, manifest
+    if not entries:
+        _fail(
+            folder,
+            "holds no saved pairs (expected <layer>.npz with 'original' and 'transformed', "
+            "or <layer>.original.npy and <layer>.transformed.npy)",
+        )
+    names = sorted(entries, key=_natural_key)
+    return [LayerPair(n, d, "", entries[n]) for d, n in enumerate(names)], {}
+
+
+def _read_manifest(folder):
+    path = folder / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+        ok = manifest.get("format") == FORMAT and all(
+            isinstance(layer.get("name"), str) for layer in manifest["layers"]
+        )
+    except (ValueError, AttributeError, KeyError, TypeError) as exc:
+        _fail(path, f"unreadable manifest ({_one_line(exc)})")
+    if not ok:
+        _fail(path, f"not a {FORMAT} manifest")
+    if manifest.get("version", 0) > FORMAT_VERSION:
+        _fail(path, f"written by a newer seis-sklearn (format version {manifest['version']})")
+    return manifest
+
+
+def load_pairs(folder, *, mmap=True):
+    """Read a saved-pairs folder: layer name → ``(original, transformed)``.
+
+    Parameters
+    ----------
+    folder : str or path-like
+    mmap : bool, default=True
+        Memory-map the arrays where possible (see :func:`load_array`).
+
+    Returns
+    -------
+    dict
+        In the folder's layer order.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile
+    >>> from seis_sklearn.io import load_pairs, save_pairs
+    >>> A = np.arange(24.0).reshape(4, 2, 3)
+    >>> folder = save_pairs(tempfile.mkdtemp(), {"conv1": (A, A[..., ::-1])},
+    ...                     transform="hflip")
+    >>> pairs = load_pairs(folder)
+    >>> list(pairs), np.array_equal(pairs["conv1"][1], A[..., ::-1])
+    (['conv1'], True)
+    """
+    layers, _ = list_pairs(folder)
+    return {layer.name: layer.load(mmap=mmap) for layer in layers}
+
+
+def save_pairs(folder, pairs, *, transform=None, modules=None):
+    """Write layers' (original, transformed) activations as a saved-pairs folder.
+
+    One uncompressed ``<layer>.npz`` per layer (memory-mappable when read back),
+    each written atomically, then the ``pairs.json`` manifest with the layer
+    order.
+
+    Parameters
+    ----------
+    folder : str or path-like
+        Created if needed. Existing files of the same layers are replaced.
+    pairs : dict of str → (array-like, array-like)
+        Layer name → activations on the original and the transformed inputs,
+        in depth order.
+    transform : str, optional
+        Name of the transform, recorded in the manifest (and used by
+        ``seis report`` as the report's transform name).
+    modules : dict of str → str, optional
+        Layer name → module type, recorded in the manifest.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not isinstance(pairs, dict) or not pairs:
+        raise TypeError("pairs must be a non-empty dict of layer name → (original, transformed)")
+    stems = [safe_stem(name) for name in pairs]
+    if len(set(stems)) != len(stems):
+        raise ValueError("pairs: two layer names map to the same file name")
+    layers = []
+    for (name, pair), stem in zip(pairs.items(), stems, strict=True):
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise TypeError(f"pairs[{name!r}] must be a pair (original, transformed)")
+        buffer = io.BytesIO()
+        np.savez(buffer, **{view: np.asarray(a) for view, a in zip(VIEWS, pair, strict=True)})
+        atomic_write(folder / f"{stem}.npz", buffer.getvalue())
+        layers.append({"name": str(name), "file": stem, "module": (modules or {}).get(name, "")})
+    write_manifest(folder, layers, transform=transform)
+    return folder
+
+
+def write_manifest(folder, layers, *, transform=None):
+    """Write (atomically) the ``pairs.json`` manifest of a saved-pairs folder.
+
+    Parameters
+    ----------
+    folder : path-like
+    layers : list of dict
+        In depth order, each with ``name``, ``file`` (the file stem) and
+        ``module``.
+    transform : str, optional
+    """
+    manifest = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "transform": transform,
+        "layers": layers,
+    }
+    atomic_write(Path(folder) / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+
+
+def file_identity(path):
+    """(size, mtime_ns) of a file: what a resumed run checks is unchanged."""
+    stat = os.stat(path)
+    return [stat.st_size, stat.st_mtime_ns]
