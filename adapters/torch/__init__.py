@@ -18,18 +18,21 @@ Importable as ``seis_sklearn.adapters.torch`` (the source lives in the top-level
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import functools
-import os
 import re
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 
-from seis_sklearn._files import safe_stem
-
+from .._common import (
+    check_held_out,
+    collect,
+    describe,
+    in_sample,
+    layerwise_rows,
+    progress_bar,
+    stream,
+)
 from ._script import ScriptRecorder
 
 __all__ = [
@@ -294,43 +297,14 @@ def extract_activations(
     batches = _forward_batches(
         model, inputs, layers, transform, batch_size, device, select, progress
     )
-    n_total = next(batches)
-    if out is not None and n_total is None:
-        batches.close()
-        raise ValueError(
-            "out= needs the number of samples up front: pass a tensor, an array "
-            "or a DataLoader over a sized dataset"
-        )
-    views = ("original", "transformed") if transform is not None else ("original",)
-    storage, pieces, finished, stop = {}, {}, False, 0
-    try:
-        with contextlib.closing(batches):
-            for (start, stop), per_view in batches:
-                for view, recorded in per_view.items():
-                    for key, array in recorded.items():
-                        _store(
-                            storage,
-                            pieces,
-                            key,
-                            view,
-                            array.astype(dtype, copy=False),
-                            (start, stop),
-                            n_total,
-                            out,
-                            paired=transform is not None,
-                        )
-        finished = True
-    finally:
-        _finish_files(storage, keep=finished)
-    if out is not None and transform is not None and storage:
-        _write_manifest(out, model, storage, transform)
-    if not storage and not pieces:
-        raise ValueError("inputs gave no batches")
-    if pieces:  # unknown length: concatenate what was collected
-        storage = {k: np.concatenate(v) for k, v in pieces.items()}
-    if n_total is not None and stop != n_total:
-        raise ValueError(f"inputs gave {stop} samples, expected {n_total}")
-    return _assemble(storage, views)
+    return collect(
+        batches,
+        out=out,
+        dtype=dtype,
+        paired=transform is not None,
+        module_of=lambda key: module_type(dict(model.named_modules())[key.split("#")[0]]),
+        transform_name=describe(transform),
+    )
 
 
 def _forward_batches(model, inputs, layers, transform, batch_size, device, select, progress):
@@ -364,7 +338,7 @@ def _forward_batches(model, inputs, layers, transform, batch_size, device, selec
     modes = {m: m.training for m in model.modules()}
     first_param = next(model.parameters(), None)
     home = first_param.device if first_param is not None else None
-    bar = _progress_bar(n_total, progress)
+    bar = progress_bar(n_total, progress)
     try:
         runner.eval()
         runner.to(device)
@@ -476,30 +450,13 @@ def _stream(
     seis_params,
 ):
     """Held-out results and per-sample activation shapes of every layer key."""
-    if not (isinstance(held_out, float) and 0.0 < held_out <= 0.5):
-        raise ValueError(f"held_out must be a float in (0, 0.5]; got {held_out!r}")
+    check_held_out(held_out)
     if transform is None or not callable(transform):
         raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
-    every = int(round(1.0 / held_out))
-    scorers, held = {}, {}
     batches = _forward_batches(
         model, inputs, layers, transform, batch_size, device, select, progress
     )
-    next(batches)
-    with contextlib.closing(batches):
-        for (start, stop), per_view in batches:
-            index = np.arange(start, stop)
-            test, train = index % every == 0, index % every != 0
-            per_view = {
-                view: {k: a.astype(dtype, copy=False) for k, a in recorded.items()}
-                for view, recorded in per_view.items()
-            }
-            _stream_batch(per_view, train, test, scorers, held, seis_params)
-    if not scorers:
-        raise ValueError("inputs gave no batches")
-    results = {key: scorer._score_moments(held[key]) for key, scorer in scorers.items()}
-    shapes = {key: scorer.activation_shape_ for key, scorer in scorers.items()}
-    return results, shapes
+    return stream(batches, held_out, dtype, seis_params)
 
 
 def layerwise_seis(
@@ -545,8 +502,7 @@ def layerwise_seis(
         ``evaluation``. Draw it with :func:`seis_sklearn.report.plot_layerwise`,
         save it with :func:`seis_sklearn.report.save_report`.
     """
-    from seis_sklearn import seis_score
-    from seis_sklearn.report import report_frame, result_row
+    from seis_sklearn.report import report_frame
 
     _import_torch()
     if not isinstance(transforms, dict) or not transforms:
@@ -570,8 +526,7 @@ def layerwise_seis(
                 device=device,
                 progress=progress,
             )
-            results = {k: seis_score(a, b, **seis_params) for k, (a, b) in pairs.items()}
-            shapes = {k: a.shape[1:] for k, (a, _) in pairs.items()}
+            results, shapes = in_sample(pairs, seis_params)
         else:
             results, shapes = _stream(
                 model,
@@ -586,125 +541,6 @@ def layerwise_seis(
                 progress,
                 seis_params,
             )
-        for depth, (key, result) in enumerate(results.items()):
-            module = modules[key.split("#")[0]]
-            rows.append(
-                result_row(
-                    result,
-                    layer=key,
-                    depth=depth,
-                    module=module_type(module),
-                    shape=shapes[key],
-                    transform=name,
-                )
-            )
+        module_of = lambda key: module_type(modules[key.split("#")[0]])  # noqa: E731
+        rows += layerwise_rows(results, shapes, module_of, name)
     return report_frame(rows)
-
-
-def _stream_batch(per_view, train, test, scorers, held, seis_params):
-    """Feed one batch of every layer to its scorer (kept samples) and held-out moments."""
-    from seis_sklearn import SEISScorer
-    from seis_sklearn._matricize import resolve_layout
-    from seis_sklearn._moments import accumulate
-
-    for key, original in per_view["original"].items():
-        transformed = per_view["transformed"][key]
-        scorer = scorers.setdefault(key, SEISScorer(**{**seis_params, "solver": "moments"}))
-        if train.any():
-            scorer.partial_fit(original[train], transformed[train])
-        if test.any():
-            layout = resolve_layout(seis_params.get("layout", "auto"), original.ndim)
-            part = accumulate(
-                [original[test], transformed[test]],
-                layout,
-                seis_params.get("matricization", "spatial"),
-                names=(f"{key} (original)", f"{key} (transformed)"),
-            )
-            held[key] = part if key not in held else held[key].merge(part)
-
-
-def _store(storage, pieces, key, view, array, rows, n_total, out, paired):
-    start, stop = rows
-    slot = (key, view)
-    if n_total is None:
-        pieces.setdefault(slot, []).append(array)
-        return
-    if slot not in storage:
-        if start != 0:
-            raise ValueError(
-                f"layer {key!r} appeared only after the first batch: the number of calls "
-                "of a module must be the same for every batch"
-            )
-        shape = (n_total,) + array.shape[1:]
-        if out is None:
-            storage[slot] = np.empty(shape, dtype=array.dtype)
-        else:
-            folder = Path(out)
-            folder.mkdir(parents=True, exist_ok=True)
-            name = safe_stem(key) + (f".{view}" if paired else "") + ".npy"
-            # written under a temporary name, renamed when the whole run has finished
-            storage[slot] = np.lib.format.open_memmap(
-                folder / f".{name}.partial", mode="w+", dtype=array.dtype, shape=shape
-            )
-    target = storage[slot]
-    if target.shape[1:] != array.shape[1:]:
-        raise ValueError(
-            f"layer {key!r} changed shape between batches: {target.shape[1:]} then "
-            f"{array.shape[1:]}"
-        )
-    target[start:stop] = array
-
-
-def _finish_files(storage, keep):
-    """Rename finished memory maps to their final names, or delete them after an error."""
-    for array in storage.values():
-        if not isinstance(array, np.memmap):
-            continue
-        partial = Path(array.filename)
-        final = partial.with_name(partial.name[1 : -len(".partial")])
-        if keep:
-            array.flush()
-            os.replace(partial, final)
-        else:
-            partial.unlink(missing_ok=True)
-
-
-def _write_manifest(out, model, storage, transform):
-    """The saved-pairs manifest (:mod:`seis_sklearn.io`): layers in execution order."""
-    from seis_sklearn.io import write_manifest
-
-    modules = dict(model.named_modules())
-    keys = list(dict.fromkeys(k for k, _ in storage))
-    layers = [
-        {"name": k, "file": safe_stem(k), "module": module_type(modules[k.split("#")[0]])}
-        for k in keys
-    ]
-    write_manifest(out, layers, transform=_describe(transform))
-
-
-def _describe(transform):
-    """A readable name of a transform callable (``rot90(k=1)``), or None."""
-    if isinstance(transform, functools.partial):
-        args = [repr(a) for a in transform.args]
-        args += [f"{k}={v!r}" for k, v in transform.keywords.items()]
-        inner = _describe(transform.func)
-        return f"{inner}({', '.join(args)})" if inner else None
-    name = getattr(transform, "__name__", None)
-    return None if name in (None, "<lambda>") else name
-
-
-def _assemble(storage, views):
-    keys = list(dict.fromkeys(k for k, _ in storage))
-    if len(views) == 1:
-        return {k: storage[(k, "original")] for k in keys}
-    return {k: (storage[(k, "original")], storage[(k, "transformed")]) for k in keys}
-
-
-def _progress_bar(total, enabled):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm comes with the torch extra
-        return None
-    return tqdm(total=total, unit="sample", desc="activations", leave=False)

@@ -1,0 +1,237 @@
+"""What every adapter shares, whatever the framework: storing, streaming, reporting.
+
+An adapter turns a model and its inputs into a *batch generator*: it yields first
+the number of samples (or ``None`` when unknown), then, per batch,
+``((start, stop), {view: {layer key: ndarray}})`` with the views ``"original"``
+and, in pair mode, ``"transformed"``. The functions here consume it:
+:func:`collect` into arrays or memory maps, :func:`stream` into held-out SEIS
+statistics, :func:`layerwise_frame` into the report table. Nothing here imports a
+framework.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+
+from seis_sklearn._files import safe_stem
+
+VIEWS = ("original", "transformed")
+
+
+def check_held_out(held_out):
+    if not (isinstance(held_out, float) and 0.0 < held_out <= 0.5):
+        raise ValueError(f"held_out must be a float in (0, 0.5]; got {held_out!r}")
+
+
+def describe(transform):
+    """A readable name of a transform callable (``rot90(k=1)``), or None."""
+    if isinstance(transform, functools.partial):
+        args = [repr(a) for a in transform.args]
+        args += [f"{k}={v!r}" for k, v in transform.keywords.items()]
+        inner = describe(transform.func)
+        return f"{inner}({', '.join(args)})" if inner else None
+    name = getattr(transform, "__name__", None)
+    return None if name in (None, "<lambda>") else name
+
+
+def progress_bar(total, enabled, desc="activations"):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with the adapter extras
+        return None
+    return tqdm(total=total, unit="sample", desc=desc, leave=False)
+
+
+def collect(batches, *, out, dtype, paired, module_of, transform_name=None):
+    """Gather a batch generator's activations into arrays, or memory maps in ``out``.
+
+    Memory maps are written under temporary names and renamed when the whole run
+    has finished (deleted after an error); in pair mode ``out`` becomes a
+    saved-pairs folder with its manifest (:mod:`seis_sklearn.io`).
+
+    Returns
+    -------
+    dict
+        Layer key → array, or → ``(original, transformed)`` in pair mode.
+    """
+    n_total = next(batches)
+    if out is not None and n_total is None:
+        batches.close()
+        raise ValueError(
+            "out= needs the number of samples up front: pass a tensor, an array "
+            "or a DataLoader over a sized dataset"
+        )
+    storage, pieces, finished, stop = {}, {}, False, 0
+    try:
+        with contextlib.closing(batches):
+            for (start, stop), per_view in batches:
+                for view, recorded in per_view.items():
+                    for key, array in recorded.items():
+                        _store(
+                            storage,
+                            pieces,
+                            key,
+                            view,
+                            array.astype(dtype, copy=False),
+                            (start, stop),
+                            n_total,
+                            out,
+                            paired=paired,
+                        )
+        finished = True
+    finally:
+        _finish_files(storage, keep=finished)
+    if out is not None and paired and storage:
+        _write_manifest(out, storage, module_of, transform_name)
+    if not storage and not pieces:
+        raise ValueError("inputs gave no batches")
+    if pieces:  # unknown length: concatenate what was collected
+        storage = {k: np.concatenate(v) for k, v in pieces.items()}
+    if n_total is not None and stop != n_total:
+        raise ValueError(f"inputs gave {stop} samples, expected {n_total}")
+    keys = list(dict.fromkeys(k for k, _ in storage))
+    if not paired:
+        return {k: storage[(k, "original")] for k in keys}
+    return {k: (storage[(k, "original")], storage[(k, "transformed")]) for k in keys}
+
+
+def stream(batches, held_out, dtype, seis_params):
+    """Held-out SEIS of every layer of a pair-mode batch generator, never storing it.
+
+    Every ``round(1 / held_out)``-th sample (by index) is held out; the others
+    feed :meth:`SEISScorer.partial_fit`; the held-out moments are merged across
+    batches and scored under the final fit.
+
+    Returns
+    -------
+    (dict, dict)
+        Layer key → held-out :class:`~seis_sklearn.SEISResult`, and layer key →
+        per-sample activation shape.
+    """
+    every = int(round(1.0 / held_out))
+    scorers, held = {}, {}
+    next(batches)
+    with contextlib.closing(batches):
+        for (start, stop), per_view in batches:
+            index = np.arange(start, stop)
+            test, train = index % every == 0, index % every != 0
+            per_view = {
+                view: {k: a.astype(dtype, copy=False) for k, a in recorded.items()}
+                for view, recorded in per_view.items()
+            }
+            _stream_batch(per_view, train, test, scorers, held, seis_params)
+    if not scorers:
+        raise ValueError("inputs gave no batches")
+    results = {key: scorer._score_moments(held[key]) for key, scorer in scorers.items()}
+    shapes = {key: scorer.activation_shape_ for key, scorer in scorers.items()}
+    return results, shapes
+
+
+def layerwise_rows(results, shapes, module_of, transform_name):
+    """Report rows (:func:`seis_sklearn.report.result_row`) in the layers' order."""
+    from seis_sklearn.report import result_row
+
+    return [
+        result_row(
+            result,
+            layer=key,
+            depth=depth,
+            module=module_of(key),
+            shape=shapes[key],
+            transform=transform_name,
+        )
+        for depth, (key, result) in enumerate(results.items())
+    ]
+
+
+def in_sample(pairs, seis_params):
+    """In-sample results and shapes of collected pairs."""
+    from seis_sklearn import seis_score
+
+    results = {k: seis_score(a, b, **seis_params) for k, (a, b) in pairs.items()}
+    shapes = {k: a.shape[1:] for k, (a, _) in pairs.items()}
+    return results, shapes
+
+
+def _stream_batch(per_view, train, test, scorers, held, seis_params):
+    """Feed one batch of every layer to its scorer (kept samples) and held-out moments."""
+    from seis_sklearn import SEISScorer
+    from seis_sklearn._matricize import resolve_layout
+    from seis_sklearn._moments import accumulate
+
+    for key, original in per_view["original"].items():
+        transformed = per_view["transformed"][key]
+        scorer = scorers.setdefault(key, SEISScorer(**{**seis_params, "solver": "moments"}))
+        if train.any():
+            scorer.partial_fit(original[train], transformed[train])
+        if test.any():
+            layout = resolve_layout(seis_params.get("layout", "auto"), original.ndim)
+            part = accumulate(
+                [original[test], transformed[test]],
+                layout,
+                seis_params.get("matricization", "spatial"),
+                names=(f"{key} (original)", f"{key} (transformed)"),
+            )
+            held[key] = part if key not in held else held[key].merge(part)
+
+
+def _store(storage, pieces, key, view, array, rows, n_total, out, paired):
+    start, stop = rows
+    slot = (key, view)
+    if n_total is None:
+        pieces.setdefault(slot, []).append(array)
+        return
+    if slot not in storage:
+        if start != 0:
+            raise ValueError(
+                f"layer {key!r} appeared only after the first batch: the number of calls "
+                "of a module must be the same for every batch"
+            )
+        shape = (n_total,) + array.shape[1:]
+        if out is None:
+            storage[slot] = np.empty(shape, dtype=array.dtype)
+        else:
+            folder = Path(out)
+            folder.mkdir(parents=True, exist_ok=True)
+            name = safe_stem(key) + (f".{view}" if paired else "") + ".npy"
+            # written under a temporary name, renamed when the whole run has finished
+            storage[slot] = np.lib.format.open_memmap(
+                folder / f".{name}.partial", mode="w+", dtype=array.dtype, shape=shape
+            )
+    target = storage[slot]
+    if target.shape[1:] != array.shape[1:]:
+        raise ValueError(
+            f"layer {key!r} changed shape between batches: {target.shape[1:]} then "
+            f"{array.shape[1:]}"
+        )
+    target[start:stop] = array
+
+
+def _finish_files(storage, keep):
+    """Rename finished memory maps to their final names, or delete them after an error."""
+    for array in storage.values():
+        if not isinstance(array, np.memmap):
+            continue
+        partial = Path(array.filename)
+        final = partial.with_name(partial.name[1 : -len(".partial")])
+        if keep:
+            array.flush()
+            os.replace(partial, final)
+        else:
+            partial.unlink(missing_ok=True)
+
+
+def _write_manifest(out, storage, module_of, transform_name):
+    """The saved-pairs manifest (:mod:`seis_sklearn.io`): layers in execution order."""
+    from seis_sklearn.io import write_manifest
+
+    keys = list(dict.fromkeys(k for k, _ in storage))
+    layers = [{"name": k, "file": safe_stem(k), "module": module_of(k)} for k in keys]
+    write_manifest(out, layers, transform=transform_name)
