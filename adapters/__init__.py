@@ -1,5 +1,6 @@
 """Adapters that pull activations out of deep-learning frameworks.
 
-``seis_sklearn.adapters.torch`` — PyTorch modules, through forward hooks. Each
-adapter imports its framework only when it is imported itself.
+``seis_sklearn.adapters.torch`` — PyTorch modules (forward hooks; TorchScript
+models too). ``seis_sklearn.adapters.onnx`` — any ONNX model, through
+onnxruntime. Each adapter imports its framework only when it is imported itself.
 """

@@ -45,6 +45,9 @@ REPORT_EXAMPLES = """\
 examples:
   # a folder of saved pairs per transform (see the docs: "From saved activations")
   seis report --pairs rot90=acts/rot90 --pairs hflip=acts/hflip --out report/
+  # an ONNX model: every Conv and Relu output
+  seis report --onnx model.onnx --inputs images.npy --transform rot90 \\
+      --op-type Conv --op-type Relu --out report/
   # a TorchScript model, its inputs and transforms written as text
   seis report --torchscript model.pt --inputs images.npy \\
       --transform rot90 --transform shift:4 --transform rotate:15 --out report/
@@ -223,6 +226,7 @@ def build_parser():
         metavar="[NAME=]DIR",
         help="a saved-pairs folder (repeatable; NAME names its transform)",
     )
+    source.add_argument("--onnx", metavar="FILE", help="an ONNX model (run with onnxruntime)")
     source.add_argument("--torchscript", metavar="FILE", help="a TorchScript model (torch.jit)")
     source.add_argument(
         "--model",
@@ -250,8 +254,16 @@ def build_parser():
         help="layer names or globs (repeatable; default: every layer of the folders, every "
         "Conv/Linear module of a model)",
     )
+    source.add_argument(
+        "--op-type",
+        action="append",
+        metavar="OP",
+        help="ONNX: record every output of nodes of this type, e.g. Conv, Relu (repeatable)",
+    )
     source.add_argument("--batch-size", type=_positive_int, default=256)
-    source.add_argument("--device", default=None, help="torch device (default: cuda if any)")
+    source.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)"
+    )
     _seis_options(report)
     group = report.add_argument_group("evaluation and output")
     group.add_argument(
@@ -404,22 +416,26 @@ def _report_settings(args):
     """What defines a report run (its fingerprint), and the plan of its work."""
     params = _seis_params(args)
     settings = {"seis": params, "in_sample": args.in_sample, "layers": args.layers}
-    model_given = [a for a in ("torchscript", "model") if getattr(args, a)]
+    model_given = [a for a in ("onnx", "torchscript", "model") if getattr(args, a)]
     if args.pairs and model_given:
         raise CommandError("give either --pairs folders or a model, not both")
     if args.pairs:
-        for name in ("inputs", "transform", "weights"):
+        for name in ("inputs", "transform", "weights", "op_type"):
             if getattr(args, name):
                 raise CommandError(f"--{name} goes with a model; --pairs folders hold activations")
         settings["cv"] = None if args.in_sample else args.cv
         settings["pairs"] = [_pairs_source(text, args.layers) for text in args.pairs]
         return settings
     if not model_given:
-        raise CommandError("give a source: --pairs DIR, --torchscript FILE or --model MODULE:FUNC")
-    if len(model_given) == 2:
-        raise CommandError("give --torchscript or --model, not both")
+        raise CommandError(
+            "give a source: --pairs DIR, --onnx FILE, --torchscript FILE or --model MODULE:FUNC"
+        )
+    if len(model_given) > 1:
+        raise CommandError(f"give one model: --{model_given[0]} or --{model_given[1]}, not both")
     if args.weights and not args.model:
-        raise CommandError("--weights goes with --model (a TorchScript file holds its weights)")
+        raise CommandError("--weights goes with --model (ONNX and TorchScript files hold theirs)")
+    if args.op_type and not args.onnx:
+        raise CommandError("--op-type selects tensors of an --onnx model; use --layers")
     if not args.inputs:
         raise CommandError("a model needs --inputs FILE.npy (samples first)")
     if not args.transform:
@@ -434,7 +450,10 @@ def _report_settings(args):
     settings["transforms"] = args.transform
     settings["input_layout"] = args.input_layout
     settings["inputs"] = _file_record(_array_argument(args.inputs)[0], args.inputs)
-    if args.torchscript:
+    if args.onnx:
+        settings["onnx"] = _file_record(Path(args.onnx), args.onnx)
+        settings["op_types"] = args.op_type
+    elif args.torchscript:
         settings["torchscript"] = _file_record(Path(args.torchscript), args.torchscript)
     else:
         settings["model"] = args.model
@@ -619,16 +638,29 @@ def _report_pairs(args, settings, done):
 
 def _model_job(args, settings):
     """Load the model, its inputs and the transforms; return the function that runs them."""
-    from seis_sklearn.adapters.torch import DEFAULT_LAYER_TYPES, find_layers
-    from seis_sklearn.adapters.torch.transforms import from_spec
+    if args.onnx:
+        from seis_sklearn.adapters import onnx as adapter
+        from seis_sklearn.transforms import from_spec
 
-    model = _load_model(args)
-    layers = None
-    if args.layers:
-        names = [n for n, _ in model.named_modules() if n]
-        layers = _select(names, args.layers, str, "the model")
-    elif not find_layers(model, types=DEFAULT_LAYER_TYPES):
-        raise CommandError("the model has no Conv/Linear module; name layers with --layers")
+        _providers(args.device)  # checked before anything runs
+        model = adapter.load_model(args.onnx)
+        tensors = adapter.list_tensors(model)
+        layers = None
+        if args.layers or args.op_type:
+            layers = adapter._select(tensors, args.layers, args.op_type)
+        elif not any(t.op_type in adapter.DEFAULT_OP_TYPES for t in tensors):
+            raise CommandError("the model has no Conv/Gemm/MatMul node; choose with --layers")
+    else:
+        from seis_sklearn.adapters import torch as adapter
+        from seis_sklearn.adapters.torch.transforms import from_spec
+
+        model = _load_model(args)
+        layers = None
+        if args.layers:
+            names = [n for n, _ in model.named_modules() if n]
+            layers = _select(names, args.layers, str, "the model")
+        elif not adapter.find_layers(model, types=adapter.DEFAULT_LAYER_TYPES):
+            raise CommandError("the model has no Conv/Linear module; name layers with --layers")
     inputs = _load(args.inputs)
     if inputs.ndim < 2 or inputs.shape[0] < 2:
         raise CommandError(
@@ -637,26 +669,28 @@ def _model_job(args, settings):
     transforms = [from_spec(spec) for spec in settings["transforms"]]
 
     def run(args, settings, done):
-        _report_model(args, settings, done, model, layers, inputs, transforms)
+        _report_model(args, settings, done, adapter, model, layers, inputs, transforms)
 
     return run
 
 
-def _report_model(args, settings, done, model, layers, inputs, transforms):
-    from seis_sklearn.adapters.torch import layerwise_seis
-
+def _report_model(args, settings, done, adapter, model, layers, inputs, transforms):
+    if args.onnx:
+        where = {"providers": _providers(args.device)}
+    else:
+        where = {"device": args.device}
     for t, (spec, transform) in enumerate(zip(settings["transforms"], transforms, strict=True)):
         if any(k.startswith(f"t{t:03d}-") for k in done):
             continue  # every layer of a transform finishes in the same pass
-        frame = layerwise_seis(
+        frame = adapter.layerwise_seis(
             model,
             inputs,
             {spec: lambda x, f=transform: f(x, layout=args.input_layout)},
             layers=layers,
             held_out=settings["held_out"],
             batch_size=args.batch_size,
-            device=args.device,
             progress=_progress(not args.quiet),
+            **where,
             **settings["seis"],
         )
         for row in frame.to_dict("records"):
@@ -665,6 +699,19 @@ def _report_model(args, settings, done, model, layers, inputs, transforms):
             _write_row(args.out, key, row)
             done[key] = row
         _say(args, f"{spec}: {len(frame)} layers scored")
+
+
+def _providers(device):
+    """onnxruntime providers for --device (cpu, cuda or cuda:N); None: the default."""
+    if device is None:
+        return None
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise CommandError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    cuda = ("CUDAExecutionProvider", {"device_id": int(index or 0)})
+    return [cuda, "CPUExecutionProvider"]
 
 
 def _load_model(args):

@@ -285,6 +285,11 @@ def test_nothing_is_written_outside_out(tmp_path, rng):
             "unknown step 'rot45'",
         ),
         (["score", "one.npy"], "give two arrays"),
+        (
+            ["report", "--torchscript", "m", "--op-type", "Conv", "--inputs", "x"],
+            "--op-type selects tensors of an --onnx model",
+        ),
+        (["report", "--onnx", "m", "--model", "a:b"], "give one model: --onnx or --model"),
     ],
 )
 def test_argument_errors_name_the_problem(tmp_path, capsys, argv, message):

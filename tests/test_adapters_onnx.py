@@ -1,0 +1,303 @@
+"""The ONNX adapter against the PyTorch adapter on the same models exported to ONNX."""
+
+import csv
+import io
+import subprocess
+import sys
+import warnings
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from seis_sklearn.adapters import onnx as OA  # noqa: E402
+from seis_sklearn.adapters import torch as TA  # noqa: E402
+from seis_sklearn.adapters.torch import transforms as TT  # noqa: E402
+from seis_sklearn.adapters.torch.demo import digits_images, make_cnn  # noqa: E402
+
+from seis_sklearn import SEISScorer, seis_score  # noqa: E402
+from seis_sklearn import transforms as T  # noqa: E402
+from seis_sklearn.io import list_pairs  # noqa: E402
+
+SEIS = Path(sys.executable).with_name("seis")
+
+# torch module of the demo CNN → the ONNX tensor holding its output
+DEMO_TENSORS = {
+    "block1": "/block1/block1.2/Relu_output_0",
+    "block2": "/block2/block2.3/MaxPool_output_0",
+    "block3": "/block3/block3.3/MaxPool_output_0",
+    "block4": "/block4/block4.2/Relu_output_0",
+    "head": "logits",
+}
+
+
+class Residual(torch.nn.Module):
+    """A stem, a residual block (skip connection) and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.stem = torch.nn.Conv2d(1, 6, 3, padding=1)
+        self.conv1 = torch.nn.Conv2d(6, 6, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(6, 6, 3, padding=1)
+        self.head = torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        h = torch.relu(h + self.conv2(torch.relu(self.conv1(h))))
+        return self.head(h.mean(dim=(2, 3)))
+
+
+def export(model, example, dynamic=True):
+    buffer = io.BytesIO()
+    axes = {"images": {0: "batch"}, "out": {0: "batch"}} if dynamic else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(),
+            (example,),
+            buffer,
+            dynamo=False,
+            input_names=["images"],
+            output_names=["out"],
+            dynamic_axes=axes,
+            opset_version=17,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+@pytest.fixture(scope="module")
+def images():
+    return digits_images()[0][:120]
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    model = make_cnn(seed=0).eval()
+    return model, export(model, torch.zeros(2, 1, 32, 32))
+
+
+@pytest.fixture(scope="module")
+def residual():
+    model = Residual().eval()
+    return model, export(model, torch.zeros(2, 1, 9, 9))
+
+
+def _tensor_of(proto, torch_name):
+    """The ONNX tensor named like the torch module's output (demo CNN naming)."""
+    return DEMO_TENSORS[torch_name].replace("logits", proto.graph.output[0].name)
+
+
+def test_list_tensors_names_ops_and_inferred_shapes(cnn):
+    _, proto = cnn
+    tensors = OA.list_tensors(proto)
+    by_name = {t.name: t for t in tensors}
+    first = by_name["/block1/block1.0/Conv_output_0"]
+    assert first.op_type == "Conv" and first.shape == ("batch", 16, 32, 32)
+    assert first.dtype == np.float32
+    assert by_name["/block3/block3.3/MaxPool_output_0"].shape == ("batch", 48, 8, 8)
+    assert tensors[-1].name == "out" and tensors[-1].op_type == "Gemm"
+    # graph order: each tensor is listed after the tensors it is computed from
+    order = [t.name for t in tensors]
+    assert order.index("/block1/block1.2/Relu_output_0") < order.index(
+        "/block2/block2.0/Conv_output_0"
+    )
+
+
+def test_activations_equal_the_torch_adapter(cnn, images):
+    model, proto = cnn
+    want = TA.extract_activations(model, images, list(DEMO_TENSORS), progress=False)
+    names = [_tensor_of(proto, k) for k in DEMO_TENSORS]
+    got = OA.extract_activations(proto, images, names, batch_size=32, progress=False)
+    assert list(got) == names
+    for key, name in zip(DEMO_TENSORS, names, strict=True):
+        scale = np.abs(want[key]).max()
+        assert np.abs(got[name] - want[key]).max() <= 1e-4 * scale, key
+
+
+def test_residual_model_scores_equal_torch(residual, rng):
+    model, proto = residual
+    x = rng.normal(size=(80, 1, 9, 9)).astype(np.float32)
+    conv = [t.name for t in OA.list_tensors(proto) if t.op_type == "Conv"]
+    assert len(conv) == 3
+    adds = OA.find_tensors(proto, op_types="Add")
+    assert adds  # the skip connection
+    rot = partial(T.rot90, k=1)
+    got = OA.extract_activations(proto, x, conv, transform=rot, progress=False)
+    want = TA.extract_activations(
+        model, x, ["stem", "conv1", "conv2"], transform=partial(TT.rot90, k=1), progress=False
+    )
+    for name, key in zip(conv, ["stem", "conv1", "conv2"], strict=True):
+        for view in (0, 1):
+            np.testing.assert_allclose(got[name][view], want[key][view], rtol=1e-4, atol=1e-5)
+        a = seis_score(*(v.astype(np.float64) for v in got[name]))
+        b = seis_score(*(v.astype(np.float64) for v in want[key]))
+        for score in ("equivariance", "invariance"):
+            assert abs(getattr(a, score) - getattr(b, score)) < 1e-5
+
+
+def test_layerwise_report_equals_torch_within_1e5(cnn, images):
+    model, proto = cnn
+    names = [_tensor_of(proto, k) for k in DEMO_TENSORS]
+    onnx_frame = OA.layerwise_seis(
+        proto, images, {"rot90": partial(T.rot90, k=1)}, layers=names, progress=False
+    )
+    torch_frame = TA.layerwise_seis(
+        model,
+        images,
+        {"rot90": partial(TT.rot90, k=1)},
+        layers=list(DEMO_TENSORS),
+        progress=False,
+    )
+    assert list(onnx_frame["layer"]) == names
+    assert list(onnx_frame["module"]) == ["Relu", "MaxPool", "MaxPool", "Relu", "Gemm"]
+    for score in ("equivariance", "invariance", "equivariance_weighted"):
+        np.testing.assert_allclose(onnx_frame[score], torch_frame[score], atol=1e-5)
+
+
+def test_op_type_and_glob_selection(cnn):
+    _, proto = cnn
+    chosen = OA.find_tensors(proto, op_types=["Conv", "Relu"])
+    assert len(chosen) == 8
+    assert [n.rsplit("/", 1)[1].split("_")[0] for n in chosen] == ["Conv", "Relu"] * 4
+    assert OA.find_tensors(proto, pattern="/block2/*") == [
+        "/block2/block2.0/Conv_output_0",
+        "/block2/block2.2/Relu_output_0",
+        "/block2/block2.3/MaxPool_output_0",
+    ]
+    with pytest.raises(ValueError, match=r"op_types: the model has no 'Softmax' node \(it has"):
+        OA.find_tensors(proto, op_types="Softmax")
+
+
+def test_fixed_batch_of_one_is_looped(residual, rng):
+    model, _ = residual
+    fixed = export(model, torch.zeros(1, 1, 9, 9), dynamic=False)
+    assert fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    x = rng.normal(size=(7, 1, 9, 9)).astype(np.float32)
+    got = OA.extract_activations(fixed, x, ["out"], batch_size=4, progress=False)["out"]
+    want = model(torch.from_numpy(x)).detach().numpy()
+    assert got.shape == (7, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_fixed_batch_larger_than_one_pads_the_last_batch(residual, rng):
+    model, _ = residual
+    fixed = export(model, torch.zeros(3, 1, 9, 9), dynamic=False)
+    x = rng.normal(size=(7, 1, 9, 9)).astype(np.float32)
+    got = OA.extract_activations(fixed, x, ["out"], progress=False)["out"]
+    np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
+
+
+def test_callers_model_proto_and_file_are_unchanged(cnn, images, tmp_path):
+    _, proto = cnn
+    before = proto.SerializeToString()
+    path = tmp_path / "m.onnx"
+    path.write_bytes(before)
+    OA.extract_activations(proto, images[:8], ["/block1/*"], progress=False)
+    OA.extract_activations(path, images[:8], op_types="Relu", progress=False)
+    OA.extract_activations(before, images[:8], op_types="Conv", progress=False)
+    assert proto.SerializeToString() == before
+    assert path.read_bytes() == before
+    assert len(proto.graph.output) == 1
+
+
+def test_pair_mode_memory_maps_and_manifest(cnn, images, tmp_path):
+    _, proto = cnn
+    names = [DEMO_TENSORS["block1"], DEMO_TENSORS["block2"]]
+    pairs = OA.extract_activations(
+        proto, images, names, transform=partial(T.rot90, k=1), out=tmp_path, progress=False
+    )
+    layers, manifest = list_pairs(tmp_path)
+    assert [x.name for x in layers] == names
+    assert [x.module for x in layers] == ["Relu", "MaxPool"]
+    assert manifest["transform"] == "rot90(k=1)"
+    original, rotated = layers[1].load()
+    assert isinstance(original, np.memmap)
+    assert np.array_equal(original, pairs[names[1]][0])
+    assert np.array_equal(rotated, pairs[names[1]][1])
+
+
+def test_streaming_equals_fitting_on_kept_and_scoring_held_out(cnn, images):
+    _, proto = cnn
+    name = DEMO_TENSORS["block3"]
+    rot = partial(T.rot90, k=1)
+    results = OA.stream_scores(
+        proto,
+        images,
+        [name],
+        rot,
+        held_out=0.25,
+        batch_size=25,
+        progress=False,
+        n_components=0.95,
+    )
+    A, B = OA.extract_activations(
+        proto, images, [name], transform=rot, dtype=np.float64, progress=False
+    )[name]
+    test = np.arange(len(images)) % 4 == 0
+    scorer = SEISScorer(n_components=0.95, solver="moments").fit(A[~test], B[~test])
+    want = scorer.scores(A[test], B[test])
+    assert results[name].equivariance == pytest.approx(want.equivariance, abs=1e-10)
+    assert results[name].invariance == pytest.approx(want.invariance, abs=1e-10)
+
+
+def test_errors_name_the_problem(cnn, images, rng):
+    _, proto = cnn
+    with pytest.raises(ValueError, match=r"no tensor named '/block1/Relu'; did you mean"):
+        OA.extract_activations(proto, images, ["/block1/Relu"], progress=False)
+    with pytest.raises(
+        ValueError, match=r"graph input 'images' expects shape \(batch, 1, 32, 32\)"
+    ):
+        OA.extract_activations(proto, images[:, :, :28, :28], ["out"], progress=False)
+    with pytest.raises(ValueError, match=r"graph input 'images' expects float32 .* got int64"):
+        OA.extract_activations(proto, images.astype(np.int64), ["out"], progress=False)
+    with pytest.raises(ValueError, match=r"model: cannot be read as an ONNX model"):
+        OA.extract_activations(b"not a model", images, ["out"], progress=False)
+    broken = onnx.ModelProto()
+    broken.CopyFrom(proto)
+    broken.graph.node[0].op_type = "NoSuchOp"
+    with pytest.raises(ValueError, match=r"^model: onnxruntime cannot load it \(") as info:
+        OA.extract_activations(broken, images, ["out"], progress=False)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="name the tensors to record"):
+        OA.extract_activations(proto, images, progress=False)
+    # float64 inputs are cast to the graph's float32, batch by batch
+    got = OA.extract_activations(proto, images[:4].astype(np.float64), ["out"], progress=False)
+    want = OA.extract_activations(proto, images[:4], ["out"], progress=False)
+    assert np.array_equal(got["out"], want["out"])
+
+
+def test_cli_report_from_onnx_equals_the_api(cnn, images, tmp_path):
+    _, proto = cnn
+    (tmp_path / "cnn.onnx").write_bytes(proto.SerializeToString())
+    np.save(tmp_path / "x.npy", images)
+    proc = subprocess.run(
+        [
+            str(SEIS), "report", "--onnx", str(tmp_path / "cnn.onnx"),
+            "--inputs", str(tmp_path / "x.npy"), "--transform", "rot90", "--transform", "hflip",
+            "--op-type", "MaxPool", "--layers", "out", "--out", str(tmp_path / "r"), "-q",
+        ],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / "r" / "report.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    want = OA.layerwise_seis(
+        proto,
+        images,
+        {"hflip": T.from_spec("hflip"), "rot90": T.from_spec("rot90")},
+        layers=["out"],
+        op_types=["MaxPool"],
+        progress=False,
+    )
+    assert [(r["transform"], r["layer"], r["module"]) for r in rows] == list(
+        zip(want["transform"], want["layer"], want["module"], strict=True)
+    )
+    for row, (_, expected) in zip(rows, want.iterrows(), strict=True):
+        assert float(row["equivariance"]) == pytest.approx(expected["equivariance"], abs=1e-6)
+        assert float(row["invariance"]) == pytest.approx(expected["invariance"], abs=1e-6)
