@@ -12,7 +12,7 @@ DEMO_OUT ?= demo-output
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@$(PYTHON) -c 'import sys; sys.exit("seis-sklearn needs Python >= 3.10, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e ".[dev,torch,onnx]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e ".[dev,torch,onnx,dask]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -32,7 +32,7 @@ test: $(STAMP)
 OLD_VENV := .venv-oldest
 $(OLD_VENV)/.installed-stamp: pyproject.toml requirements/oldest.txt
 	test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
-	$(OLD_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c requirements/oldest.txt -e ".[dev,torch,onnx]"
+	$(OLD_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c requirements/oldest.txt -e ".[dev,torch,onnx,dask]"
 	touch $@
 
 test-oldest: $(OLD_VENV)/.installed-stamp

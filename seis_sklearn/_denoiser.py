@@ -7,6 +7,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._cca import pooled_basis
+from ._dask import check_dask_array, is_dask_array
 from ._moments import accumulate
 from ._validation import (
     check_finite,
@@ -93,7 +94,7 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Training data.
+            Training data (a dask array chunked along the samples works too).
         y : None
             Ignored.
 
@@ -123,14 +124,17 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         n_components = check_n_components(self.n_components)
         max_components = check_max_components(self.max_components)
         first = reset or not hasattr(self, "_moments")
-        X = validate_data(
-            self,
-            X,
-            reset=first,
-            dtype=[np.float64, np.float32],
-            ensure_all_finite=False,
-            ensure_min_samples=2 if first else 1,
-        )
+        if is_dask_array(X):  # validated from metadata; the moments are summed over blocks
+            X = self._check_dask(X, reset=first, min_samples=2 if first else 1)
+        else:
+            X = validate_data(
+                self,
+                X,
+                reset=first,
+                dtype=[np.float64, np.float32],
+                ensure_all_finite=False,
+                ensure_min_samples=2 if first else 1,
+            )
         part = accumulate([X], "ND", "flatten", names=("X",))
         moments = part if first else self._moments.merge(part)
         basis = pooled_basis(moments, n_components, max_components)
@@ -144,6 +148,21 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         self.explained_variance_ = basis.eigenvalues[:k] * (m / (m - 1))
         self.explained_variance_ratio_ = basis.eigenvalues[:k] / basis.eigenvalues.sum()
         return self
+
+    def _check_dask(self, X, reset, min_samples=1):
+        X = check_dask_array(X, "X")
+        if X.ndim != 2:
+            raise ValueError(f"X must be 2-D (n_samples, n_features); got shape {X.shape}")
+        if X.shape[0] < min_samples:
+            raise ValueError(f"X has {X.shape[0]} sample(s); at least {min_samples} required")
+        if reset:
+            self.n_features_in_ = X.shape[1]
+        elif X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but SubspaceDenoiser is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+        return X
 
     def _check_transform_input(self, X):
         check_is_fitted(self)
@@ -163,8 +182,17 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         Returns
         -------
         X_new : ndarray of shape (n_samples, n_components)
-            Same float dtype as ``X`` (computed in float64).
+            Same float dtype as ``X`` (computed in float64); a dask array for a
+            dask ``X`` (computed lazily, block by block).
         """
+        if is_dask_array(X):  # lazily, block by block
+            check_is_fitted(self)
+            X = self._check_dask(X, reset=False)
+            dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
+            return X.map_blocks(
+                _project, self.mean_, self.components_, dtype=dtype,
+                chunks=(X.chunks[0], (self.n_components_,)),
+            )  # fmt: skip
         X = self._check_transform_input(X)
         out = np.empty((X.shape[0], self.n_components_), dtype=X.dtype)
         step = chunk_samples(X.shape, X.dtype.itemsize)
@@ -202,3 +230,11 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
+
+
+def _project(block, mean, components):
+    """One block of :meth:`SubspaceDenoiser.transform` (dask inputs)."""
+    dtype = block.dtype if block.dtype in (np.float32, np.float64) else np.float64
+    centred = np.subtract(block, mean, dtype=np.float64)
+    check_finite(centred, "X")
+    return (centred @ components.T).astype(dtype, copy=False)

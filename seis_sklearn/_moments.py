@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import blas
 
+from ._dask import is_dask_array
 from ._kernels import sample_view
 from ._matricize import matricize, matrix_shape
 from ._validation import chunk_samples, raise_nonfinite
@@ -275,8 +276,9 @@ def accumulate(arrays, layout, matricization, *, names, indices=None, projection
         Validated activation arrays of one shape (samples first).
     layout, matricization : str
         Concrete layout and matricization mode.
-    names : sequence of str
-        Argument names, for the error raised on NaN/inf.
+    names : sequence of str or None
+        Argument names, for the error raised on NaN/inf (``None``: raise
+        :class:`NonFiniteError` with the view's index instead).
     indices : ndarray of int, optional
         Samples to use (in this order of chunks); all samples by default.
     projection : ndarray of shape (d, k), optional
@@ -285,7 +287,23 @@ def accumulate(arrays, layout, matricization, *, names, indices=None, projection
     Returns
     -------
     Moments
+
+    Notes
+    -----
+    Dask arrays are accumulated block by block where they live and merged in a
+    tree (:func:`seis_sklearn._dask.accumulate_dask`).
     """
+    if any(is_dask_array(a) for a in arrays):
+        from ._dask import accumulate_dask
+
+        return accumulate_dask(
+            arrays,
+            layout,
+            matricization,
+            names=names,
+            index_sets=(indices,),
+            projection=projection,
+        )[0]
     first = arrays[0]
     n = first.shape[0] if indices is None else len(indices)
     dtype = product_dtype(np.result_type(*arrays))
@@ -318,9 +336,29 @@ def accumulate(arrays, layout, matricization, *, names, indices=None, projection
         try:
             acc.add(blocks, views)
         except NonFiniteError as exc:
+            if names is None:
+                raise
             raise_nonfinite(arrays[exc.view], names[exc.view])
         release()
     return acc.result()
+
+
+def accumulate_folds(arrays, layout, matricization, *, names, index_sets):
+    """The moments of several sets of samples; one pass over dask inputs.
+
+    Returns
+    -------
+    list of Moments
+        One per entry of ``index_sets``.
+    """
+    if any(is_dask_array(a) for a in arrays):
+        from ._dask import accumulate_dask
+
+        return accumulate_dask(arrays, layout, matricization, names=names, index_sets=index_sets)
+    return [
+        accumulate(arrays, layout, matricization, names=names, indices=indices)
+        for indices in index_sets
+    ]
 
 
 def check_moment_memory(n_views, d):

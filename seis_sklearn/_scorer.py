@@ -8,9 +8,10 @@ from sklearn.model_selection import check_cv
 from sklearn.utils.validation import check_is_fitted
 
 from ._cca import fit_cca, held_out_scores, in_sample_scores, pair_covariances, pooled_basis
+from ._dask import is_dask_array
 from ._gram import accumulate_gram, gram_basis, gram_components, gram_pair_covariances
 from ._matricize import matrix_shape
-from ._moments import accumulate, project_moments
+from ._moments import accumulate, accumulate_folds, project_moments
 from ._result import SCORE_NAMES, SEISResult
 from ._validation import (
     INVARIANCE_MODES,
@@ -177,7 +178,8 @@ class SEISScorer(BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, ...)
-            Activations on the original inputs, samples first, in ``layout``.
+            Activations on the original inputs, samples first, in ``layout``;
+            numpy arrays, memory maps or dask arrays chunked along the samples.
         y : array-like of the same shape as ``X``
             Activations on the transformed inputs; sample i of ``y`` is the
             transform of sample i of ``X``.
@@ -231,7 +233,9 @@ class SEISScorer(BaseEstimator):
         solver = (
             "moments"
             if streaming
-            else resolve_solver(params["solver"], X.shape, layout, self.matricization)
+            else resolve_solver(
+                params["solver"], X.shape, layout, self.matricization, lazy=is_dask_array(X)
+            )
         )
         if solver == "gram":
             gm = accumulate_gram([X, y], layout, self.matricization, names=names)
@@ -345,8 +349,18 @@ class SEISScorer(BaseEstimator):
         return tags
 
 
-def resolve_solver(solver, shape, layout, matricization):
-    """``"moments"`` or ``"gram"``: ``"auto"`` takes the Gram matrix when d > 2m."""
+def resolve_solver(solver, shape, layout, matricization, lazy=False):
+    """``"moments"`` or ``"gram"``: ``"auto"`` takes the Gram matrix when d > 2m.
+
+    ``lazy`` (dask inputs): always the moments, which are sums over blocks.
+    """
+    if lazy:
+        if solver == "gram":
+            raise ValueError(
+                "solver='gram' needs every sample at once; dask arrays are scored from "
+                "moments summed over their blocks: use solver='moments' (or 'auto')"
+            )
+        return "moments"
     if solver != "auto":
         return solver
     rows_per_sample, d = matrix_shape(shape, layout, matricization)
@@ -405,7 +419,9 @@ def seis_score(A, B, *, cv=None, **params):
     Parameters
     ----------
     A : array-like of shape (n_samples, ...)
-        Activations of a layer on the original inputs, samples first.
+        Activations of a layer on the original inputs, samples first. A
+        ``dask.array`` chunked along the samples axis is accumulated block by
+        block where it lives (see the docs page "Scaling out with Dask").
     B : array-like of the same shape as ``A``
         Activations on the transformed inputs (sample i of ``B`` is the
         transform of sample i of ``A``).
@@ -464,7 +480,9 @@ def seis_score(A, B, *, cv=None, **params):
                 f"({len(train)} and {len(test)} of {n}); use fewer folds"
             )
 
-    solver = resolve_solver(fit_params["solver"], A.shape, layout, scorer.matricization)
+    solver = resolve_solver(
+        fit_params["solver"], A.shape, layout, scorer.matricization, lazy=is_dask_array(A)
+    )
     if solver == "gram":
         # The Gram matrix of one training set says nothing about another's: fit each fold.
         folds = []
@@ -484,7 +502,9 @@ def seis_score(A, B, *, cv=None, **params):
             )
 
         tests = [np.sort(test) for _, test in splits]
-        fold_moments = [moments_of(test) for test in tests]
+        fold_moments = accumulate_folds(
+            [A, B], layout, scorer.matricization, names=("A", "B"), index_sets=tests
+        )
         if _is_partition(splits, n):  # read the data once: trains merge from the folds
             train_moments = [
                 _merge_all(fold_moments[:f] + fold_moments[f + 1 :]) for f in range(len(tests))

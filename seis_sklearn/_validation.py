@@ -10,6 +10,7 @@ import numbers
 
 import numpy as np
 
+from ._dask import check_dask_array, is_dask_array
 from ._matricize import check_matricization, matrix_shape, resolve_layout
 
 SCORE_KINDS = (
@@ -38,11 +39,14 @@ def as_activation_array(A, name):
 
     Returns
     -------
-    A : ndarray
-        The same memory when ``A`` already is an ndarray (memory maps included).
+    A : ndarray or dask array
+        The same memory when ``A`` already is an ndarray (memory maps included);
+        a dask array stays lazy (see :mod:`seis_sklearn._dask`).
     """
     if isinstance(A, np.ndarray):
         arr = A
+    elif is_dask_array(A):  # validated from its metadata, never computed here
+        return check_dask_array(A, name)
     else:
         try:
             arr = np.asarray(A)

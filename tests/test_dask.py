@@ -1,0 +1,225 @@
+"""Dask inputs give the numpy results: threads, a 2-process LocalCluster, out of core."""
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array")
+dask = pytest.importorskip("dask")
+distributed = pytest.importorskip("distributed")
+
+from seis_sklearn import SEISScorer, SubspaceDenoiser, seis_score  # noqa: E402
+from seis_sklearn.transforms import rot90  # noqa: E402
+
+SCORES = ("equivariance", "invariance", "equivariance_weighted", "invariance_weighted")
+
+
+def assert_same(got, want, rtol=1e-10):
+    for name in SCORES:
+        a, b = getattr(got, name), getattr(want, name)
+        assert abs(a - b) <= rtol * max(1.0, abs(b)), (name, a, b)
+    assert got.n_components == want.n_components and got.n_rows == want.n_rows
+    np.testing.assert_allclose(
+        got.canonical_correlations, want.canonical_correlations, rtol=1e-9, atol=1e-12
+    )
+
+
+def lazy(A, chunk):
+    return da.from_array(A, chunks=(chunk,) + tuple(-1 for _ in A.shape[1:]))
+
+
+CASES = [
+    ((120, 6, 9, 9), "NCHW", "spatial"),
+    ((120, 3, 5, 5), "NCHW", "flatten"),
+    ((120, 9, 9, 6), "NHWC", "spatial"),
+    ((120, 10, 5), "NLD", "channel"),
+    ((120, 3, 4, 5, 5), "NCDHW", "spatial"),
+    ((120, 30), "ND", "flatten"),
+]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two worker processes on loopback (not threads), shut down after the module."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def _pair(rng, shape, layout):
+    A = rng.normal(size=shape)
+    axes = {"NCHW": (2, 3), "NHWC": (1, 2), "NCDHW": (3, 4)}.get(layout)
+    if axes is None:
+        B = -A[:, ::-1] + 0.5 * rng.normal(size=shape)
+    else:
+        B = np.rot90(A, axes=axes) + 0.3 * rng.normal(size=shape)
+    return A, np.ascontiguousarray(B)
+
+
+@pytest.mark.parametrize("shape, layout, matricization", CASES)
+def test_threaded_scheduler_equals_numpy(rng, shape, layout, matricization):
+    A, B = _pair(rng, shape, layout)
+    params = dict(layout=layout, matricization=matricization, n_components=0.95)
+    with dask.config.set(scheduler="threads"):
+        assert_same(seis_score(lazy(A, 17), lazy(B, 29), **params), seis_score(A, B, **params))
+        assert_same(
+            seis_score(lazy(A, 17), lazy(B, 17), cv=4, **params),
+            seis_score(A, B, cv=4, **params),
+        )
+
+
+def test_local_cluster_equals_numpy(rng, cluster):
+    for shape, layout, matricization in CASES:
+        A, B = _pair(rng, shape, layout)
+        params = dict(layout=layout, matricization=matricization)
+        assert_same(seis_score(lazy(A, 25), lazy(B, 25), **params), seis_score(A, B, **params))
+    A, B = _pair(rng, (150, 5, 7, 7), "NCHW")
+    assert_same(seis_score(lazy(A, 40), lazy(B, 40), cv=5), seis_score(A, B, cv=5))
+
+
+def test_estimators_fit_partial_fit_and_score_dask(rng, cluster):
+    A, B = _pair(rng, (160, 5, 7, 7), "NCHW")
+    dA, dB = lazy(A, 30), lazy(B, 30)
+    want = SEISScorer().fit(A[:120], B[:120])
+    got = SEISScorer().fit(dA[:120], dB[:120])
+    assert_same(got.result_, want.result_)
+    streamed = SEISScorer().partial_fit(dA[:60], dB[:60]).partial_fit(A[60:120], B[60:120])
+    assert_same(streamed.result_, want.result_)
+    assert_same(got.scores(dA[120:], dB[120:]), want.scores(A[120:], B[120:]))
+    assert got.score(dA[120:], dB[120:]) == pytest.approx(want.score(A[120:], B[120:]), rel=1e-10)
+    X = A.reshape(160, -1)[:, :60]
+    dense = SubspaceDenoiser(0.9).fit(X)
+    spread = SubspaceDenoiser(0.9).fit(lazy(X, 33))
+    assert spread.n_components_ == dense.n_components_
+    np.testing.assert_allclose(spread.explained_variance_, dense.explained_variance_, rtol=1e-10)
+    projected = spread.transform(lazy(X, 33))
+    assert isinstance(projected, da.Array)  # lazy until computed
+    np.testing.assert_allclose(
+        np.abs(projected.compute()), np.abs(dense.transform(X)), rtol=1e-8, atol=1e-10
+    )
+
+
+def test_a_dask_and_a_numpy_view_mix(rng):
+    A, B = _pair(rng, (90, 4, 5, 5), "NCHW")
+    with dask.config.set(scheduler="sync"):
+        assert_same(seis_score(lazy(A, 20), B), seis_score(A, B))
+
+
+def test_feature_axis_chunks_are_rechunked_with_a_note(rng):
+    A, B = _pair(rng, (60, 4, 5, 5), "NCHW")
+    split = da.from_array(A, chunks=(20, 2, 5, 5))
+    with pytest.warns(UserWarning, match=r"A is chunked along feature axis 1 \(chunks \(2, 2\)\)"):
+        result = seis_score(split, lazy(B, 20))
+    assert_same(result, seis_score(A, B))
+
+
+def test_dask_errors(rng):
+    A, B = _pair(rng, (60, 4, 5, 5), "NCHW")
+    bad = A.copy()
+    bad[3, 0, 0, 0], bad[40, 1, 1, 1] = np.nan, np.inf
+    with pytest.raises(
+        ValueError, match=r"A contains 1 NaN and 1 infinite value\(s\) out of 6000"
+    ):  # noqa: E501
+        seis_score(lazy(bad, 20), lazy(B, 20))
+    with pytest.raises(ValueError, match="solver='gram' needs every sample at once"):
+        seis_score(lazy(A, 20), lazy(B, 20), solver="gram")
+    unknown = lazy(A, 20)[lazy(A, 20)[:, 0, 0, 0] > -10]
+    with pytest.raises(ValueError, match=r"unknown chunk sizes .*A\.compute_chunk_sizes\(\)"):
+        seis_score(unknown, unknown)
+    with pytest.raises(TypeError, match="must be a numeric"):
+        seis_score(lazy(A, 20).astype(str), lazy(B, 20))
+
+
+def test_nothing_is_computed_whole_and_only_moments_come_back(rng, cluster):
+    """The client receives the root Moments only: a task graph of block moments and merges."""
+    A, B = _pair(rng, (100, 4, 5, 5), "NCHW")
+    dA = lazy(A, 10).map_blocks(lambda b: b + 0.0, dtype=A.dtype)  # a lazily computed input
+    from seis_sklearn._dask import accumulate_dask
+
+    moments = accumulate_dask([dA, lazy(B, 10)], "NCHW", "spatial", names=("A", "B"))[0]
+    assert moments.n_rows == 100 * 4 and moments.auto.shape == (2, 25, 25)  # rows: channels
+    assert_same(seis_score(dA, lazy(B, 10)), seis_score(A, B))
+
+
+def test_out_of_core_under_a_worker_memory_limit(tmp_path, rng):
+    """Data on disk larger than a worker's memory limit, one .npy file per batch, streamed."""
+    from dask import delayed
+
+    files_a, files_b, pieces = [], [], []
+    n_files, per_file, shape = 10, 512, (64, 16, 16)  # 32 MiB per file and view (float32)
+    for i in range(n_files):
+        a = rng.normal(size=(per_file, *shape)).astype(np.float32)
+        np.save(tmp_path / f"a{i}.npy", a)
+        np.save(tmp_path / f"b{i}.npy", rot90(a))
+        files_a.append(tmp_path / f"a{i}.npy")
+        files_b.append(tmp_path / f"b{i}.npy")
+        pieces.append(a[:8])
+
+    def stack(paths):
+        load = delayed(np.load, pure=True)
+        return da.concatenate(
+            [
+                da.from_delayed(load(str(p), mmap_mode="r"), (per_file, *shape), np.float32)
+                for p in paths
+            ]
+        )
+
+    A, B = stack(files_a), stack(files_b)
+    total = 2 * A.nbytes
+    limit = 500 * 2**20  # a worker holds ~290 MiB of libraries and arenas already
+    assert total > limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            memory_limit=limit,
+        )
+    with cluster, distributed.Client(cluster):
+        result = seis_score(A, B, n_components=0.9)
+    want = seis_score(
+        np.concatenate([np.load(p, mmap_mode="r") for p in files_a]),
+        np.concatenate([np.load(p, mmap_mode="r") for p in files_b]),
+        n_components=0.9,
+    )
+    assert_same(result, want, rtol=1e-9)
+
+
+def test_zarr_store_recipe(tmp_path, rng):
+    zarr = pytest.importorskip("zarr")
+    A, B = _pair(rng, (64, 4, 6, 6), "NCHW")
+    for name, array in (("original", A), ("transformed", B)):
+        store = zarr.open_array(
+            str(tmp_path / f"{name}.zarr"), mode="w", shape=array.shape, chunks=(16, 4, 6, 6),
+            dtype=array.dtype,
+        )  # fmt: skip
+        store[:] = array
+    dA = da.from_zarr(str(tmp_path / "original.zarr"))
+    dB = da.from_zarr(str(tmp_path / "transformed.zarr"))
+    with dask.config.set(scheduler="threads"):
+        assert_same(seis_score(dA, dB, cv=4), seis_score(A, B, cv=4))
+
+
+def test_importing_and_numpy_use_never_import_dask():
+    code = (
+        "import sys, numpy as np; import seis_sklearn; from seis_sklearn import seis_score;"
+        "A = np.random.default_rng(0).normal(size=(20, 3, 4, 4)); seis_score(A, A, cv=2);"
+        "assert not any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
