@@ -24,31 +24,18 @@ def is_dask_array(x):
     return module is not None and isinstance(x, module.Array)
 
 
-def check_dask_array(A, name):
-    """Validate a dask array from its metadata (nothing is computed).
+def check_dask_chunks(A, name):
+    """Check a dask array's chunks (its dtype and shape are checked like numpy's).
 
     Returns the array, rechunked (lazily, with a warning) so that every axis but
     the samples axis is one chunk: the moments are accumulated block by block
-    of whole samples.
+    of whole samples. Nothing is computed.
     """
-    if A.dtype == object:
-        raise TypeError(f"{name} is an object array; activations must be a numeric array")
-    if A.dtype.kind not in "biuf":
-        raise TypeError(
-            f"{name} must be a numeric (bool, integer or float) array; got dtype {A.dtype}"
-        )
-    if A.ndim < 2:
-        raise ValueError(
-            f"{name} must have a samples axis and at least one feature axis; "
-            f"got an array of shape {A.shape}"
-        )
     if any(np.isnan(c) for chunks in A.chunks for c in chunks):
         raise ValueError(
             f"{name} has unknown chunk sizes (e.g. after boolean indexing); call "
             f"{name}.compute_chunk_sizes() first"
         )
-    if A.size == 0:
-        raise ValueError(f"{name} is empty (shape {A.shape})")
     split = [axis for axis in range(1, A.ndim) if len(A.chunks[axis]) > 1]
     if split:
         warnings.warn(

@@ -7,9 +7,10 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._cca import pooled_basis
-from ._dask import check_dask_array, is_dask_array
+from ._dask import is_dask_array
 from ._moments import accumulate
 from ._validation import (
+    as_activation_array,
     check_finite,
     check_max_components,
     check_n_components,
@@ -150,7 +151,7 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         return self
 
     def _check_dask(self, X, reset, min_samples=1):
-        X = check_dask_array(X, "X")
+        X = as_activation_array(X, "X")
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D (n_samples, n_features); got shape {X.shape}")
         if X.shape[0] < min_samples:

@@ -10,7 +10,7 @@ import numbers
 
 import numpy as np
 
-from ._dask import check_dask_array, is_dask_array
+from ._dask import check_dask_chunks, is_dask_array
 from ._matricize import check_matricization, matrix_shape, resolve_layout
 
 SCORE_KINDS = (
@@ -43,10 +43,9 @@ def as_activation_array(A, name):
         The same memory when ``A`` already is an ndarray (memory maps included);
         a dask array stays lazy (see :mod:`seis_sklearn._dask`).
     """
-    if isinstance(A, np.ndarray):
+    lazy = is_dask_array(A)  # a dask array is checked from its metadata, never computed
+    if isinstance(A, np.ndarray) or lazy:
         arr = A
-    elif is_dask_array(A):  # validated from its metadata, never computed here
-        return check_dask_array(A, name)
     else:
         try:
             arr = np.asarray(A)
@@ -63,6 +62,8 @@ def as_activation_array(A, name):
             f"{name} must have a samples axis and at least one feature axis; "
             f"got an array of shape {arr.shape}"
         )
+    if lazy:
+        arr = check_dask_chunks(arr, name)
     if arr.size == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape})")
     return arr

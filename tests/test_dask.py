@@ -41,18 +41,24 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """Two worker processes on loopback (not threads), shut down after the module."""
+def local_cluster(**kwargs):
+    """Two worker processes (not threads) on loopback."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cluster = distributed.LocalCluster(
+        return distributed.LocalCluster(
             n_workers=2,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
+            **kwargs,
         )
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A LocalCluster and its client for the module, shut down after it."""
+    cluster = local_cluster()
     client = distributed.Client(cluster)
     yield client
     client.close()
@@ -181,16 +187,7 @@ def test_out_of_core_under_a_worker_memory_limit(tmp_path, rng):
     total = 2 * A.nbytes
     limit = 500 * 2**20  # a worker holds ~290 MiB of libraries and arenas already
     assert total > limit
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cluster = distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            memory_limit=limit,
-        )
+    cluster = local_cluster(memory_limit=limit)
     with cluster, distributed.Client(cluster):
         result = seis_score(A, B, n_components=0.9)
     want = seis_score(
