@@ -42,8 +42,8 @@ docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check seis_sklearn adapters tests benchmarks docs
-	$(VENV)/bin/ruff format --check seis_sklearn adapters tests benchmarks docs
+	$(VENV)/bin/ruff check seis_sklearn adapters tests benchmarks docs examples
+	$(VENV)/bin/ruff format --check seis_sklearn adapters tests benchmarks docs examples
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

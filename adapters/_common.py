@@ -102,7 +102,49 @@ def collect(batches, *, out, dtype, paired, module_of, transform_name=None):
     return {k: (storage[(k, "original")], storage[(k, "transformed")]) for k in keys}
 
 
-def stream(batches, held_out, dtype, seis_params):
+class ChannelDeviation:
+    """The channelwise G-EED term of one transform, accumulated batch by batch.
+
+    ``−mean cos([f(gx)]_i, [g·f(x)]_i)`` over samples and channels, with ``g``
+    acting on feature maps by ``action`` (the transform itself, applied to the
+    activations): −1 for an exactly equivariant layer. Layers the action cannot
+    be applied to (no spatial axes, or a changed shape) get NaN.
+    """
+
+    def __init__(self, action, layout="auto"):
+        self.action, self.layout = action, layout
+        self.sums, self.counts, self.failed = {}, {}, set()
+
+    def add(self, per_view):
+        from seis_sklearn._matricize import resolve_layout
+        from seis_sklearn.metrics import _channel_cosines, _channels_last_flat
+
+        for key, fx in per_view["original"].items():
+            if key in self.failed:
+                continue
+            try:
+                if fx.ndim < 3:
+                    raise ValueError("no spatial axes")
+                moved = np.asarray(self.action(fx))
+                if moved.shape != fx.shape:
+                    raise ValueError("the action changed the shape")
+            except Exception:  # noqa: BLE001 - any failure: this layer has no value
+                self.failed.add(key)
+                continue
+            layout = resolve_layout(self.layout, fx.ndim)
+            fgx = per_view["transformed"][key]
+            cos = _channel_cosines(
+                _channels_last_flat(fgx, layout), _channels_last_flat(moved, layout)
+            )
+            self.sums[key] = self.sums.get(key, 0.0) + float(cos.sum())
+            self.counts[key] = self.counts.get(key, 0) + cos.size
+
+    def values(self):
+        keys = set(self.sums) | self.failed
+        return {k: (np.nan if k in self.failed else -self.sums[k] / self.counts[k]) for k in keys}
+
+
+def stream(batches, held_out, dtype, seis_params, deviation=None):
     """Held-out SEIS of every layer of a pair-mode batch generator, never storing it.
 
     Every ``round(1 / held_out)``-th sample (by index) is held out; the others
@@ -111,10 +153,16 @@ def stream(batches, held_out, dtype, seis_params):
 
     Returns
     -------
-    (dict, dict)
-        Layer key → held-out :class:`~seis_sklearn.SEISResult`, and layer key →
-        per-sample activation shape.
+    (dict, dict, dict)
+        Layer key → held-out :class:`~seis_sklearn.SEISResult`, → per-sample
+        activation shape, and → the moments of all samples (for other metrics).
     """
+    stored_only = sorted(set(seis_params) & STORED_ONLY)
+    if stored_only:
+        raise ValueError(
+            f"{stored_only[0]} refits on stored activations: pass held_out=None "
+            "(in-sample scores of stored activations) to use it"
+        )
     every = int(round(1.0 / held_out))
     scorers, held = {}, {}
     next(batches)
@@ -127,37 +175,76 @@ def stream(batches, held_out, dtype, seis_params):
                 for view, recorded in per_view.items()
             }
             _stream_batch(per_view, train, test, scorers, held, seis_params)
+            if deviation is not None:
+                deviation.add(per_view)
     if not scorers:
         raise ValueError("inputs gave no batches")
     results = {key: scorer._score_moments(held[key]) for key, scorer in scorers.items()}
     shapes = {key: scorer.activation_shape_ for key, scorer in scorers.items()}
-    return results, shapes
+    moments = {key: scorer._moments.merge(held[key]) for key, scorer in scorers.items()}
+    return results, shapes, moments
 
 
-def layerwise_rows(results, shapes, module_of, transform_name):
-    """Report rows (:func:`seis_sklearn.report.result_row`) in the layers' order."""
+STORED_ONLY = {"n_permutations", "n_bootstrap", "confidence", "random_state", "n_jobs"}
+
+
+def layerwise_rows(
+    results, shapes, module_of, transform_name, moments=None, metrics=(), deviation=None
+):
+    """Report rows (:func:`seis_sklearn.report.result_row`) in the layers' order,
+    with the columns of ``metrics`` computed from each layer's ``moments`` (and
+    ``channel_eed`` from ``deviation``)."""
+    from seis_sklearn.metrics import REPORT_METRICS
     from seis_sklearn.report import result_row
 
-    return [
-        result_row(
-            result,
-            layer=key,
-            depth=depth,
-            module=module_of(key),
-            shape=shapes[key],
-            transform=transform_name,
+    eed = deviation.values() if deviation is not None else {}
+    rows = []
+    for depth, (key, result) in enumerate(results.items()):
+        values = {}
+        for name in metrics:
+            if name == "channel_eed":
+                values[name] = eed.get(key, np.nan)
+            else:
+                values[name] = REPORT_METRICS[name](moments[key])
+        rows.append(
+            result_row(
+                result,
+                layer=key,
+                depth=depth,
+                module=module_of(key),
+                shape=shapes[key],
+                transform=transform_name,
+                metrics=values,
+            )
         )
-        for depth, (key, result) in enumerate(results.items())
-    ]
+    return rows
 
 
-def in_sample(pairs, seis_params):
-    """In-sample results and shapes of collected pairs."""
+def deviation_for(metrics, action, seis_params):
+    """A :class:`ChannelDeviation` when ``metrics`` asks for ``channel_eed``, else None."""
+    if "channel_eed" not in metrics:
+        return None
+    return ChannelDeviation(action, seis_params.get("layout", "auto"))
+
+
+def in_sample(pairs, seis_params, metrics=(), deviation=None):
+    """In-sample results, shapes and (when ``metrics`` need them) moments of pairs."""
     from seis_sklearn import seis_score
+    from seis_sklearn._matricize import resolve_layout
+    from seis_sklearn._moments import accumulate
 
     results = {k: seis_score(a, b, **seis_params) for k, (a, b) in pairs.items()}
     shapes = {k: a.shape[1:] for k, (a, _) in pairs.items()}
-    return results, shapes
+    if deviation is not None:
+        for k, (a, b) in pairs.items():
+            deviation.add({"original": {k: a}, "transformed": {k: b}})
+    moments = {}
+    if set(metrics) - {"channel_eed"}:
+        for k, (a, b) in pairs.items():
+            layout = resolve_layout(seis_params.get("layout", "auto"), a.ndim)
+            mode = seis_params.get("matricization", "spatial")
+            moments[k] = accumulate([a, b], layout, mode, names=(f"{k} (original)", k))
+    return results, shapes, moments
 
 
 def _stream_batch(per_view, train, test, scorers, held, seis_params):

@@ -55,6 +55,17 @@ invariance_weighted_std : float or None
         Standard deviations (``ddof=0``) over folds for a cross-fitted result.
     folds : tuple of SEISResult
         The held-out result of each fold (cross-fitted results only).
+    n_permutations : int or None
+        Size of the permutation null (``seis_score(..., n_permutations=)``).
+    p_values, null_means : dict of str → float, or None
+        Per score: the permutation p-value ``(1 + #{null ≥ observed}) /
+        (1 + n_permutations)`` and the mean of the null.
+    n_bootstrap : int or None
+        Number of bootstrap resamples (``seis_score(..., n_bootstrap=)``).
+    confidence : float or None
+        Level of the bootstrap intervals.
+    ci_low, ci_high : dict of str → float, or None
+        Per score: the percentile bootstrap interval.
 
     Notes
     -----
@@ -82,6 +93,13 @@ invariance_weighted_std : float or None
     equivariance_weighted_std: float | None = None
     invariance_weighted_std: float | None = None
     folds: tuple = field(default=(), compare=False)
+    n_permutations: int | None = None
+    p_values: dict | None = None
+    null_means: dict | None = None
+    n_bootstrap: int | None = None
+    confidence: float | None = None
+    ci_low: dict | None = None
+    ci_high: dict | None = None
 
     def as_dict(self):
         """Return the result as a plain ``dict`` (arrays as lists, folds omitted).
@@ -134,6 +152,19 @@ invariance_weighted_std : float or None
             plain_s = f"{plain:.4f}" + (f" ± {std:.4f}" if std is not None else "")
             weighted_s = f"{weighted:.4f}" + (f" ± {wstd:.4f}" if wstd is not None else "")
             lines.append(f"  {label}  {plain_s}   (variance-weighted {weighted_s})")
+        if self.p_values is not None:
+            lines.append(
+                f"  permutation null ({self.n_permutations}): p = "
+                f"{self.p_values['equivariance']:.4g} (S_E), "
+                f"{self.p_values['invariance']:.4g} (S_I); null means "
+                f"{self.null_means['equivariance']:.4f}, {self.null_means['invariance']:.4f}"
+            )
+        if self.ci_low is not None:
+            lines.append(
+                f"  {self.confidence:.0%} bootstrap intervals ({self.n_bootstrap}): S_E "
+                f"[{self.ci_low['equivariance']:.4f}, {self.ci_high['equivariance']:.4f}], "
+                f"S_I [{self.ci_low['invariance']:.4f}, {self.ci_high['invariance']:.4f}]"
+            )
         if self.evaluation == "in-sample":
             lines.append("  note: " + _IN_SAMPLE_NOTE)
         return "\n".join(lines)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import check_cv
@@ -13,6 +15,7 @@ from ._gram import accumulate_gram, gram_basis, gram_components, gram_pair_covar
 from ._matricize import matrix_shape
 from ._moments import accumulate, accumulate_folds, project_moments
 from ._result import SCORE_NAMES, SEISResult
+from ._statistics import check_statistics, statistics
 from ._validation import (
     INVARIANCE_MODES,
     SOLVERS,
@@ -413,7 +416,19 @@ def _held_out_result(cca, basis, projected, params_owner, layout):
     )
 
 
-def seis_score(A, B, *, cv=None, **params):
+def seis_score(
+    A,
+    B,
+    *,
+    cv=None,
+    n_permutations=0,
+    n_bootstrap=0,
+    confidence=0.95,
+    random_state=None,
+    n_jobs=None,
+    progress=False,
+    **params,
+):
     """SEIS scores of a pair of activation arrays, in-sample or cross-fitted.
 
     Parameters
@@ -431,6 +446,22 @@ def seis_score(A, B, *, cv=None, **params):
         (unshuffled) folds of the samples, each scored under a fit on the
         other folds. Any scikit-learn splitter or iterable of
         ``(train, test)`` index arrays is accepted too.
+    n_permutations : int, default=0
+        Size of a permutation null: the pairing of ``B``'s samples with
+        ``A``'s is shuffled this many times, each refitted and scored like the
+        observed result; ``p_values`` and ``null_means`` are reported.
+    n_bootstrap : int, default=0
+        Bootstrap resamples of the samples (pairs kept together), each scored
+        like the observed result; percentile intervals ``ci_low``/``ci_high``.
+    confidence : float, default=0.95
+        Level of the bootstrap intervals.
+    random_state : int, numpy Generator or None, default=None
+        Seed of the permutations and resamples (drawn up front, so the result
+        does not depend on ``n_jobs``).
+    n_jobs : int or None, default=None
+        Replicates run in parallel with joblib (``-1``: every core).
+    progress : bool, default=False
+        A progress bar over the replicates (tqdm).
     **params
         Parameters of :class:`SEISScorer` (``n_components``,
         ``matricization``, ``layout``, ``reg``, ``max_components``,
@@ -460,6 +491,28 @@ def seis_score(A, B, *, cv=None, **params):
     >>> r.evaluation, r.n_folds
     ('cross-fitted', 4)
     """
+    check_statistics(n_permutations, n_bootstrap, confidence)
+    result = _seis_score(A, B, cv, params)
+    if not (n_permutations or n_bootstrap):
+        return result
+    (A, B), _ = check_views([A, B], ["A", "B"], params.get("layout", "auto"), "spatial")
+    fields = statistics(
+        A,
+        B,
+        result,
+        cv=cv,
+        params=params,
+        n_permutations=n_permutations,
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+        rng=np.random.default_rng(random_state),
+        n_jobs=n_jobs,
+        progress=progress,
+    )
+    return dataclasses.replace(result, **fields)
+
+
+def _seis_score(A, B, cv, params):
     scorer = SEISScorer(**params)
     if cv is None:
         fitted = scorer._fit(A, B, names=("A", "B"), streaming=False, store_components=False)

@@ -145,6 +145,39 @@ def _seis_options(parser):
     group.add_argument("--solver", choices=SOLVERS, default="auto")
 
 
+def _statistics_options(parser, metrics=False):
+    group = parser.add_argument_group("uncertainty and other metrics")
+    group.add_argument(
+        "--permutations", type=int, default=0, metavar="N",
+        help="permutation null of N shuffled pairings: p-values per score",
+    )  # fmt: skip
+    group.add_argument(
+        "--bootstrap", type=int, default=0, metavar="N",
+        help="N bootstrap resamples: 95%% intervals per score",
+    )  # fmt: skip
+    group.add_argument("--seed", type=int, default=None, help="seed of the resampling")
+    group.add_argument("--jobs", type=int, default=None, metavar="N", help="parallel replicates")
+    if metrics:
+        group.add_argument(
+            "--metrics", action="append", choices=("cka", "svcca", "pwcca", "channel_eed"),
+            metavar="NAME",
+            help="add a column: cka, svcca, pwcca, or (models) channel_eed (repeatable)",
+        )  # fmt: skip
+
+
+def _statistics_params(args):
+    params = {}
+    if args.permutations:
+        params["n_permutations"] = args.permutations
+    if args.bootstrap:
+        params["n_bootstrap"] = args.bootstrap
+    if params:
+        params["random_state"] = args.seed
+        if args.jobs is not None:
+            params["n_jobs"] = args.jobs
+    return params
+
+
 def _seis_params(args):
     return {
         "n_components": args.n_components,
@@ -205,6 +238,7 @@ def build_parser():
     )
     group.add_argument("--format", choices=("table", "json", "csv"), default="table")
     group.add_argument("--out", metavar="FILE", help="write here (atomically) instead of stdout")
+    _statistics_options(score)
     group.add_argument("--force", action="store_true", help="overwrite an existing --out FILE")
 
     report = commands.add_parser(
@@ -279,6 +313,7 @@ def build_parser():
     group.add_argument(
         "--in-sample", action="store_true", help="score on all samples (biased upward)"
     )
+    _statistics_options(report, metrics=True)
     group.add_argument("--out", required=True, metavar="DIR", help="output folder")
     group.add_argument("--title", help="figure title")
     mode = group.add_mutually_exclusive_group()
@@ -360,11 +395,14 @@ def cmd_score(args):
     else:
         names = (args.A, args.B)
     A, B = (_load(name) for name in names)
-    result = seis_score(A, B, cv=args.cv, **_seis_params(args))
+    result = seis_score(A, B, cv=args.cv, **_statistics_params(args), **_seis_params(args))
     record = {"A": names[0], "B": names[1], "shape": list(A.shape), **result.as_dict()}
     if args.format == "json":
         text = json.dumps(record, indent=2) + "\n"
     elif args.format == "csv":
+        for key in ("p_values", "null_means", "ci_low", "ci_high"):  # one column per score
+            for score_name, value in (record.pop(key) or {}).items():
+                record[f"{score_name}_{key}"] = value
         columns = [k for k, v in record.items() if not isinstance(v, list)]
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
@@ -398,6 +436,19 @@ def _score_table(names, A, B, result, score_names):
         std = getattr(result, f"{name}_std")
         value = getattr(result, name)
         lines.append(f"{name:<24}{value:>10.4f}" + (f"   ± {std:.4f}" if std is not None else ""))
+    if result.p_values is not None:
+        lines.append("")
+        lines.append(f"permutation null ({result.n_permutations} shuffled pairings):")
+        for name in score_names:
+            lines.append(
+                f"  {name:<22}p = {result.p_values[name]:.4g}   null mean "
+                f"{result.null_means[name]:.4f}"
+            )
+    if result.ci_low is not None:
+        lines.append("")
+        lines.append(f"{result.confidence:.0%} bootstrap intervals ({result.n_bootstrap}):")
+        for name in score_names:
+            lines.append(f"  {name:<22}[{result.ci_low[name]:.4f}, {result.ci_high[name]:.4f}]")
     lines.append("")
     lines.append(
         f"{result.evaluation}; k = {result.n_components} components "
@@ -415,7 +466,13 @@ def _score_table(names, A, B, result, score_names):
 def _report_settings(args):
     """What defines a report run (its fingerprint), and the plan of its work."""
     params = _seis_params(args)
-    settings = {"seis": params, "in_sample": args.in_sample, "layers": args.layers}
+    settings = {
+        "seis": params,
+        "statistics": _statistics_params(args),
+        "metrics": args.metrics or [],
+        "in_sample": args.in_sample,
+        "layers": args.layers,
+    }
     model_given = [a for a in ("onnx", "torchscript", "model") if getattr(args, a)]
     if args.pairs and model_given:
         raise CommandError("give either --pairs folders or a model, not both")
@@ -423,6 +480,11 @@ def _report_settings(args):
         for name in ("inputs", "transform", "weights", "op_type"):
             if getattr(args, name):
                 raise CommandError(f"--{name} goes with a model; --pairs folders hold activations")
+        if "channel_eed" in (args.metrics or []):
+            raise CommandError(
+                "--metrics channel_eed applies the transform to feature maps: it needs a "
+                "model and --transform, not saved pairs"
+            )
         settings["cv"] = None if args.in_sample else args.cv
         settings["pairs"] = [_pairs_source(text, args.layers) for text in args.pairs]
         return settings
@@ -607,6 +669,7 @@ def cmd_report(args):
 def _report_pairs(args, settings, done):
     from . import seis_score
     from .io import LayerPair
+    from .metrics import REPORT_METRICS, _moments_of
     from .report import result_row
 
     work = []
@@ -619,7 +682,13 @@ def _report_pairs(args, settings, done):
     for key, source, layer in work:
         files = tuple(Path(source["folder"]) / f[0] for f in layer["files"])
         A, B = LayerPair(layer["name"], layer["depth"], layer["module"], files).load()
-        result = seis_score(A, B, cv=settings["cv"], **settings["seis"])
+        result = seis_score(A, B, cv=settings["cv"], **settings["statistics"], **settings["seis"])
+        metrics = {}
+        if settings["metrics"]:
+            moments = _moments_of(
+                A, B, settings["seis"]["layout"], settings["seis"]["matricization"]
+            )
+            metrics = {name: REPORT_METRICS[name](moments) for name in settings["metrics"]}
         row = result_row(
             result,
             layer=layer["name"],
@@ -627,6 +696,7 @@ def _report_pairs(args, settings, done):
             module=layer["module"],
             shape=A.shape[1:],
             transform=source["transform"],
+            metrics=metrics,
         )
         _write_row(args.out, key, row)
         done[key] = row
@@ -690,7 +760,9 @@ def _report_model(args, settings, done, adapter, model, layers, inputs, transfor
             held_out=settings["held_out"],
             batch_size=args.batch_size,
             progress=_progress(not args.quiet),
+            metrics=settings["metrics"],
             **where,
+            **settings["statistics"],
             **settings["seis"],
         )
         for row in frame.to_dict("records"):

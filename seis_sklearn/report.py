@@ -44,21 +44,30 @@ def report_frame(rows):
     Parameters
     ----------
     rows : iterable of dict
-        Each with the keys of :data:`COLUMNS`.
+        Each with the keys of :data:`COLUMNS`, and optionally more (statistics,
+        other metrics), which become further columns.
 
     Returns
     -------
     pandas.DataFrame
-        Columns in the order of :data:`COLUMNS`, sorted by transform then depth.
+        Columns in the order of :data:`COLUMNS`, then the extra ones; sorted by
+        transform then depth.
     """
     pd = _pandas()
-    frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    rows = list(rows)
+    extra = list(dict.fromkeys(k for row in rows for k in row if k not in COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(COLUMNS) + extra)
     return frame.sort_values(["transform", "depth"], kind="stable").reset_index(drop=True)
 
 
-def result_row(result, *, layer, depth, module, shape, transform):
-    """One report row from a :class:`~seis_sklearn.SEISResult`."""
-    return {
+def result_row(result, *, layer, depth, module, shape, transform, metrics=None):
+    """One report row from a :class:`~seis_sklearn.SEISResult`.
+
+    Permutation p-values and bootstrap intervals, when the result has them,
+    become the columns ``<score>_p``, ``<score>_null_mean``, ``<score>_ci_low``
+    and ``<score>_ci_high``; ``metrics`` (name → value) are added as they are.
+    """
+    row = {
         "layer": layer,
         "depth": depth,
         "module": module,
@@ -72,6 +81,15 @@ def result_row(result, *, layer, depth, module, shape, transform):
         "n_rows": result.n_rows,
         "evaluation": result.evaluation,
     }
+    for name in ("equivariance", "invariance", "equivariance_weighted", "invariance_weighted"):
+        if result.p_values is not None:
+            row[f"{name}_p"] = result.p_values[name]
+            row[f"{name}_null_mean"] = result.null_means[name]
+        if result.ci_low is not None:
+            row[f"{name}_ci_low"] = result.ci_low[name]
+            row[f"{name}_ci_high"] = result.ci_high[name]
+    row.update(metrics or {})
+    return row
 
 
 def plot_layerwise(frame, *, title=None, weighted=False, ax=None):

@@ -221,3 +221,64 @@ def test_layerwise_report_schema_and_figure(net, tmp_path):
     csv_path, png_path = save_report(frame, tmp_path / "report")
     assert csv_path.read_text().splitlines()[0] == ",".join(COLUMNS)
     assert png_path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_layerwise_report_adds_metrics_and_statistics_columns(net):
+    from seis_sklearn.adapters.torch import layerwise_seis
+    from seis_sklearn.adapters.torch import transforms as TT
+
+    from seis_sklearn.metrics import linear_cka, pwcca, svcca
+
+    x = np.random.default_rng(3).normal(size=(48, 1, 7, 7)).astype(np.float32)
+    flip = {"flip": TT.hflip}
+    pairs = extract_activations(net, x, ["conv1", "conv2"], transform=TT.hflip, progress=False)
+    for held_out in (0.25, None):  # streamed and stored: the metrics use all samples
+        frame = layerwise_seis(
+            net, x, flip, layers=["conv1", "conv2"], held_out=held_out, progress=False,
+            metrics=["cka", "svcca", "pwcca"],
+        )  # fmt: skip
+        for _, row in frame.iterrows():
+            a, b = (v.astype(np.float64) for v in pairs[row["layer"]])
+            assert row["cka"] == pytest.approx(linear_cka(a, b, matricization="spatial"), rel=1e-6)
+            assert row["svcca"] == pytest.approx(svcca(a, b, matricization="spatial"), rel=1e-6)
+            # PWCCA's weights depend on the basis chosen within tied canonical correlations
+            # (conv1 has seven at 1.0 under the flip), so rounding (float32 products) moves it
+            tolerance = 2e-3
+            assert row["pwcca"] == pytest.approx(
+                pwcca(a, b, matricization="spatial"), abs=tolerance
+            )
+    stats = layerwise_seis(
+        net, x, flip, layers=["conv2"], held_out=None, progress=False, n_permutations=9,
+        n_bootstrap=9, random_state=0,
+    )  # fmt: skip
+    want = seis_score(*pairs["conv2"], n_permutations=9, n_bootstrap=9, random_state=0)
+    assert stats["equivariance_p"].iloc[0] == want.p_values["equivariance"]
+    assert stats["equivariance_ci_low"].iloc[0] == want.ci_low["equivariance"]
+    with pytest.raises(ValueError, match="n_permutations refits on stored activations"):
+        layerwise_seis(net, x, flip, layers=["conv2"], progress=False, n_permutations=9)
+    with pytest.raises(ValueError, match="metrics: unknown metric 'geed'"):
+        layerwise_seis(net, x, flip, progress=False, metrics=["geed"])
+
+
+def test_channel_eed_column_equals_the_metric(net):
+    from seis_sklearn.adapters.torch import layerwise_seis
+    from seis_sklearn.adapters.torch import transforms as TT
+
+    from seis_sklearn import transforms
+    from seis_sklearn.metrics import channelwise_geed
+
+    x = np.random.default_rng(4).normal(size=(32, 1, 7, 7)).astype(np.float32)
+    rot = {"rot90": TT.rot90}
+    pairs = extract_activations(net, x, ["conv1", "conv2"], transform=TT.rot90, progress=False)
+    for held_out in (0.25, None):
+        frame = layerwise_seis(
+            net, x, rot, layers=["conv1", "conv2", "head"], held_out=held_out, progress=False,
+            metrics=["channel_eed"],
+        )  # fmt: skip
+        by_layer = dict(zip(frame["layer"], frame["channel_eed"], strict=True))
+        for layer in ("conv1", "conv2"):
+            a, b = pairs[layer]
+            # the G-EED summand of g = rot90: the orbit {f(x), f(gx)} averages it with −1
+            term = 2 * channelwise_geed([a, b], [None, transforms.rot90]) + 1
+            assert by_layer[layer] == pytest.approx(term, abs=1e-6)
+        assert np.isnan(by_layer["head"])  # a Linear layer has no maps to rotate

@@ -355,3 +355,25 @@ def test_demo_refuses_to_overwrite(tmp_path):
     proc = seis("demo", "--out", tmp_path)
     assert proc.returncode == 1 and "pass --force" in proc.stderr
     assert (tmp_path / "report.csv").read_text() == "old"
+
+
+def test_score_and_report_carry_statistics_and_metrics(tmp_path, pair):
+    from seis_sklearn.metrics import linear_cka, svcca
+
+    A, B = pair
+    proc = seis("score", tmp_path / "A.npy", tmp_path / "B.npy", "--format", "json",
+                "--permutations", "5", "--bootstrap", "4", "--seed", "3")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    want = seis_score(A, B, n_permutations=5, n_bootstrap=4, random_state=3)
+    assert got["p_values"] == want.p_values and got["ci_low"] == want.ci_low
+    save_pairs(tmp_path / "p", {"conv": (A, B)})
+    out = tmp_path / "r"
+    options = ["--metrics", "cka", "--metrics", "svcca", "--permutations", "4", "--seed", "0"]
+    proc = seis("report", "--pairs", tmp_path / "p", "--out", out, *options, "--in-sample")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = _report_rows(out)
+    assert float(row["cka"]) == pytest.approx(linear_cka(A, B, matricization="spatial"), abs=1e-6)
+    assert float(row["svcca"]) == pytest.approx(svcca(A, B, matricization="spatial"), abs=1e-6)
+    want = seis_score(A, B, n_permutations=4, random_state=0)
+    assert float(row["equivariance_p"]) == pytest.approx(want.p_values["equivariance"])

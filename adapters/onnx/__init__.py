@@ -38,10 +38,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from seis_sklearn.metrics import check_report_metrics
+
 from .._common import (
     check_held_out,
     collect,
     describe,
+    deviation_for,
     in_sample,
     layerwise_rows,
     progress_bar,
@@ -561,6 +564,7 @@ def _stream(
     dtype,
     progress,
     seis_params,
+    deviation=None,
 ):
     check_held_out(held_out)
     if transform is None or not callable(transform):
@@ -568,8 +572,8 @@ def _stream(
     batches, runner = _started(
         model, inputs, layers, op_types, transform, batch_size, providers, progress
     )
-    results, shapes = stream(batches, held_out, dtype, seis_params)
-    return results, shapes, runner
+    results, shapes, moments = stream(batches, held_out, dtype, seis_params, deviation)
+    return results, shapes, moments, runner
 
 
 def layerwise_seis(
@@ -583,6 +587,7 @@ def layerwise_seis(
     batch_size=256,
     providers=None,
     progress=True,
+    metrics=None,
     **seis_params,
 ):
     """SEIS of every chosen tensor under every transform, as one table.
@@ -598,8 +603,12 @@ def layerwise_seis(
         ``Conv``, ``Gemm`` and ``MatMul`` node (:data:`DEFAULT_OP_TYPES`).
     held_out : float or None, default=0.2
         As in :func:`seis_sklearn.adapters.torch.layerwise_seis`.
+    metrics : sequence of str, optional
+        ``"cka"``, ``"svcca"``, ``"pwcca"``, ``"channel_eed"`` columns, as in
+        :func:`seis_sklearn.adapters.torch.layerwise_seis`.
     **seis_params
-        Parameters of :class:`~seis_sklearn.SEISScorer`.
+        Parameters of :class:`~seis_sklearn.SEISScorer` (and, with
+        ``held_out=None``, the statistics of :func:`~seis_sklearn.seis_score`).
 
     Returns
     -------
@@ -609,6 +618,7 @@ def layerwise_seis(
     """
     from seis_sklearn.report import report_frame
 
+    metrics = check_report_metrics(metrics)
     if not isinstance(transforms, dict) or not transforms:
         raise TypeError("transforms must be a non-empty dict of name → callable")
     if layers is None and op_types is None:
@@ -618,6 +628,7 @@ def layerwise_seis(
             raise ValueError("layers: the model has no Conv, Gemm or MatMul node; name tensors")
     rows = []
     for name, transform in transforms.items():
+        deviation = deviation_for(metrics, transform, seis_params)
         if held_out is None:
             batches, runner = _started(
                 model, inputs, layers, op_types, transform, batch_size, providers, progress
@@ -625,9 +636,9 @@ def layerwise_seis(
             pairs = collect(
                 batches, out=None, dtype=np.float32, paired=True, module_of=runner.op_type.get
             )
-            results, shapes = in_sample(pairs, seis_params)
+            results, shapes, moments = in_sample(pairs, seis_params, metrics, deviation)
         else:
-            results, shapes, runner = _stream(
+            results, shapes, moments, runner = _stream(
                 model,
                 inputs,
                 layers,
@@ -639,6 +650,9 @@ def layerwise_seis(
                 np.float64,
                 progress,
                 seis_params,
+                deviation,
             )
-        rows += layerwise_rows(results, shapes, runner.op_type.__getitem__, name)
+        rows += layerwise_rows(
+            results, shapes, runner.op_type.__getitem__, name, moments, metrics, deviation
+        )
     return report_frame(rows)

@@ -24,10 +24,13 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from seis_sklearn.metrics import check_report_metrics
+
 from .._common import (
     check_held_out,
     collect,
     describe,
+    deviation_for,
     in_sample,
     layerwise_rows,
     progress_bar,
@@ -147,6 +150,16 @@ def _is_kind(module, kind):
             return module.original_name == kind
         return any(cls.__name__ == kind for cls in type(module).__mro__)
     return isinstance(module, kind)
+
+
+def _numpy_action(transform):
+    """The transform, applied to numpy activations through torch (for ``channel_eed``)."""
+
+    def action(array):
+        torch = _import_torch()
+        return transform(torch.from_numpy(np.ascontiguousarray(array))).numpy()
+
+    return action
 
 
 def _check_layers(model, layers):
@@ -448,15 +461,16 @@ def _stream(
     dtype,
     progress,
     seis_params,
+    deviation=None,
 ):
-    """Held-out results and per-sample activation shapes of every layer key."""
+    """Held-out results, per-sample activation shapes and moments of every layer key."""
     check_held_out(held_out)
     if transform is None or not callable(transform):
         raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
     batches = _forward_batches(
         model, inputs, layers, transform, batch_size, device, select, progress
     )
-    return stream(batches, held_out, dtype, seis_params)
+    return stream(batches, held_out, dtype, seis_params, deviation)
 
 
 def layerwise_seis(
@@ -469,6 +483,7 @@ def layerwise_seis(
     batch_size=256,
     device=None,
     progress=True,
+    metrics=None,
     **seis_params,
 ):
     """SEIS of every chosen layer under every transform, as one table.
@@ -490,8 +505,18 @@ def layerwise_seis(
         (activations are held in memory, one layer at a time per transform).
     batch_size, device, progress
         As in :func:`extract_activations`.
+    metrics : sequence of str, optional
+        Further columns from :mod:`seis_sklearn.metrics` — ``"cka"``,
+        ``"svcca"``, ``"pwcca"`` — computed on all samples' activations, with
+        the same matricization as SEIS (streamed too); ``"channel_eed"``, the
+        channelwise G-EED term of the transform (−mean cosine between the
+        channels of ``f(gx)`` and the transform applied to ``f(x)``; −1 =
+        exactly equivariant; NaN for layers without spatial axes).
     **seis_params
-        Parameters of :class:`~seis_sklearn.SEISScorer`.
+        Parameters of :class:`~seis_sklearn.SEISScorer`; with ``held_out=None``
+        also the statistics of :func:`~seis_sklearn.seis_score`
+        (``n_permutations``, ``n_bootstrap``, ``random_state``, …), which add
+        p-value and interval columns.
 
     Returns
     -------
@@ -505,6 +530,7 @@ def layerwise_seis(
     from seis_sklearn.report import report_frame
 
     _import_torch()
+    metrics = check_report_metrics(metrics)
     if not isinstance(transforms, dict) or not transforms:
         raise TypeError("transforms must be a non-empty dict of name → callable")
     if layers is None:
@@ -516,6 +542,7 @@ def layerwise_seis(
     modules = dict(model.named_modules())
     rows = []
     for name, transform in transforms.items():
+        deviation = deviation_for(metrics, _numpy_action(transform), seis_params)
         if held_out is None:
             pairs = extract_activations(
                 model,
@@ -526,9 +553,9 @@ def layerwise_seis(
                 device=device,
                 progress=progress,
             )
-            results, shapes = in_sample(pairs, seis_params)
+            results, shapes, moments = in_sample(pairs, seis_params, metrics, deviation)
         else:
-            results, shapes = _stream(
+            results, shapes, moments = _stream(
                 model,
                 inputs,
                 layers,
@@ -540,7 +567,8 @@ def layerwise_seis(
                 np.float64,
                 progress,
                 seis_params,
+                deviation,
             )
         module_of = lambda key: module_type(modules[key.split("#")[0]])  # noqa: E731
-        rows += layerwise_rows(results, shapes, module_of, name)
+        rows += layerwise_rows(results, shapes, module_of, name, moments, metrics, deviation)
     return report_frame(rows)

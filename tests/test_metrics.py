@@ -1,0 +1,245 @@
+"""Metrics from the literature against independent computations from their definitions."""
+
+from functools import partial
+from itertools import combinations
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import pdist
+from scipy.special import softmax
+from scipy.stats import entropy
+
+from seis_sklearn import transforms
+from seis_sklearn.metrics import (
+    _channel_cosines,
+    _mean_distinct,
+    _mean_pair_distance,
+    _mean_pair_distance_blas,
+    channelwise_geed,
+    latent_geed,
+    linear_cka,
+    pwcca,
+    softmax_geed,
+    svcca,
+)
+
+ROT = [partial(transforms.rot90, k=k) for k in range(4)]
+
+
+@pytest.fixture
+def fx(rng):
+    return rng.normal(size=(10, 4, 7, 7))
+
+
+# ---------------------------------------------------------------------- channelwise
+
+
+def test_channelwise_geed_is_minus_one_when_exactly_equivariant(fx):
+    orbit = [transforms.rot90(fx, k) for k in range(4)]
+    assert channelwise_geed(orbit, ROT) == pytest.approx(-1.0, abs=1e-12)
+    nhwc = [np.moveaxis(o, 1, -1) for o in orbit]
+    actions = [partial(transforms.rot90, k=k, layout="NHWC") for k in range(4)]
+    assert channelwise_geed(nhwc, actions, layout="NHWC") == pytest.approx(-1.0, abs=1e-12)
+
+
+def test_channelwise_geed_grows_with_injected_violations(fx, rng):
+    noise = rng.normal(size=(4, *fx.shape))
+    values = []
+    for eps in (0.0, 0.1, 0.3, 1.0, 3.0):
+        orbit = [transforms.rot90(fx, k) + eps * noise[k] * (k > 0) for k in range(4)]
+        values.append(channelwise_geed(orbit, ROT))
+    assert values[0] == pytest.approx(-1.0)
+    assert all(b > a for a, b in zip(values, values[1:], strict=False))
+
+
+def test_channelwise_geed_with_channel_permutations(fx):
+    # a C4 group convolution: rotating the input rotates the maps and rolls the channels
+    orbit = [np.roll(transforms.rot90(fx, k), k, axis=1) for k in range(4)]
+    assert channelwise_geed(orbit, ROT) > -0.5  # blind to the permutation, it sees a violation
+    perms = [np.roll(np.arange(4), k) for k in range(4)]
+    assert channelwise_geed(orbit, ROT, channel_permutations=perms) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match=r"channel_permutations\[1\] is not a permutation"):
+        channelwise_geed(orbit, ROT, channel_permutations=[np.arange(4), [0, 0, 1, 2]] * 2)
+
+
+def test_channel_cosine_kernel_equals_numpy_with_zero_channels(rng):
+    a = rng.normal(size=(5, 3, 11)).astype(np.float32)
+    b = rng.normal(size=(5, 3, 11))
+    a[0, 1] = 0.0
+    b[0, 1] = 0.0  # both zero: equal
+    a[2, 2] = 0.0  # one zero: no similarity
+    a64 = a.astype(np.float64)
+    dot = np.einsum("ncp,ncp->nc", a64, b)
+    norms = np.linalg.norm(a64, axis=2) * np.linalg.norm(b, axis=2)
+    want = np.divide(dot, norms, out=np.zeros_like(dot), where=norms > 0)
+    want[0, 1] = 1.0
+    np.testing.assert_allclose(_channel_cosines(a, b), want, rtol=1e-12)
+
+
+def test_channelwise_geed_errors(fx):
+    orbit = [fx, fx]
+    with pytest.raises(ValueError, match="actions has 3 entries for an orbit of 2"):
+        channelwise_geed(orbit, ROT[:3])
+    with pytest.raises(ValueError, match=r"orbit\[1\] has shape"):
+        channelwise_geed([fx, fx[:5]], ROT[:2])
+    with pytest.raises(TypeError, match="sequence of arrays"):
+        channelwise_geed(np.stack(orbit), ROT[:2])
+    with pytest.raises(ValueError, match=r"actions\[1\] changed the shape"):
+        channelwise_geed(orbit, [None, lambda x: x[:, :2]])
+    bad = fx.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"orbit\[1\] contains 1 NaN"):
+        channelwise_geed([fx, bad], ROT[:2])
+
+
+# ---------------------------------------------------------------------------- latent
+
+
+def _latent_direct(orbit, metric, reference=None):
+    """Eq. 6 with explicit loops: (1/M) 1/(|D||G|) Σ_x Σ_g m(f(gx), f̂(x))."""
+    G, N = len(orbit), orbit[0].shape[0]
+    total = 0.0
+    for x in range(N):
+        mean = sum(orbit[g][x] for g in range(G)) / G
+        for g in range(G):
+            v = orbit[g][x]
+            if metric == "euclidean":
+                total += np.linalg.norm(v - mean)
+            else:
+                total += -(v @ mean) / (np.linalg.norm(v) * np.linalg.norm(mean))
+    ref = orbit[0] if reference is None else reference
+    pairs = list(combinations(range(len(ref)), 2))
+    if metric == "euclidean":
+        M = np.mean([np.linalg.norm(ref[i] - ref[j]) for i, j in pairs])
+    else:
+        M = np.mean(
+            [ref[i] @ ref[j] / (np.linalg.norm(ref[i]) * np.linalg.norm(ref[j])) for i, j in pairs]
+        )
+    return total / (N * G) / M
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_latent_geed_matches_the_formula(rng, metric):
+    base = rng.normal(size=(12, 6)) + 1.0
+    orbit = [base + 0.3 * rng.normal(size=base.shape) for _ in range(4)]
+    reference = rng.normal(size=(9, 6)) + 2.0
+    assert latent_geed(orbit, metric=metric) == pytest.approx(
+        _latent_direct(orbit, metric), rel=1e-10
+    )
+    assert latent_geed(orbit, metric=metric, reference=reference) == pytest.approx(
+        _latent_direct(orbit, metric, reference), rel=1e-10
+    )
+
+
+def test_latent_geed_of_an_invariant_layer(rng):
+    base = rng.normal(size=(12, 6))
+    orbit = [base] * 4
+    assert latent_geed(orbit) == 0.0
+    M = np.mean([1 - d for d in pdist(base, "cosine")])
+    assert latent_geed(orbit, metric="cosine") == pytest.approx(-1.0 / M)
+    values = [latent_geed([base + e * rng.normal(size=base.shape) for _ in range(4)])
+              for e in (0.1, 0.5, 2.0)]  # fmt: skip
+    assert values[0] < values[1] < values[2]
+
+
+def test_mean_pair_distance_kernels_equal_scipy(rng):
+    x = rng.normal(size=(30, 7))
+    assert _mean_pair_distance(x) == pytest.approx(pdist(x).mean(), rel=1e-12)
+    wide = rng.normal(size=(1100, 80))  # more than one block of rows
+    assert _mean_pair_distance_blas(wide) == pytest.approx(pdist(wide).mean(), rel=1e-10)
+    assert _mean_distinct(wide, "euclidean") == pytest.approx(pdist(wide).mean(), rel=1e-10)
+
+
+# --------------------------------------------------------------------------- softmax
+
+
+def test_softmax_geed_against_scipy_kl(rng):
+    logits = [rng.normal(size=(15, 5)) for _ in range(3)]
+    probs = [softmax(z, axis=1) for z in logits]
+    mean = sum(probs) / 3
+    want = np.mean([entropy(p[i], mean[i]) for p in probs for i in range(15)])
+    assert softmax_geed(probs) == pytest.approx(want, rel=1e-12)
+    assert softmax_geed(logits, from_logits=True) == pytest.approx(want, rel=1e-12)
+    assert softmax_geed([probs[0]] * 3) == pytest.approx(0.0, abs=1e-15)
+    with pytest.raises(ValueError, match="pass from_logits=True"):
+        softmax_geed(logits)
+
+
+# ------------------------------------------------------------------- CKA, SVCCA, PWCCA
+
+
+def _centre(X):
+    X = X.reshape(X.shape[0], -1).astype(np.float64)
+    return X - X.mean(axis=0)
+
+
+def _cka_hsic(X, Y):
+    """CKA through HSIC of the linear Gram matrices with the centring matrix H."""
+    n = X.shape[0]
+    X, Y = X.reshape(n, -1), Y.reshape(n, -1)
+    H = np.eye(n) - np.ones((n, n)) / n
+    K, L = X @ X.T, Y @ Y.T
+
+    def hsic(a, b):
+        return np.trace(a @ H @ b @ H)
+
+    return hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L))
+
+
+def _reduce_svd(X, threshold):
+    u, s, _ = np.linalg.svd(X, full_matrices=False)
+    share = np.cumsum(s**2) / np.sum(s**2)
+    k = int(np.searchsorted(share, threshold - 1e-12) + 1)
+    return u[:, :k] * s[:k]
+
+
+def _cca_qr(X, Y):
+    qx, _ = np.linalg.qr(X)
+    qy, _ = np.linalg.qr(Y)
+    u, rho, _ = np.linalg.svd(qx.T @ qy, full_matrices=False)
+    return rho, qx @ u  # correlations and X's canonical variates (unit norm)
+
+
+def test_linear_cka_against_hsic(rng):
+    X = rng.normal(size=(40, 6, 3))
+    Y = X[:, ::-1] @ rng.normal(size=(3, 3)) + rng.normal(size=X.shape)
+    assert linear_cka(X, Y) == pytest.approx(_cka_hsic(X, Y), rel=1e-10)
+    Q, _ = np.linalg.qr(rng.normal(size=(18, 18)))
+    flat = X.reshape(40, -1)
+    assert linear_cka(flat, 3.0 * flat @ Q) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_svcca_against_svd_then_qr_cca(rng):
+    X = rng.normal(size=(80, 5)) @ rng.normal(size=(5, 12))  # rank 5 in 12 columns
+    X += 0.01 * rng.normal(size=X.shape)
+    Y = X @ rng.normal(size=(12, 12)) + 0.5 * rng.normal(size=(80, 12))
+    for threshold in (0.99, 0.9, 1.0):
+        rho, _ = _cca_qr(_reduce_svd(_centre(X), threshold), _reduce_svd(_centre(Y), threshold))
+        assert svcca(X, Y, threshold=threshold) == pytest.approx(rho.mean(), rel=1e-8)
+
+
+def test_pwcca_against_projection_weights(rng):
+    X = rng.normal(size=(100, 6))
+    Y = X[:, :4] @ rng.normal(size=(4, 6)) + 0.7 * rng.normal(size=(100, 6))
+    Xc, Yc = _centre(X), _centre(Y)
+    rho, h = _cca_qr(Xc, Yc)
+    alpha = np.abs(h.T @ Xc).sum(axis=1)
+    want = np.sum(alpha / alpha.sum() * rho)
+    assert pwcca(X, Y) == pytest.approx(want, rel=1e-8)
+    assert pwcca(X, X @ rng.normal(size=(6, 6))) == pytest.approx(1.0, abs=1e-8)
+
+
+def test_similarity_metrics_take_layouts_and_dask(rng):
+    da = pytest.importorskip("dask.array")
+    import dask
+
+    A = rng.normal(size=(60, 4, 5, 5))
+    B = np.flip(A, axis=3) + 0.3 * rng.normal(size=A.shape)
+    for metric in (linear_cka, svcca, pwcca):
+        want = metric(A, B, matricization="channel")
+        with dask.config.set(scheduler="sync"):
+            got = metric(da.from_array(A, chunks=(20, 4, 5, 5)), da.from_array(B, chunks=20),
+                         matricization="channel")  # fmt: skip
+        assert got == pytest.approx(want, rel=1e-10)
+    with pytest.raises(ValueError, match=r"threshold must lie in \(0, 1\]"):
+        svcca(A, B, threshold=1.5)
