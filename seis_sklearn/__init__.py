@@ -22,6 +22,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "SEISResult": "._result",
     "SEISScorer": "._scorer",
+    "LatentAction": "._latent",
+    "latent_action": "._scorer",
     "SubspaceDenoiser": "._denoiser",
     "matricize": "._matricize",
     "seis_score": "._scorer",
@@ -31,9 +33,11 @@ _LAZY = {
 _SUBMODULES = ("transforms", "io")
 
 __all__ = [
+    "LatentAction",
     "SEISResult",
     "SEISScorer",
     "SubspaceDenoiser",
+    "latent_action",
     "matricize",
     "seis_score",
     "__version__",

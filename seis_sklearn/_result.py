@@ -66,6 +66,10 @@ invariance_weighted_std : float or None
         Level of the bootstrap intervals.
     ci_low, ci_high : dict of str → float, or None
         Per score: the percentile bootstrap interval.
+    elements : tuple of SEISResult
+        For an orbit (``B`` a list, SPEC §2.5): the result of each pair
+        ``(A, B_g)``; the four scores above are their means, the arrays and
+        sizes those of the first element.
 
     Notes
     -----
@@ -100,6 +104,7 @@ invariance_weighted_std : float or None
     confidence: float | None = None
     ci_low: dict | None = None
     ci_high: dict | None = None
+    elements: tuple = field(default=(), compare=False)
 
     def as_dict(self):
         """Return the result as a plain ``dict`` (arrays as lists, folds omitted).
@@ -107,11 +112,12 @@ invariance_weighted_std : float or None
         Returns
         -------
         dict
-            JSON-serialisable mapping of every field but ``folds``.
+            JSON-serialisable mapping of every field but ``folds`` and
+            ``elements``.
         """
         out = {}
         for f in fields(self):
-            if f.name == "folds":
+            if f.name in ("folds", "elements"):
                 continue
             value = getattr(self, f.name)
             out[f.name] = value.tolist() if isinstance(value, np.ndarray) else value
@@ -144,6 +150,8 @@ invariance_weighted_std : float or None
             f"of the variance; m={self.n_rows} rows)"
         )
         lines = [head]
+        if self.elements:
+            lines.append(f"  orbit of {len(self.elements)} transformed views: scores averaged")
         for label, base in (("equivariance", "equivariance"), ("invariance  ", "invariance")):
             plain = getattr(self, base)
             weighted = getattr(self, base + "_weighted")

@@ -12,6 +12,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._cca import fit_cca, held_out_scores, in_sample_scores, pair_covariances, pooled_basis
 from ._dask import is_dask_array
 from ._gram import accumulate_gram, gram_basis, gram_components, gram_pair_covariances
+from ._latent import estimate as estimate_latent
 from ._matricize import matrix_shape
 from ._moments import accumulate, accumulate_folds, project_moments
 from ._result import SCORE_NAMES, SEISResult
@@ -224,18 +225,31 @@ class SEISScorer(BaseEstimator):
                 "this SEISScorer was fitted with the Gram solver, which cannot add samples: "
                 "call fit on all the samples, or refit with solver='moments'"
             )
-        (X, y), layout = check_views(
-            [X, y],
-            names,
+        orbit, ys, view_names = _views_of(y, names)
+        if not first and len(ys) + 1 != self._moments.n_views:
+            raise ValueError(
+                f"{names[1]} has {len(ys)} transformed view(s), but this SEISScorer was fitted "
+                f"on {self._moments.n_views - 1}"
+            )
+        arrays, layout = check_views(
+            [X, *ys],
+            view_names,
             self.layout if first else self.layout_,
             self.matricization,
             min_samples=2 if first else 1,
         )
+        X, ys = arrays[0], arrays[1:]
+        y = ys[0]
         if not first:
             self._check_sample_shape(X, names[0])
+        if orbit and params["solver"] == "gram":
+            raise ValueError(
+                "an orbit is scored from the moments pooled over all its elements: use "
+                "solver='moments' (or 'auto')"
+            )
         solver = (
             "moments"
-            if streaming
+            if streaming or orbit
             else resolve_solver(
                 params["solver"], X.shape, layout, self.matricization, lazy=is_dask_array(X)
             )
@@ -249,16 +263,21 @@ class SEISScorer(BaseEstimator):
                 )
             moments, n_rows, means = None, gm.n_rows, gm.mean
         else:
-            part = accumulate([X, y], layout, self.matricization, names=names)
+            part = accumulate([X, *ys], layout, self.matricization, names=view_names)
             moments = part if first else self._moments.merge(part)
-            basis, cca = _fit_moments(moments, params)
+            basis, ccas = _fit_orbit(moments, params)
+            cca = ccas[0]
             n_rows, means = moments.n_rows, moments.mean
+        if solver == "gram":
+            ccas = [cca]
         # V_k (d × k) is kept once, as components_ (k × d, a transposed view).
         components, basis.components = basis.components, None
         # Only now, with every step done, is the estimator's state replaced.
         self._moments = moments
         self._basis = basis
         self._cca = cca
+        self._ccas = ccas
+        self.n_views_ = len(ccas) + 1
         self.solver_ = solver
         self.layout_ = layout
         self.activation_shape_ = tuple(X.shape[1:])
@@ -272,17 +291,44 @@ class SEISScorer(BaseEstimator):
         self.canonical_correlations_ = cca.canonical_correlations
         self.alignments_ = cca.alignments
         self.weights_ = cca.weights
-        self.result_ = _result(
-            in_sample_scores(cca, self.invariance),
-            cca.canonical_correlations,
-            cca,
-            basis,
-            n_rows,
-            self.matricization,
-            layout,
-            "in-sample",
-        )
+        elements = [
+            _result(
+                in_sample_scores(c, self.invariance),
+                c.canonical_correlations,
+                c,
+                basis,
+                n_rows,
+                self.matricization,
+                layout,
+                "in-sample",
+            )
+            for c in ccas
+        ]
+        self.result_ = _orbit_mean(elements) if orbit else elements[0]
         return self
+
+    @property
+    def latent_action_(self):
+        """The estimated action of the group on the denoised features (SPEC §2.5).
+
+        Treats the transformed views given to ``fit`` as the powers ``g, g², …``
+        of one generator of a cyclic group (their number + 1 is its order):
+        :func:`latent_action` with ``cyclic=True``.
+
+        Returns
+        -------
+        LatentAction
+        """
+        return self._latent_action(cyclic=True)
+
+    def _latent_action(self, cyclic):
+        check_is_fitted(self)
+        if self._moments is None:
+            raise ValueError(
+                "the latent action needs the moment solver (this scorer was fitted with "
+                "solver='gram'); refit with solver='moments'"
+            )
+        return estimate_latent(self._moments, self.components_.T, cyclic)
 
     def _check_sample_shape(self, X, name="X"):
         if tuple(X.shape[1:]) != self.activation_shape_:
@@ -310,16 +356,26 @@ class SEISScorer(BaseEstimator):
         """
         check_is_fitted(self)
         check_choice(self.invariance, "invariance", INVARIANCE_MODES)
-        (X, y), layout = check_views([X, y], ["X", "y"], self.layout_, self.matricization)
-        self._check_sample_shape(X)
+        orbit, ys, view_names = _views_of(y, ("X", "y"))
+        if len(ys) != len(self._ccas):
+            raise ValueError(
+                f"y has {len(ys)} transformed view(s); this SEISScorer was fitted on "
+                f"{len(self._ccas)}"
+            )
+        arrays, layout = check_views([X, *ys], view_names, self.layout_, self.matricization)
+        self._check_sample_shape(arrays[0])
         projected = accumulate(
-            [X, y],
+            arrays,
             layout,
             self.matricization,
-            names=("X", "y"),
+            names=view_names,
             projection=self.components_.T,
         )
-        return _held_out_result(self._cca, self._basis, projected, self, layout)
+        elements = [
+            _held_out_result(c, self._basis, projected, self, layout, view=g)
+            for g, c in enumerate(self._ccas, start=1)
+        ]
+        return _orbit_mean(elements) if orbit else elements[0]
 
     def _score_moments(self, moments):
         """Held-out result from the d × d moments of new pairs (streaming scoring)."""
@@ -402,8 +458,82 @@ def _result(scores, rho, cca, basis, n_rows, matricization, layout, evaluation, 
     )
 
 
-def _held_out_result(cca, basis, projected, params_owner, layout):
-    scores, rho = held_out_scores(cca, projected, params_owner.invariance)
+def latent_action(A, Bs, *, cyclic=True, **params):
+    """The latent action ``T̂_g`` of a group on a layer's features, and its defects.
+
+    Fits the orbit (SPEC §2.5: the basis pooled over ``A`` and every ``Bs[j]``)
+    and estimates, in that denoised subspace, ``T̂_g = argmin ‖X T − Y_g‖`` for
+    every transformed view — the linear action of ``g`` on the layer's
+    features, if it has one. Its defects say how far the layer is from carrying
+    a representation of the group.
+
+    Parameters
+    ----------
+    A : array-like of shape (n_samples, ...)
+        Activations on the original inputs (the identity).
+    Bs : list of array-like
+        Activations on the transformed inputs, one per non-identity element.
+    cyclic : bool, default=True
+        ``Bs`` are the powers ``g, g², …, g^{n-1}`` of one generator of a
+        cyclic group of order ``n = len(Bs) + 1`` (e.g. ``rot90`` by 1, 2, 3
+        quarter turns): then the order and homomorphism defects are computed.
+    **params
+        Parameters of :class:`SEISScorer` (``matricization``, ``n_components``,
+        ``reg``, …).
+
+    Returns
+    -------
+    LatentAction
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from seis_sklearn import latent_action
+    >>> A = np.random.default_rng(0).normal(size=(300, 2, 5, 5))
+    >>> orbit = [np.rot90(A, k, axes=(2, 3)) for k in (1, 2, 3)]
+    >>> action = latent_action(A, orbit, matricization="flatten", n_components=40)
+    >>> action.homomorphism_defect < 1e-4, action.orthogonality_defect < 1e-4
+    (True, True)
+    """
+    if not isinstance(Bs, (list, tuple)) or not Bs:
+        raise TypeError("Bs must be a non-empty list of arrays (one per group element but e)")
+    scorer = SEISScorer(**{**params, "solver": "moments"}).fit(A, list(Bs))
+    return scorer._latent_action(cyclic)
+
+
+def _views_of(y, names):
+    """(is an orbit, the transformed views, the names of all views) of ``y``."""
+    if isinstance(y, (list, tuple)):
+        if not y:
+            raise ValueError(f"{names[1]} is an empty list: give at least one transformed view")
+        return True, list(y), (names[0], *(f"{names[1]}[{i}]" for i in range(len(y))))
+    return False, [y], tuple(names)
+
+
+def _fit_orbit(moments, params):
+    """The basis pooled over every view (SPEC §2.5) and the CCA of each (A, B_g)."""
+    basis = pooled_basis(moments, params["n_components"], params["max_components"])
+    ridge = params["reg"] * basis.smallest_kept
+    ccas = [
+        fit_cca(*pair_covariances(moments, basis, g), ridge, moments.n_rows)
+        for g in range(1, moments.n_views)
+    ]
+    return basis, ccas
+
+
+def _orbit_mean(elements, **extra):
+    """One result for an orbit: the four scores averaged over its elements g ≠ e.
+
+    The per-element results are in ``elements``; the arrays and sizes are the
+    first element's.
+    """
+    first = elements[0]
+    means = {name: float(np.mean([getattr(e, name) for e in elements])) for name in SCORE_NAMES}
+    return dataclasses.replace(first, **means, elements=tuple(elements), **extra)
+
+
+def _held_out_result(cca, basis, projected, params_owner, layout, view=1):
+    scores, rho = held_out_scores(cca, projected, params_owner.invariance, view=view)
     return _result(
         scores,
         rho,
@@ -437,9 +567,13 @@ def seis_score(
         Activations of a layer on the original inputs, samples first. A
         ``dask.array`` chunked along the samples axis is accumulated block by
         block where it lives (see the docs page "Scaling out with Dask").
-    B : array-like of the same shape as ``A``
+    B : array-like of the same shape as ``A``, or a list of them
         Activations on the transformed inputs (sample i of ``B`` is the
-        transform of sample i of ``A``).
+        transform of sample i of ``A``). A list is an *orbit* (SPEC §2.5):
+        ``B[j]`` holds the activations for the j-th non-identity element of a
+        finite group (``A`` is the identity); the denoising basis is pooled
+        over all of them, every pair ``(A, B[j])`` is scored in it, and the
+        result holds their mean (per-element results in ``elements``).
     cv : int, cross-validation splitter or iterable, default=None
         ``None``: fit and score on all samples (in-sample). An int ``n``: the
         mean and standard deviation of held-out scores over ``KFold(n)``
@@ -492,6 +626,8 @@ def seis_score(
     ('cross-fitted', 4)
     """
     check_statistics(n_permutations, n_bootstrap, confidence)
+    if isinstance(B, (list, tuple)) and (n_permutations or n_bootstrap):
+        raise ValueError("n_permutations and n_bootstrap take a pair (A, B), not an orbit")
     result = _seis_score(A, B, cv, params)
     if not (n_permutations or n_bootstrap):
         return result
@@ -518,7 +654,9 @@ def _seis_score(A, B, cv, params):
         fitted = scorer._fit(A, B, names=("A", "B"), streaming=False, store_components=False)
         return fitted.result_
     fit_params = scorer._checked_params()
-    (A, B), layout = check_views([A, B], ["A", "B"], scorer.layout, scorer.matricization)
+    orbit, Bs, names = _views_of(B, ("A", "B"))
+    views, layout = check_views([A, *Bs], names, scorer.layout, scorer.matricization)
+    A, B = views[0], views[1]
     n = A.shape[0]
     splitter = check_cv(cv)
     splits = [
@@ -536,6 +674,8 @@ def _seis_score(A, B, cv, params):
     solver = resolve_solver(
         fit_params["solver"], A.shape, layout, scorer.matricization, lazy=is_dask_array(A)
     )
+    if orbit:
+        return _cross_fitted_orbit(views, names, layout, splits, n, scorer, fit_params)
     if solver == "gram":
         # The Gram matrix of one training set says nothing about another's: fit each fold.
         folds = []
@@ -588,6 +728,48 @@ def _seis_score(A, B, cv, params):
         folds=tuple(folds),
         **{f"{name}_std": float(s) for name, s in zip(SCORE_NAMES, stds, strict=True)},
     )
+
+
+def _cross_fitted_orbit(views, names, layout, splits, n, scorer, fit_params):
+    """Cross-fitted orbit scores: per fold, the pooled basis and every (A, B_g) pair."""
+    mode = scorer.matricization
+    tests = [np.sort(test) for _, test in splits]
+    fold_moments = accumulate_folds(views, layout, mode, names=names, index_sets=tests)
+    if _is_partition(splits, n):
+        trains = [_merge_all(fold_moments[:f] + fold_moments[f + 1 :]) for f in range(len(tests))]
+    else:
+        trains = [
+            accumulate(views, layout, mode, names=names, indices=np.sort(train))
+            for train, _ in splits
+        ]
+    per_fold = []
+    for train_m, test_m in zip(trains, fold_moments, strict=True):
+        basis, ccas = _fit_orbit(train_m, fit_params)
+        projected = project_moments(test_m, basis.components)
+        per_fold.append(
+            [
+                _held_out_result(c, basis, projected, scorer, layout, view=g)
+                for g, c in enumerate(ccas, start=1)
+            ]
+        )
+    full = _merge_all(fold_moments) if _is_partition(splits, n) else None
+    if full is None:
+        full = accumulate(views, layout, mode, names=names)
+    basis, ccas = _fit_orbit(full, fit_params)
+
+    def cross_fitted(results, cca):
+        table = np.array([[getattr(r, name) for name in SCORE_NAMES] for r in results])
+        return _result(
+            dict(zip(SCORE_NAMES, map(float, table.mean(axis=0)), strict=True)),
+            cca.canonical_correlations, cca, basis, full.n_rows, mode, layout, "cross-fitted",
+            n_folds=len(results), folds=tuple(results),
+            **{f"{k}_std": float(v) for k, v in zip(SCORE_NAMES, table.std(axis=0), strict=True)},
+        )  # fmt: skip
+
+    elements = [cross_fitted([fold[g] for fold in per_fold], cca) for g, cca in enumerate(ccas)]
+    fold_means = [_orbit_mean(fold) for fold in per_fold]
+    mean = cross_fitted(fold_means, ccas[0])
+    return dataclasses.replace(mean, elements=tuple(elements))
 
 
 def _is_partition(splits, n):

@@ -2,7 +2,7 @@
 
 A fixed bank of random 5×5 filters is applied to the digits images (upsampled
 to 32×32); the resulting activation maps are then transformed *directly*
-(rotations, circular shifts, flips), so the ground truth is known: every
+(rotations, circular shifts, scalings, flips), so the ground truth is known: every
 transform keeps the information (equivariance high) but moves it (invariance
 low), except where interpolation or zero fill destroys part of it.
 
@@ -73,6 +73,10 @@ def sweep_transforms():
     for shift in range(0, 9):
         cases.append(
             ("shift", shift, f"shift {shift} px", lambda a, s=shift: transforms.translate(a, s))
+        )
+    for factor in (0.8, 0.9, 1.1, 1.25):
+        cases.append(
+            ("scale", factor, f"scale ×{factor:g}", lambda a, f=factor: transforms.scale(a, f))
         )
     cases.append(("flip", 1, "flip horizontal", transforms.hflip))
     cases.append(("flip", 2, "flip vertical", transforms.vflip))
@@ -146,8 +150,8 @@ def plot_sweep(rows, title=""):
         raise ImportError(
             "the figure needs matplotlib: pip install 'seis-sklearn[plot]'"
         ) from None
-    fig = Figure(figsize=(12, 3.8), layout="constrained")
-    axes = fig.subplots(1, 3, sharey=True)
+    fig = Figure(figsize=(15, 3.8), layout="constrained")
+    axes = fig.subplots(1, 4, sharey=True)
     styles = {
         "equivariance": ("S_E", "C0", "-"),
         "invariance": ("S_I", "C3", "-"),
@@ -156,8 +160,8 @@ def plot_sweep(rows, title=""):
     }
     for ax, family, xlabel in zip(
         axes,
-        ("rotation", "shift", "flip"),
-        ("angle (degrees)", "circular shift (px)", ""),
+        ("rotation", "shift", "scale", "flip"),
+        ("angle (degrees)", "circular shift (px)", "zoom factor", ""),
         strict=True,
     ):
         sel = [r for r in rows if r["family"] == family]

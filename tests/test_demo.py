@@ -18,7 +18,7 @@ def demo_run(tmp_path_factory):
 def test_demo_writes_table_csv_and_png(demo_run, capsys):
     with open(demo_run / "synthetic_validation.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == len(demo.sweep_transforms()) == 24
+    assert len(rows) == len(demo.sweep_transforms()) == 28
     assert (demo_run / "synthetic_validation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(demo_run.glob(".*.tmp"))  # atomic writes leave nothing behind
 

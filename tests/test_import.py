@@ -42,6 +42,8 @@ def test_public_surface():
     import seis_sklearn
 
     assert set(seis_sklearn.__all__) == {
+        "LatentAction",
+        "latent_action",
         "SEISResult",
         "SEISScorer",
         "SubspaceDenoiser",
