@@ -27,6 +27,8 @@ _LAZY = {
     "SubspaceDenoiser": "._denoiser",
     "matricize": "._matricize",
     "seis_score": "._scorer",
+    "pair": "._stack",
+    "orbit": "._stack",
     "transforms": ".transforms",
     "io": ".io",
 }
@@ -39,6 +41,8 @@ __all__ = [
     "SubspaceDenoiser",
     "latent_action",
     "matricize",
+    "orbit",
+    "pair",
     "seis_score",
     "__version__",
 ]

@@ -140,6 +140,8 @@ def pooled_basis(moments, n_components, max_components=None):
     """
     S = moments.auto.sum(axis=0) / (moments.n_views * moments.n_rows)
     eigenvalues, V = descending_eigh(S)
+    if n_components is None:  # no denoising: every direction (up to the rank and rows)
+        n_components = S.shape[0]
     k = select_k(eigenvalues, n_components, n_rows=moments.n_rows, max_components=max_components)
     if k == 0:
         raise ValueError(

@@ -8,12 +8,14 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._cca import pooled_basis
 from ._dask import is_dask_array
+from ._matricize import matricize, matrix_shape
 from ._moments import accumulate
 from ._validation import (
     as_activation_array,
     check_finite,
     check_max_components,
     check_n_components,
+    check_views,
     chunk_samples,
 )
 
@@ -36,6 +38,20 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         eigenvalues (relative gap below 1e-6).
     max_components : int, default=None
         Upper bound on the number of components.
+    paired : bool, default=False
+        ``X`` is a paired stack ``(n_samples, G, ...)`` — axis 1 holding the
+        original and transformed views (:func:`seis_sklearn.pair`), or an
+        orbit's G views. The shared basis of SPEC §2.2 (§2.5 for an orbit) is
+        fitted on the second moment pooled over the views, each centred by its
+        own mean, and ``transform`` returns every view's coordinates in it:
+        ``(n_samples, G, k)``, or ``(n_samples, G, rows, k)`` when the
+        matricization has several rows per sample. Feed that to
+        ``SEISScorer(n_components=None)`` (``matricization="channel"`` for the
+        4-d form) to score without denoising again.
+    matricization : {"flatten", "spatial", "channel"}, default="flatten"
+        With ``paired=True``: how each view becomes a matrix (SPEC §2.1).
+    layout : str, default="auto"
+        With ``paired=True``: the layout of each view (``X[:, g]``).
 
     Attributes
     ----------
@@ -83,11 +99,24 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     _parameter_constraints = {
         "n_components": "int >= 1 or float in (0, 1]",
         "max_components": "None or int >= 1",
+        "paired": "bool",
+        "matricization": "'flatten', 'spatial' or 'channel'",
+        "layout": "a layout of seis_sklearn.matricize",
     }
 
-    def __init__(self, n_components=0.99, max_components=None):
+    def __init__(
+        self,
+        n_components=0.99,
+        max_components=None,
+        paired=False,
+        matricization="flatten",
+        layout="auto",
+    ):
         self.n_components = n_components
         self.max_components = max_components
+        self.paired = paired
+        self.matricization = matricization
+        self.layout = layout
 
     def fit(self, X, y=None):
         """Fit the subspace on ``X``.
@@ -125,6 +154,8 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         n_components = check_n_components(self.n_components)
         max_components = check_max_components(self.max_components)
         first = reset or not hasattr(self, "_moments")
+        if self.paired:
+            return self._partial_fit_paired(X, first, n_components, max_components)
         if is_dask_array(X):  # validated from metadata; the moments are summed over blocks
             X = self._check_dask(X, reset=first, min_samples=2 if first else 1)
         else:
@@ -149,6 +180,61 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         self.explained_variance_ = basis.eigenvalues[:k] * (m / (m - 1))
         self.explained_variance_ratio_ = basis.eigenvalues[:k] / basis.eigenvalues.sum()
         return self
+
+    def _views(self, X, first):
+        """The views of a paired stack, validated, and their concrete layout."""
+        stack = as_activation_array(X, "X") if not isinstance(X, np.ndarray) else X
+        if stack.ndim < 3 or stack.shape[1] < 2:
+            raise ValueError(
+                "paired=True needs X of shape (n_samples, G, ...) with G >= 2 views on axis "
+                f"1 (see seis_sklearn.pair); got shape {stack.shape}"
+            )
+        if not first and stack.shape[1:] != self.stack_shape_:
+            raise ValueError(
+                f"X has per-sample shape {stack.shape[1:]}, but this SubspaceDenoiser was "
+                f"fitted on {self.stack_shape_}"
+            )
+        views = [stack[:, g] for g in range(stack.shape[1])]
+        names = [f"X[:, {g}]" for g in range(len(views))]
+        views, layout = check_views(
+            views, names, self.layout if first else self.layout_, self.matricization,
+            min_samples=2 if first else 1,
+        )  # fmt: skip
+        return stack, views, names, layout
+
+    def _partial_fit_paired(self, X, first, n_components, max_components):
+        stack, views, names, layout = self._views(X, first)
+        part = accumulate(views, layout, self.matricization, names=names)
+        moments = part if first else self._moments.merge(part)
+        basis = pooled_basis(moments, n_components, max_components)
+        k, m = basis.k, moments.n_rows
+        self._moments = moments
+        self.layout_ = layout
+        self.stack_shape_ = tuple(stack.shape[1:])
+        self.n_views_ = len(views)
+        self.rows_per_sample_ = matrix_shape(views[0].shape, layout, self.matricization)[0]
+        self.n_samples_seen_ = stack.shape[0] if first else self.n_samples_seen_ + stack.shape[0]
+        self.n_features_in_ = int(np.prod(stack.shape[1:]))
+        self.mean_ = moments.mean.copy()  # (G, d): each view's column means
+        self.components_ = basis.components.T.copy()
+        self.n_components_ = k
+        self.explained_variance_ = basis.eigenvalues[:k] * (m / (m - 1))
+        self.explained_variance_ratio_ = basis.eigenvalues[:k] / basis.eigenvalues.sum()
+        return self
+
+    def _transform_paired(self, X):
+        check_is_fitted(self)
+        stack, views, _, layout = self._views(X, first=False)
+        n, rows = stack.shape[0], self.rows_per_sample_
+        out = np.empty((n, len(views), rows, self.n_components_))
+        for g, view in enumerate(views):
+            for start in range(0, n, chunk_samples(view.shape, view.dtype.itemsize)):
+                step = chunk_samples(view.shape, view.dtype.itemsize)
+                block = matricize(view[start : start + step], layout, self.matricization)
+                check_finite(block, f"X[:, {g}]")
+                coords = (block - self.mean_[g]) @ self.components_.T
+                out[start : start + step, g] = coords.reshape(-1, rows, self.n_components_)
+        return out[:, :, 0] if rows == 1 else out
 
     def _check_dask(self, X, reset, min_samples=1):
         X = as_activation_array(X, "X")
@@ -186,6 +272,8 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             Same float dtype as ``X`` (computed in float64); a dask array for a
             dask ``X`` (computed lazily, block by block).
         """
+        if self.paired:
+            return self._transform_paired(X)
         if is_dask_array(X):  # lazily, block by block
             check_is_fitted(self)
             X = self._check_dask(X, reset=False)
@@ -215,6 +303,8 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         """
         check_is_fitted(self)
         X = np.asarray(X)
+        if self.paired:
+            return self._inverse_paired(X)
         if X.ndim != 2 or X.shape[1] != self.n_components_:
             raise ValueError(
                 f"X must have shape (n_samples, {self.n_components}) to be inverse "
@@ -222,6 +312,26 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             )
         dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
         return (X.astype(np.float64) @ self.components_ + self.mean_).astype(dtype, copy=False)
+
+    def _inverse_paired(self, X):
+        """Coordinates (n, G[, rows], k) back to denoised views (n, G, ...)."""
+        rows, k, G = self.rows_per_sample_, self.n_components_, self.n_views_
+        if X.ndim == 3 and rows == 1:
+            X = X[:, :, None]
+        if X.ndim != 4 or X.shape[1:] != (G, rows, k):
+            raise ValueError(
+                f"X must have shape (n_samples, {G}, {rows}, {k}) (or (n_samples, {G}, {k}) "
+                f"when there is one row per sample) to be inverse transformed; got {X.shape}"
+            )
+        view_shape = self.stack_shape_[1:]
+        # where every matricized entry comes from in one sample: the inverse permutation
+        index = np.arange(int(np.prod(view_shape))).reshape((1, *view_shape))
+        source = matricize(index, self.layout_, self.matricization)
+        out = np.empty((X.shape[0], G, source.size))
+        for g in range(G):
+            rows_back = X[:, g] @ self.components_ + self.mean_[g]  # (n, rows, d)
+            out[:, g][:, source.ravel()] = rows_back.reshape(X.shape[0], -1)
+        return out.reshape((X.shape[0], G, *view_shape))
 
     @property
     def _n_features_out(self):

@@ -138,6 +138,8 @@ def gram_basis(gm, n_components, max_components=None):
     total_rows = gm.n_views * gm.n_rows
     w, U = descending_eigh(gm.gram)
     eigenvalues = w / total_rows
+    if n_components is None:  # no denoising: every direction the rows allow
+        n_components = eigenvalues.size
     k = select_k(eigenvalues, n_components, n_rows=gm.n_rows, max_components=max_components)
     if k == 0:
         raise ValueError(

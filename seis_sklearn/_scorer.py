@@ -38,11 +38,13 @@ class SEISScorer(BaseEstimator):
 
     Parameters
     ----------
-    n_components : int or float, default=0.99
+    n_components : int, float or None, default=0.99
         Dimension ``k`` of the shared subspace: an int is used as is; a float in
         (0, 1] is the smallest k whose cumulative explained variance of the
         pooled second moment reaches it, never cutting through a cluster of
-        equal eigenvalues (SPEC §2.2).
+        equal eigenvalues (SPEC §2.2). ``None``: no denoising (every direction,
+        up to the rank) — for input a :class:`SubspaceDenoiser` with
+        ``paired=True`` has denoised already.
     matricization : {"spatial", "flatten", "channel"}, default="spatial"
         How an activation array becomes a matrix (SPEC §2.1). ``"spatial"``
         sees transformations of the grid channel by channel; ``"flatten"``
@@ -170,13 +172,13 @@ class SEISScorer(BaseEstimator):
         check_choice(self.invariance, "invariance", INVARIANCE_MODES)
         check_choice(self.score_kind, "score_kind", SCORE_NAMES)
         return {
-            "n_components": check_n_components(self.n_components),
+            "n_components": check_n_components(self.n_components, allow_none=True),
             "max_components": check_max_components(self.max_components),
             "reg": check_reg(self.reg),
             "solver": check_choice(self.solver, "solver", SOLVERS),
         }
 
-    def fit(self, X, y):
+    def fit(self, X, y=None):
         """Fit the shared basis and the CCA on a pair of activation arrays.
 
         Parameters
@@ -184,17 +186,22 @@ class SEISScorer(BaseEstimator):
         X : array-like of shape (n_samples, ...)
             Activations on the original inputs, samples first, in ``layout``;
             numpy arrays, memory maps or dask arrays chunked along the samples.
-        y : array-like of the same shape as ``X``
+        y : array-like of the same shape as ``X``, a list of them, or None
             Activations on the transformed inputs; sample i of ``y`` is the
-            transform of sample i of ``X``.
+            transform of sample i of ``X``. A list is an orbit (SPEC §2.5).
+            ``None``: ``X`` is a paired stack of shape ``(n_samples, 2, ...)``
+            (axis 1 = original, transformed; see :func:`pair`) or
+            ``(n_samples, G, ...)`` for an orbit — what a scikit-learn
+            ``Pipeline`` passes on.
 
         Returns
         -------
         self : SEISScorer
         """
+        X, y = _unstack(X, y)
         return self._fit(X, y, names=("X", "y"), streaming=False, reset=True)
 
-    def partial_fit(self, X, y):
+    def partial_fit(self, X, y=None):
         """Add a batch of pairs to the fit (exact: any split equals one ``fit``).
 
         Uses the moment solver (the Gram solver needs every sample at once).
@@ -210,6 +217,7 @@ class SEISScorer(BaseEstimator):
         -------
         self : SEISScorer
         """
+        X, y = _unstack(X, y)
         return self._fit(X, y, names=("X", "y"), streaming=True)
 
     def _fit(self, X, y, names, streaming, reset=False, store_components=True):
@@ -338,7 +346,7 @@ class SEISScorer(BaseEstimator):
             )
 
     # -- scoring -----------------------------------------------------------------
-    def scores(self, X, y):
+    def scores(self, X, y=None):
         """All held-out scores of a new pair under the fitted directions (SPEC §2.4).
 
         Parameters
@@ -356,6 +364,7 @@ class SEISScorer(BaseEstimator):
         """
         check_is_fitted(self)
         check_choice(self.invariance, "invariance", INVARIANCE_MODES)
+        X, y = _unstack(X, y)
         orbit, ys, view_names = _views_of(y, ("X", "y"))
         if len(ys) != len(self._ccas):
             raise ValueError(
@@ -383,7 +392,7 @@ class SEISScorer(BaseEstimator):
         projected = project_moments(moments, self.components_.T)
         return _held_out_result(self._cca, self._basis, projected, self, self.layout_)
 
-    def score(self, X, y):
+    def score(self, X, y=None):
         """One held-out score, the one named by ``score_kind``.
 
         Parameters
@@ -499,6 +508,24 @@ def latent_action(A, Bs, *, cyclic=True, **params):
         raise TypeError("Bs must be a non-empty list of arrays (one per group element but e)")
     scorer = SEISScorer(**{**params, "solver": "moments"}).fit(A, list(Bs))
     return scorer._latent_action(cyclic)
+
+
+def _unstack(X, y):
+    """``(X, y)`` from a paired or orbit stack ``X`` of shape (n, G, ...) when y is None."""
+    if y is not None:
+        return X, y
+    if is_dask_array(X) or isinstance(X, np.ndarray):
+        stack = X
+    else:
+        stack = np.asarray(X)
+    if stack.ndim < 3 or stack.shape[1] < 2:
+        raise ValueError(
+            "y is None, so X must be a paired stack of shape (n_samples, 2, ...) — axis 1 "
+            f"holding (original, transformed), see seis_sklearn.pair — or (n_samples, G, ...) "
+            f"for an orbit; got shape {stack.shape}"
+        )
+    views = [stack[:, g] for g in range(stack.shape[1])]
+    return views[0], (views[1] if len(views) == 2 else views[1:])
 
 
 def _views_of(y, names):

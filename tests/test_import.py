@@ -44,6 +44,8 @@ def test_public_surface():
     assert set(seis_sklearn.__all__) == {
         "LatentAction",
         "latent_action",
+        "orbit",
+        "pair",
         "SEISResult",
         "SEISScorer",
         "SubspaceDenoiser",

@@ -9,7 +9,7 @@ from scipy.stats import ortho_group
 
 from seis_sklearn import SEISScorer, SubspaceDenoiser, seis_score
 from seis_sklearn._result import SCORE_NAMES
-from tests.strategies import activation_pairs, correlated, modes, thresholds
+from seis_sklearn.testing.strategies import activation_pairs, correlated, modes, thresholds
 
 UNIFORM = ("equivariance", "invariance")
 WEIGHTED = ("equivariance_weighted", "invariance_weighted")

@@ -1,0 +1,96 @@
+"""Paired and orbit stacks: the single array a scikit-learn Pipeline can carry."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._dask import is_dask_array
+
+
+def _root(a):
+    while isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    return a
+
+
+def orbit(A, *Bs):
+    """Stack views along a new axis 1: ``(n_samples, 1 + len(Bs), ...)``.
+
+    The array every estimator of the toolkit accepts with ``y=None`` (what a
+    :class:`sklearn.pipeline.Pipeline` passes, since its steps transform X
+    only). When the views already lie in one buffer at a constant distance
+    from each other (e.g. ``S[:, 0]`` and ``S[:, 1]`` of a stack ``S``), the
+    result is a read-only view of that buffer, not a copy; dask arrays are
+    stacked lazily.
+
+    Parameters
+    ----------
+    A : array-like of shape (n_samples, ...)
+        Activations on the original inputs.
+    *Bs : array-like of the same shape
+        Activations on the transformed inputs (one per group element but e).
+
+    Returns
+    -------
+    ndarray or dask array of shape (n_samples, 1 + len(Bs), ...)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from seis_sklearn import pair
+    >>> S = np.zeros((4, 2, 3))
+    >>> view = pair(S[:, 0], S[:, 1])
+    >>> view.shape, np.shares_memory(view, S)
+    ((4, 2, 3), True)
+    """
+    arrays = [A, *Bs]
+    if not Bs:
+        raise ValueError("orbit needs at least one transformed view besides A")
+    if any(is_dask_array(a) for a in arrays):
+        import dask.array as da
+
+        return da.stack(arrays, axis=1)
+    arrays = [np.asarray(a) for a in arrays]
+    shape = arrays[0].shape
+    for i, a in enumerate(arrays[1:], start=1):
+        if a.shape != shape:
+            raise ValueError(f"every view must have A's shape {shape}; view {i} has {a.shape}")
+    view = _as_view(arrays)
+    if view is not None:
+        return view
+    return np.stack([a.astype(np.result_type(*arrays), copy=False) for a in arrays], axis=1)
+
+
+def pair(A, B):
+    """``(n_samples, 2, ...)``: the paired stack of ``A`` and ``B`` (see :func:`orbit`).
+
+    Parameters
+    ----------
+    A, B : array-like of the same shape (n_samples, ...)
+
+    Returns
+    -------
+    ndarray or dask array of shape (n_samples, 2, ...)
+    """
+    return orbit(A, B)
+
+
+def _as_view(arrays):
+    first = arrays[0]
+    root = _root(first)
+    if not isinstance(root, np.ndarray) or first.ndim < 1:
+        return None
+    if any(a.dtype != first.dtype or a.strides != first.strides for a in arrays):
+        return None
+    if any(_root(a) is not root for a in arrays):
+        return None
+    addresses = [a.__array_interface__["data"][0] for a in arrays]
+    delta = addresses[1] - addresses[0]
+    if any(b - a != delta for a, b in zip(addresses, addresses[1:], strict=False)):
+        return None
+    return np.lib.stride_tricks.as_strided(
+        first,
+        shape=(first.shape[0], len(arrays), *first.shape[1:]),
+        strides=(first.strides[0], delta, *first.strides[1:]),
+        writeable=False,
+    )

@@ -1,0 +1,155 @@
+"""Hypothesis strategies for activation arrays, pairs and orbits (the project's own).
+
+Needs the ``testing`` extra (``pip install 'seis-sklearn[testing]'``: hypothesis).
+The project's property tests (SPEC §2.6) draw from these same strategies, so
+users can property-test their layers the same way:
+
+>>> from hypothesis import given, settings
+>>> from seis_sklearn import seis_score
+>>> from seis_sklearn.testing.strategies import exact_pairs
+>>> @settings(max_examples=5, deadline=None)
+... @given(exact_pairs())
+... def test_exact_transforms_keep_everything(case):
+...     layout, transform, A, B = case
+...     assert seis_score(A, B, layout=layout, n_components=1.0, reg=0.0).equivariance > 0.99
+>>> test_exact_transforms_keep_everything()
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "seis_sklearn.testing.strategies needs hypothesis: pip install 'seis-sklearn[testing]'"
+    ) from None
+
+from .. import transforms
+
+__all__ = [
+    "LAYOUTS",
+    "activation_arrays",
+    "activation_pairs",
+    "activation_shapes",
+    "correlated",
+    "exact_pairs",
+    "modes",
+    "orbits",
+    "reencoded_pairs",
+    "thresholds",
+]
+
+LAYOUTS = ("NCHW", "NHWC", "NCDHW", "NLD", "ND")
+
+#: Matricization modes.
+modes = st.sampled_from(["spatial", "flatten", "channel"])
+#: Variance thresholds worth testing.
+thresholds = st.sampled_from([0.5, 0.9, 0.99, 1.0])
+
+
+@st.composite
+def activation_shapes(draw, layouts=LAYOUTS, min_samples=6, max_samples=30):
+    """``(layout, shape)`` with small dimensions, for every layout."""
+    layout = draw(st.sampled_from(layouts))
+    n = draw(st.integers(min_samples, max_samples))
+    c = draw(st.integers(1, 4))
+    if layout == "ND":
+        return layout, (n, draw(st.integers(2, 10)))
+    if layout == "NLD":
+        return layout, (n, draw(st.integers(2, 6)), c)
+    h, w = draw(st.integers(2, 5)), draw(st.integers(2, 5))
+    if layout == "NCHW":
+        return layout, (n, c, h, w)
+    if layout == "NHWC":
+        return layout, (n, h, w, c)
+    return layout, (n, c, draw(st.integers(1, 3)), h, w)
+
+
+def correlated(rng, shape):
+    """Gaussian activations with some correlation between neighbouring features."""
+    A = rng.normal(size=shape)
+    return A + 0.7 * np.roll(A, 1, axis=-1)
+
+
+@st.composite
+def activation_arrays(draw, layouts=LAYOUTS, min_samples=6, max_samples=30, dtypes=None):
+    """``(layout, A)``: correlated activations of a drawn layout, shape and dtype."""
+    layout, shape = draw(activation_shapes(layouts, min_samples, max_samples))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    dtype = draw(st.sampled_from(dtypes or [np.float64, np.float32]))
+    return layout, correlated(rng, shape).astype(dtype)
+
+
+@st.composite
+def activation_pairs(draw, layouts=LAYOUTS, min_samples=6, max_samples=30):
+    """``(layout, A, B)``: B a noisy, moved copy of A with random weight and sign."""
+    layout, shape = draw(activation_shapes(layouts, min_samples, max_samples))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    A = correlated(rng, shape)
+    kind = draw(st.sampled_from(["flip", "roll", "same", "independent"]))
+    moved = {
+        "flip": np.flip(A, axis=-1),
+        "roll": np.roll(A, 1, axis=-1),
+        "same": A,
+        "independent": correlated(rng, shape),
+    }[kind]
+    signal = draw(st.floats(-1.5, 1.5))
+    noise = draw(st.floats(0.0, 1.0))
+    B = signal * moved + noise * rng.normal(size=shape)
+    return layout, A, B
+
+
+def _exact(layout):
+    """The exact transforms of a layout: quarter turns, flips, whole-pixel shifts."""
+    spatial = {"NCHW", "NHWC", "NCDHW"}
+    found = {}
+    if layout in spatial:
+        found["rot90"] = lambda a: transforms.rot90(a, layout=layout)
+        found["rot180"] = lambda a: transforms.rot90(a, 2, layout=layout)
+        found["hflip"] = lambda a: transforms.hflip(a, layout=layout)
+        found["vflip"] = lambda a: transforms.vflip(a, layout=layout)
+    if layout != "ND":
+        found["shift1"] = lambda a: transforms.translate(a, 1, layout=layout)
+    return found
+
+
+@st.composite
+def exact_pairs(draw, layouts=("NCHW", "NHWC", "NCDHW", "NLD"), min_samples=12, max_samples=30):
+    """``(layout, name, A, B)``: B an exact transform of A (rot90 on square grids, flips,
+    circular whole-pixel shifts) — permutations of A's entries."""
+    layout, shape = draw(activation_shapes(layouts, min_samples, max_samples))
+    if layout in ("NCHW", "NCDHW"):
+        shape = (*shape[:-1], shape[-2])  # square planes, so quarter turns keep the shape
+    elif layout == "NHWC":
+        shape = (shape[0], shape[1], shape[1], shape[3])
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    A = correlated(rng, shape)
+    name = draw(st.sampled_from(sorted(_exact(layout))))
+    return layout, name, A, np.ascontiguousarray(_exact(layout)[name](A))
+
+
+@st.composite
+def reencoded_pairs(draw, min_samples=20, max_samples=40, max_features=8):
+    """``("ND", A, B)``: B = A·M for a random invertible M — a linear re-encoding that
+    keeps everything (S_E = 1 without truncation) and moves it (S_I < 1)."""
+    n = draw(st.integers(min_samples, max_samples))
+    d = draw(st.integers(2, max_features))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    A = rng.normal(size=(n, d))
+    M = rng.normal(size=(d, d)) + 2.0 * np.eye(d)  # well-conditioned
+    return "ND", A, A @ M
+
+
+@st.composite
+def orbits(draw, max_order=4, min_samples=12, max_samples=30):
+    """``(layout, A, [B_1, …])``: a cyclic orbit of circular shifts along the last
+    spatial axis (NCHW), ``B_j`` = A shifted by ``j`` pixels, the group's order the
+    grid width."""
+    n = draw(st.integers(min_samples, max_samples))
+    width = draw(st.integers(2, max_order))
+    c, h = draw(st.integers(1, 3)), draw(st.integers(2, 4))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    A = correlated(rng, (n, c, h, width))
+    return "NCHW", A, [np.roll(A, j, axis=3) for j in range(1, width)]
