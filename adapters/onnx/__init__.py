@@ -383,7 +383,8 @@ def _forward_batches(model, inputs, layers, op_types, transform, batch_size, pro
         raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
     if transform is not None and not callable(transform):
         raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
-    runner = _Runner(model, layers, op_types, providers)
+    # a prepared session (layerwise_seis reuses one across transforms)
+    runner = model if isinstance(model, _Runner) else _Runner(model, layers, op_types, providers)
     feeds, n_total = _feeds(runner, inputs)
     fixed = runner.check(feeds)
     step = fixed if fixed is not None else batch_size
@@ -627,6 +628,7 @@ def layerwise_seis(
         if not op_types:
             raise ValueError("layers: the model has no Conv, Gemm or MatMul node; name tensors")
     rows = []
+    model = _Runner(model, layers, op_types, providers)  # one session for every transform
     for name, transform in transforms.items():
         deviation = deviation_for(metrics, transform, seis_params)
         if held_out is None:
