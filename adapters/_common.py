@@ -23,9 +23,12 @@ from seis_sklearn._files import safe_stem
 VIEWS = ("original", "transformed")
 
 
-def check_held_out(held_out):
+def check_stream_args(held_out, transform):
+    """The checks of held-out streaming, before any model is run."""
     if not (isinstance(held_out, float) and 0.0 < held_out <= 0.5):
         raise ValueError(f"held_out must be a float in (0, 0.5]; got {held_out!r}")
+    if transform is None or not callable(transform):
+        raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
 
 
 def describe(transform):
@@ -144,7 +147,7 @@ class ChannelDeviation:
         return {k: (np.nan if k in self.failed else -self.sums[k] / self.counts[k]) for k in keys}
 
 
-def stream(batches, held_out, dtype, seis_params, deviation=None):
+def stream(batches, held_out, seis_params, *, dtype=np.float64, deviation=None):
     """Held-out SEIS of every layer of a pair-mode batch generator, never storing it.
 
     Every ``round(1 / held_out)``-th sample (by index) is held out; the others
@@ -228,19 +231,29 @@ def deviation_for(metrics, action, seis_params):
 
 
 def in_sample(pairs, seis_params, metrics=(), deviation=None):
-    """In-sample results, shapes and (when ``metrics`` need them) moments of pairs."""
-    from seis_sklearn import seis_score
+    """In-sample results, shapes and (when ``metrics`` need them) moments of pairs.
+
+    The moments come from the SEIS fit itself (one pass over each pair); only
+    the Gram solver and the statistics, which keep none, need a pass of their own.
+    """
+    from seis_sklearn import SEISScorer, seis_score
     from seis_sklearn._matricize import resolve_layout
     from seis_sklearn._moments import accumulate
 
-    results = {k: seis_score(a, b, **seis_params) for k, (a, b) in pairs.items()}
-    shapes = {k: a.shape[1:] for k, (a, _) in pairs.items()}
-    if deviation is not None:
-        for k, (a, b) in pairs.items():
+    need_moments = bool(set(metrics) - {"channel_eed"})
+    results, shapes, moments = {}, {}, {}
+    for k, (a, b) in pairs.items():
+        shapes[k] = a.shape[1:]
+        if set(seis_params) & STORED_ONLY:
+            results[k] = seis_score(a, b, **seis_params)
+        else:  # what seis_score(a, b) does, keeping the scorer's moments
+            scorer = SEISScorer(**seis_params)._fit(
+                a, b, names=("A", "B"), streaming=False, store_components=False
+            )
+            results[k], moments[k] = scorer.result_, scorer._moments
+        if deviation is not None:
             deviation.add({"original": {k: a}, "transformed": {k: b}})
-    moments = {}
-    if set(metrics) - {"channel_eed"}:
-        for k, (a, b) in pairs.items():
+        if need_moments and moments.get(k) is None:
             layout = resolve_layout(seis_params.get("layout", "auto"), a.ndim)
             mode = seis_params.get("matricization", "spatial")
             moments[k] = accumulate([a, b], layout, mode, names=(f"{k} (original)", k))

@@ -7,6 +7,7 @@ the name of the offending argument.
 from __future__ import annotations
 
 import numbers
+import re
 
 import numpy as np
 
@@ -67,6 +68,15 @@ def as_activation_array(A, name):
     if arr.size == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape})")
     return arr
+
+
+def first_line(exc):
+    """An exception's message as one line: its first non-empty line, colours removed."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # terminal colours in some messages
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
 
 
 def count_nonfinite(A):

@@ -18,7 +18,6 @@ import importlib.util
 import io
 import json
 import os
-import re
 import shutil
 import sys
 import warnings
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from ._files import atomic_write
 from ._matricize import LAYOUTS, MATRICIZATIONS
-from ._validation import INVARIANCE_MODES, SOLVERS
+from ._validation import INVARIANCE_MODES, SOLVERS, first_line
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 RUN_FILE = "seis-run.json"
@@ -798,7 +797,7 @@ def _load_model(args):
         except (RuntimeError, ValueError) as exc:
             raise CommandError(
                 f"--torchscript {args.torchscript}: not a loadable TorchScript model "
-                f"({_first_line(exc)})"
+                f"({first_line(exc)})"
             ) from exc
     module_text, _, function = args.model.rpartition(":")
     if not module_text or not function:
@@ -831,7 +830,7 @@ def _load_model(args):
         except Exception as exc:  # torch raises many types for a bad or unsafe file
             raise CommandError(
                 f"--weights {args.weights}: not a loadable state dict (loaded with "
-                f"weights_only=True: no code is unpickled) ({_first_line(exc)})"
+                f"weights_only=True: no code is unpickled) ({first_line(exc)})"
             ) from exc
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
@@ -839,7 +838,7 @@ def _load_model(args):
             model.load_state_dict(state)
         except (RuntimeError, TypeError, AttributeError) as exc:
             raise CommandError(
-                f"--weights {args.weights}: does not fit the model ({_first_line(exc)})"
+                f"--weights {args.weights}: does not fit the model ({first_line(exc)})"
             ) from exc
     return model
 
@@ -890,14 +889,6 @@ def cmd_demo(args):
 # ------------------------------------------------------------------ entry point
 
 
-def _first_line(exc):
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # terminal colours in some messages
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
-
-
 COMMANDS = {"score": cmd_score, "report": cmd_report, "demo": cmd_demo}
 
 
@@ -932,7 +923,7 @@ def main(argv=None):
     except (CommandError, ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
         if args.debug:
             raise
-        print(f"seis {args.command}: error: {_first_line(exc)}", file=sys.stderr)
+        print(f"seis {args.command}: error: {first_line(exc)}", file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ._files import atomic_write, safe_stem
+from ._validation import first_line
 
 __all__ = [
     "ArrayFileError",
@@ -75,7 +76,7 @@ def _read_header(fp, path):
         else:
             _fail(path, f"unsupported .npy format version {version[0]}.{version[1]}")
     except (ValueError, SyntaxError, EOFError, struct.error) as exc:
-        _fail(path, f"corrupt .npy header ({_one_line(exc)})")
+        _fail(path, f"corrupt .npy header ({first_line(exc)})")
     if dtype.hasobject:
         _fail(
             path,
@@ -83,11 +84,6 @@ def _read_header(fp, path):
             "code, so it is refused — save numeric arrays",
         )
     return shape, fortran, dtype
-
-
-def _one_line(exc):
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _nbytes(shape, dtype):
@@ -171,7 +167,9 @@ def _open_zip(path):
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        _fail(path, f"not a readable .npz (zip) archive — truncated or corrupt ({_one_line(exc)})")
+        _fail(
+            path, f"not a readable .npz (zip) archive — truncated or corrupt ({first_line(exc)})"
+        )
 
 
 def npz_keys(path):
@@ -210,7 +208,7 @@ def _load_npz_member(path, key, mmap):
                         _fail(where, "truncated: the archive ends inside the array")
                     return data.reshape(shape, order="F" if fortran else "C").copy()
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-            _fail(where, f"corrupt archive member ({_one_line(exc)})")
+            _fail(where, f"corrupt archive member ({first_line(exc)})")
         start = _member_data_offset(path, info) + header_length
     if path.stat().st_size < start + need:
         _fail(where, "truncated: the archive ends inside the array")
@@ -344,7 +342,7 @@ def _read_manifest(folder):
             isinstance(layer.get("name"), str) for layer in manifest["layers"]
         )
     except (ValueError, AttributeError, KeyError, TypeError) as exc:
-        _fail(path, f"unreadable manifest ({_one_line(exc)})")
+        _fail(path, f"unreadable manifest ({first_line(exc)})")
     if not ok:
         _fail(path, f"not a {FORMAT} manifest")
     if manifest.get("version", 0) > FORMAT_VERSION:

@@ -124,23 +124,15 @@ def plot_layerwise(frame, *, title=None, weighted=False, ax=None):
         ax = fig.subplots()
     for i, (name, group) in enumerate(frame.groupby("transform", sort=False)):
         group = group.sort_values("depth")
-        color = f"C{i % 10}"
-        ax.plot(
-            group["depth"],
-            group["equivariance" + suffix],
-            "-o",
-            color=color,
-            ms=4,
-            label=f"{name}: S_E",
-        )
-        ax.plot(
-            group["depth"],
-            group["invariance" + suffix],
-            "--s",
-            color=color,
-            ms=4,
-            label=f"{name}: S_I",
-        )
+        for score, style, label in (("equivariance", "-o", "S_E"), ("invariance", "--s", "S_I")):
+            ax.plot(
+                group["depth"],
+                group[score + suffix],
+                style,
+                color=f"C{i % 10}",
+                ms=4,
+                label=f"{name}: {label}",
+            )
     ticks = frame.drop_duplicates("depth").sort_values("depth")
     ax.set_xticks(ticks["depth"], ticks["layer"], rotation=45, ha="right", fontsize=8)
     ax.set_ylim(-0.03, 1.03)

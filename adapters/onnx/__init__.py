@@ -38,10 +38,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from seis_sklearn._validation import first_line
 from seis_sklearn.metrics import check_report_metrics
 
 from .._common import (
-    check_held_out,
+    check_stream_args,
     collect,
     describe,
     deviation_for,
@@ -76,13 +77,6 @@ def _import_onnx():
             "pip install 'seis-sklearn[onnx]' (or onnxruntime-gpu for CUDA)"
         ) from None
     return onnx, onnxruntime
-
-
-def _one_line(exc):
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
 
 
 class TensorInfo(NamedTuple):
@@ -136,7 +130,7 @@ def load_model(model):
     except ValueError:
         raise
     except Exception as exc:  # protobuf raises its own DecodeError, and others
-        raise ValueError(f"model: cannot be read as an ONNX model ({_one_line(exc)})") from None
+        raise ValueError(f"model: cannot be read as an ONNX model ({first_line(exc)})") from None
     raise TypeError(
         f"model must be a path, bytes or an onnx.ModelProto; got {type(model).__name__}"
     )
@@ -183,8 +177,12 @@ def list_tensors(model):
         Every node output (the graph's own outputs included), with the producing
         op type, and shape and dtype where ``onnx.shape_inference`` knows them.
     """
-    proto = _inferred(load_model(model))
-    graph = proto.graph
+    return _tensors_of(_inferred(load_model(model)))
+
+
+def _tensors_of(inferred):
+    """The node outputs of a shape-inferred model (see :func:`list_tensors`)."""
+    graph = inferred.graph
     types = {v.name: v.type for v in (*graph.value_info, *graph.output, *graph.input)}
     tensors = []
     for node in graph.node:
@@ -270,11 +268,18 @@ def default_providers():
 class _Runner:
     """An onnxruntime session over a copy of the model with extra outputs."""
 
-    def __init__(self, model, layers, op_types, providers):
+    def __init__(self, model, layers, op_types, providers, default_op_types=None):
         onnx, ort = _import_onnx()
         proto = load_model(model)
         inferred = _inferred(proto)
-        tensors = list_tensors(inferred)
+        tensors = _tensors_of(inferred)
+        if layers is None and op_types is None and default_op_types is not None:
+            present = {t.op_type for t in tensors}
+            op_types = [o for o in default_op_types if o in present]
+            if not op_types:
+                raise ValueError(
+                    "layers: the model has no Conv, Gemm or MatMul node; name tensors"
+                )
         self.names = _select(tensors, layers, op_types)
         self.op_type = {t.name: t.op_type for t in tensors}
         known = {v.name: v for v in inferred.graph.value_info}
@@ -295,7 +300,7 @@ class _Runner:
                 providers=list(providers) if providers is not None else default_providers(),
             )
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ValueError(f"model: onnxruntime cannot load it ({_one_line(exc)})") from None
+            raise ValueError(f"model: onnxruntime cannot load it ({first_line(exc)})") from None
         initializers = {i.name for i in proto.graph.initializer}
         self.inputs = [i for i in self.session.get_inputs() if i.name not in initializers]
         self.output_index = {o.name: i for i, o in enumerate(self.session.get_outputs())}
@@ -538,43 +543,11 @@ def stream_scores(
     dict
         Tensor name → held-out :class:`~seis_sklearn.SEISResult`.
     """
-    return _stream(
-        model,
-        inputs,
-        layers,
-        op_types,
-        transform,
-        held_out,
-        batch_size,
-        providers,
-        dtype,
-        progress,
-        seis_params,
-    )[0]
-
-
-def _stream(
-    model,
-    inputs,
-    layers,
-    op_types,
-    transform,
-    held_out,
-    batch_size,
-    providers,
-    dtype,
-    progress,
-    seis_params,
-    deviation=None,
-):
-    check_held_out(held_out)
-    if transform is None or not callable(transform):
-        raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
-    batches, runner = _started(
+    check_stream_args(held_out, transform)
+    batches, _ = _started(
         model, inputs, layers, op_types, transform, batch_size, providers, progress
     )
-    results, shapes, moments = stream(batches, held_out, dtype, seis_params, deviation)
-    return results, shapes, moments, runner
+    return stream(batches, held_out, seis_params, dtype=dtype)[0]
 
 
 def layerwise_seis(
@@ -622,13 +595,9 @@ def layerwise_seis(
     metrics = check_report_metrics(metrics)
     if not isinstance(transforms, dict) or not transforms:
         raise TypeError("transforms must be a non-empty dict of name → callable")
-    if layers is None and op_types is None:
-        present = {t.op_type for t in list_tensors(model)}
-        op_types = [o for o in DEFAULT_OP_TYPES if o in present]
-        if not op_types:
-            raise ValueError("layers: the model has no Conv, Gemm or MatMul node; name tensors")
     rows = []
-    model = _Runner(model, layers, op_types, providers)  # one session for every transform
+    # one session for every transform
+    model = _Runner(model, layers, op_types, providers, default_op_types=DEFAULT_OP_TYPES)
     for name, transform in transforms.items():
         deviation = deviation_for(metrics, transform, seis_params)
         if held_out is None:
@@ -640,20 +609,11 @@ def layerwise_seis(
             )
             results, shapes, moments = in_sample(pairs, seis_params, metrics, deviation)
         else:
-            results, shapes, moments, runner = _stream(
-                model,
-                inputs,
-                layers,
-                op_types,
-                transform,
-                held_out,
-                batch_size,
-                providers,
-                np.float64,
-                progress,
-                seis_params,
-                deviation,
+            check_stream_args(held_out, transform)
+            batches, runner = _started(
+                model, inputs, layers, op_types, transform, batch_size, providers, progress
             )
+            results, shapes, moments = stream(batches, held_out, seis_params, deviation=deviation)
         rows += layerwise_rows(
             results, shapes, runner.op_type.__getitem__, name, moments, metrics, deviation
         )

@@ -27,7 +27,7 @@ import numpy as np
 from seis_sklearn.metrics import check_report_metrics
 
 from .._common import (
-    check_held_out,
+    check_stream_args,
     collect,
     describe,
     deviation_for,
@@ -434,43 +434,11 @@ def stream_scores(
         numbers as storing the activations, fitting on the kept samples and
         scoring the held-out ones.
     """
-    return _stream(
-        model,
-        inputs,
-        layers,
-        transform,
-        held_out,
-        batch_size,
-        device,
-        select,
-        dtype,
-        progress,
-        seis_params,
-    )[0]
-
-
-def _stream(
-    model,
-    inputs,
-    layers,
-    transform,
-    held_out,
-    batch_size,
-    device,
-    select,
-    dtype,
-    progress,
-    seis_params,
-    deviation=None,
-):
-    """Held-out results, per-sample activation shapes and moments of every layer key."""
-    check_held_out(held_out)
-    if transform is None or not callable(transform):
-        raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
+    check_stream_args(held_out, transform)
     batches = _forward_batches(
         model, inputs, layers, transform, batch_size, device, select, progress
     )
-    return stream(batches, held_out, dtype, seis_params, deviation)
+    return stream(batches, held_out, seis_params, dtype=dtype)[0]
 
 
 def layerwise_seis(
@@ -555,20 +523,11 @@ def layerwise_seis(
             )
             results, shapes, moments = in_sample(pairs, seis_params, metrics, deviation)
         else:
-            results, shapes, moments = _stream(
-                model,
-                inputs,
-                layers,
-                transform,
-                held_out,
-                batch_size,
-                device,
-                None,
-                np.float64,
-                progress,
-                seis_params,
-                deviation,
+            check_stream_args(held_out, transform)
+            batches = _forward_batches(
+                model, inputs, layers, transform, batch_size, device, None, progress
             )
+            results, shapes, moments = stream(batches, held_out, seis_params, deviation=deviation)
         module_of = lambda key: module_type(modules[key.split("#")[0]])  # noqa: E731
         rows += layerwise_rows(results, shapes, module_of, name, moments, metrics, deviation)
     return report_frame(rows)
