@@ -20,6 +20,7 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
+    "DenoisedStack": "._stack",
     "SEISResult": "._result",
     "SEISScorer": "._scorer",
     "LatentAction": "._latent",
@@ -35,6 +36,7 @@ _LAZY = {
 _SUBMODULES = ("transforms", "io")
 
 __all__ = [
+    "DenoisedStack",
     "LatentAction",
     "SEISResult",
     "SEISScorer",

@@ -48,7 +48,7 @@ def n_nonzero(eigenvalues):
     return int(np.count_nonzero(eigenvalues > tol))
 
 
-def select_k(eigenvalues, n_components, *, n_rows, max_components=None):
+def select_k(eigenvalues, n_components, *, dof, max_components=None):
     """Number of retained components, SPEC §2.2 step 3.
 
     Parameters
@@ -59,8 +59,10 @@ def select_k(eigenvalues, n_components, *, n_rows, max_components=None):
         An int is used as is; a float in (0, 1] is the smallest k whose
         cumulative explained variance reaches it, grown so that it does not cut
         through a cluster of equal eigenvalues.
-    n_rows : int
-        Rows ``m``; k is capped at ``min(d, m - 1)``.
+    dof : int
+        Degrees of freedom of one view, the largest rank its per-feature
+        centring leaves: its rows ``m`` less one per row of a sample, ``m − R``
+        (``m − 1`` in flatten mode). k is capped at ``min(d, dof)``.
     max_components : int, optional
         Further cap.
 
@@ -82,21 +84,52 @@ def select_k(eigenvalues, n_components, *, n_rows, max_components=None):
             k += 1
     else:
         k = n_components
-    k = min(k, d, n_rows - 1, rank)
+    k = min(k, d, dof, rank)
     if max_components is not None:
         k = min(k, max_components)
     return k
 
 
-def inverse_sqrt(sigma, ridge):
-    """``(Σ + ridge·I)^(-1/2)`` of a symmetric PSD matrix (pseudo-inverse when singular)."""
+def inverse_sqrt(sigma, reg):
+    """``R(Σ) = (Σ + reg·λ_min(Σ)·I)^(-1/2)`` of a symmetric PSD matrix.
+
+    The ridge is tied to the matrix's own smallest eigenvalue, so it scales with
+    the view: ``R(c²Σ) = R(Σ)/c`` exactly, and no direction is damped by more
+    than a factor ``1 + reg``. Directions with no variance (to machine
+    precision) get a zero, as in a pseudo-inverse.
+    """
     w, V = np.linalg.eigh(0.5 * (sigma + sigma.T))
-    w = w + ridge
     top = max(float(w.max()), 0.0)
     keep = w > top * w.size * _EPS
+    w = w + reg * max(float(w.min()), 0.0)
     inv = np.zeros_like(w)
     inv[keep] = 1.0 / np.sqrt(w[keep])
     return (V * inv) @ V.T
+
+
+def degenerate_reason(k, n_columns, fit_rows):
+    """Why scores should not be read at face value (SPEC §2.1), or ``""``.
+
+    Very few columns (d ≤ 4: spatial mode on a ≤ 2×2 map), one canonical pair
+    (k = 1), or k at least half the rows the basis was fitted on (in-sample-like
+    bias, even held-out).
+    """
+    reasons = []
+    if n_columns <= 4:
+        reasons.append(f"only d={n_columns} columns in the matricization")
+    if k == 1:
+        reasons.append("k=1: a single canonical pair")
+    if 2 * k >= fit_rows:
+        reasons.append(f"k={k} is at least half of the m={fit_rows} rows fitted")
+    return "; ".join(reasons)
+
+
+def no_variance_error(what="the activations have no variance"):
+    """The error for views with no variance over their samples: nothing to score."""
+    return ValueError(
+        f"{what} after centring (every feature is constant over the samples in every "
+        "view, or so small that its products underflow); there is nothing to score"
+    )
 
 
 @dataclass
@@ -110,11 +143,14 @@ class Basis:
     eigenvalues : ndarray of shape (d,)
         All eigenvalues of the pooled second moment ``S``, descending.
     k : int
+    n_columns : int
+        ``d``, the columns of the matricized views.
     """
 
     components: np.ndarray
     eigenvalues: np.ndarray
     k: int
+    n_columns: int = 0
 
     @property
     def explained_variance_ratio(self):
@@ -142,13 +178,11 @@ def pooled_basis(moments, n_components, max_components=None):
     eigenvalues, V = descending_eigh(S)
     if n_components is None:  # no denoising: every direction (up to the rank and rows)
         n_components = S.shape[0]
-    k = select_k(eigenvalues, n_components, n_rows=moments.n_rows, max_components=max_components)
+    dof = moments.n_rows - moments.rows_per_sample
+    k = select_k(eigenvalues, n_components, dof=dof, max_components=max_components)
     if k == 0:
-        raise ValueError(
-            "the activations have no variance after centring (every column is constant "
-            "in every view); there is nothing to score"
-        )
-    return Basis(V[:, :k].copy(), eigenvalues, k)
+        raise no_variance_error()
+    return Basis(V[:, :k].copy(), eigenvalues, k, S.shape[0])
 
 
 @dataclass
@@ -160,7 +194,9 @@ class CCAFit:
     sigma_xx, sigma_yy, sigma_xy : ndarray of shape (k, k)
         Covariances of the views in the shared basis.
     whiten_x, whiten_y : ndarray of shape (k, k)
-        ``R(Σ_xx)`` and ``R(Σ_yy)``.
+        ``R(Σ_xx)`` and ``R(Σ_yy)``, each up to a positive factor (an exact
+        power of two that keeps extreme scales in range; correlations and
+        energy weights do not depend on it).
     U, W : ndarray of shape (k, k)
         Singular vectors of ``K`` (columns).
     rho_raw : ndarray of shape (k,)
@@ -214,15 +250,24 @@ def pair_covariances(moments, basis, view=1):
     )
 
 
-def fit_cca(sigma_xx, sigma_yy, sigma_xy, ridge, n_rows):
+def _power_of_four(sigma):
+    """The power of four nearest the mean variance ``tr Σ / k`` (1 when there is none)."""
+    mean = float(np.trace(sigma)) / max(sigma.shape[0], 1)
+    if not (mean > 0 and np.isfinite(mean)):
+        return 1.0
+    return float(np.ldexp(1.0, 2 * (int(np.frexp(mean)[1]) // 2)))
+
+
+def fit_cca(sigma_xx, sigma_yy, sigma_xy, reg, n_rows):
     """CCA of two views from their k × k covariances (SPEC §2.3 steps 5–6 and 9).
 
     Parameters
     ----------
     sigma_xx, sigma_yy, sigma_xy : ndarray of shape (k, k)
         Covariances in the shared basis.
-    ridge : float
-        ``ε·λ_k``, added to both covariances before the inverse square root.
+    reg : float
+        ``ε``: each covariance gets the ridge ``ε·λ_min`` of its own spectrum
+        (:func:`inverse_sqrt`), so rescaling one view changes nothing.
     n_rows : int
         ``m``, which scales the energy weights.
 
@@ -230,9 +275,13 @@ def fit_cca(sigma_xx, sigma_yy, sigma_xy, ridge, n_rows):
     -------
     CCAFit
     """
-    whiten_x = inverse_sqrt(sigma_xx, ridge)
-    whiten_y = inverse_sqrt(sigma_yy, ridge)
-    K = whiten_x @ sigma_xy @ whiten_y
+    # Each view is brought to unit mean variance by an exact power of four first:
+    # CCA does not depend on the scale of either view (the ridges follow it), and
+    # a view of scale 1e-160 beside one of scale 1 must not under- or overflow.
+    scale_x, scale_y = _power_of_four(sigma_xx), _power_of_four(sigma_yy)
+    whiten_x = inverse_sqrt(sigma_xx / scale_x, reg)
+    whiten_y = inverse_sqrt(sigma_yy / scale_y, reg)
+    K = whiten_x @ (sigma_xy / np.sqrt(scale_x * scale_y)) @ whiten_y
     U, rho, Wt = np.linalg.svd(K)
     W = Wt.T
     alignments = np.clip(np.einsum("ij,ij->j", U, W), -1.0, 1.0)

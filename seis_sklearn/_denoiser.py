@@ -10,6 +10,7 @@ from ._cca import pooled_basis
 from ._dask import is_dask_array
 from ._matricize import matricize, matrix_shape
 from ._moments import accumulate
+from ._stack import DenoisedStack
 from ._validation import (
     as_activation_array,
     check_finite,
@@ -45,11 +46,15 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         fitted on the second moment pooled over the views, each centred by its
         own mean, and ``transform`` returns every view's coordinates in it:
         ``(n_samples, G, k)``, or ``(n_samples, G, rows, k)`` when the
-        matricization has several rows per sample. Feed that to
-        ``SEISScorer(n_components=None)`` (``matricization="channel"`` for the
-        4-d form) to score without denoising again.
-    matricization : {"flatten", "spatial", "channel"}, default="flatten"
-        With ``paired=True``: how each view becomes a matrix (SPEC §2.1).
+        matricization has several rows per sample (a
+        :class:`~seis_sklearn.DenoisedStack`, which remembers what it holds).
+        Feed that to ``SEISScorer(n_components=None)`` to score without
+        denoising again: the scorer reads the coordinates as they are meant,
+        whatever its own ``matricization``.
+    matricization : {"spatial", "flatten", "channel"}, default="spatial"
+        With ``paired=True``: how each view becomes a matrix (SPEC §2.1); the
+        default is :class:`~seis_sklearn.SEISScorer`'s, so that the default
+        pipeline scores what the default scorer does.
     layout : str, default="auto"
         With ``paired=True``: the layout of each view (``X[:, g]``).
 
@@ -63,7 +68,9 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     explained_variance_ratio_ : ndarray of shape (n_components,)
         Fraction of the total variance along each axis.
     mean_ : ndarray of shape (n_features,)
-        Column means of the training data.
+        Column means of the training data. With ``paired=True``: shape
+        ``(G, rows, d)``, each view's per-feature means over the samples (SPEC
+        §2.1), in matricized form.
     n_components_ : int
         Number of components kept.
     n_samples_seen_ : int
@@ -109,7 +116,7 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         n_components=0.99,
         max_components=None,
         paired=False,
-        matricization="flatten",
+        matricization="spatial",
         layout="auto",
     ):
         self.n_components = n_components
@@ -174,7 +181,7 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         m = moments.n_rows
         self._moments = moments
         self.n_samples_seen_ = m
-        self.mean_ = moments.mean[0].copy()
+        self.mean_ = moments.mean[0, 0].copy()
         self.components_ = basis.components.T.copy()
         self.n_components_ = k
         self.explained_variance_ = basis.eigenvalues[:k] * (m / (m - 1))
@@ -215,7 +222,7 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         self.rows_per_sample_ = matrix_shape(views[0].shape, layout, self.matricization)[0]
         self.n_samples_seen_ = stack.shape[0] if first else self.n_samples_seen_ + stack.shape[0]
         self.n_features_in_ = int(np.prod(stack.shape[1:]))
-        self.mean_ = moments.mean.copy()  # (G, d): each view's column means
+        self.mean_ = moments.mean.copy()  # (G, R, d): each view's per-feature means
         self.components_ = basis.components.T.copy()
         self.n_components_ = k
         self.explained_variance_ = basis.eigenvalues[:k] * (m / (m - 1))
@@ -228,13 +235,15 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         n, rows = stack.shape[0], self.rows_per_sample_
         out = np.empty((n, len(views), rows, self.n_components_))
         for g, view in enumerate(views):
-            for start in range(0, n, chunk_samples(view.shape, view.dtype.itemsize)):
-                step = chunk_samples(view.shape, view.dtype.itemsize)
+            step = chunk_samples(view.shape, view.dtype.itemsize)
+            for start in range(0, n, step):
                 block = matricize(view[start : start + step], layout, self.matricization)
                 check_finite(block, f"X[:, {g}]")
-                coords = (block - self.mean_[g]) @ self.components_.T
-                out[start : start + step, g] = coords.reshape(-1, rows, self.n_components_)
-        return out[:, :, 0] if rows == 1 else out
+                block = block.reshape(-1, rows, block.shape[1])
+                out[start : start + step, g] = (block - self.mean_[g]) @ self.components_.T
+        out = (out[:, :, 0] if rows == 1 else out).view(DenoisedStack)
+        out.matricization = self.matricization
+        return out
 
     def _check_dask(self, X, reset, min_samples=1):
         X = as_activation_array(X, "X")

@@ -12,7 +12,8 @@ eigenvectors are ``V = Zᵀ U / s``. Hence
 
 so the k × k covariances of SPEC §2.3 come from the Gram matrix alone. The
 Gram is accumulated in one pass over chunks of *columns*: each column chunk
-holds every row, so its column means — and the centring — are exact.
+holds every row, so its per-feature means over the samples — and the centring
+of SPEC §2.1 — are exact.
 ``V_k`` itself (for held-out scoring) takes one more pass.
 """
 
@@ -23,22 +24,22 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import blas
 
-from ._cca import Basis, descending_eigh, select_k
-from ._matricize import matricize
+from ._cca import Basis, descending_eigh, no_variance_error, select_k
+from ._matricize import matricize, matrix_shape
 from ._moments import _float32_scale, _page_releaser, product_dtype
 from ._validation import CHUNK_BYTES, check_finite, raise_nonfinite
 
 
 @dataclass
 class GramMoments:
-    """Column means and the centred Gram matrix of ``G`` stacked views.
+    """Per-feature means and the centred Gram matrix of ``G`` stacked views.
 
     Attributes
     ----------
     n_rows : int
         Rows ``m`` of each view.
-    mean : ndarray of shape (G, d)
-        Column means of each view.
+    mean : ndarray of shape (G, R, d)
+        Per-feature means over the samples of each view (R rows per sample).
     gram : ndarray of shape (G·m, G·m)
         ``Z Zᵀ`` with ``Z`` the row-stack of the centred views.
     """
@@ -52,6 +53,11 @@ class GramMoments:
         """Number of views ``G``."""
         return self.mean.shape[0]
 
+    @property
+    def n_samples(self):
+        """Number of samples ``N``."""
+        return self.n_rows // self.mean.shape[1]
+
 
 def _column_chunks(matrices, budget=CHUNK_BYTES * 4):
     """Column ranges such that one chunk of every view stays near ``budget`` bytes."""
@@ -60,18 +66,23 @@ def _column_chunks(matrices, budget=CHUNK_BYTES * 4):
     return [(c, min(c + step, d)) for c in range(0, d, step)]
 
 
-def _centred_chunk(matrices, c0, c1, dtype, names, arrays):
-    """Rows of every view, columns c0:c1, centred, stacked: (G·m, c1 - c0) in ``dtype``."""
+def _centred_chunk(matrices, rows, c0, c1, dtype, names, arrays):
+    """Rows of every view, columns c0:c1, each feature centred over the samples.
+
+    Returns the stack (G·m, c1 − c0) in ``dtype`` and each view's means (R, c1 − c0).
+    """
     m = matrices[0].shape[0]
+    n = m // rows
     out = np.empty((len(matrices) * m, c1 - c0), dtype=dtype)
     means = []
     for g, P in enumerate(matrices):
-        block = P[:, c0:c1]
+        block = P[:, c0:c1].reshape(n, rows, c1 - c0)
         with np.errstate(over="ignore", invalid="ignore"):
             mu = block.mean(axis=0, dtype=np.float64)
         if not np.isfinite(mu).all():
             raise_nonfinite(arrays[g], names[g])
-        np.subtract(block, mu, out=out[g * m : (g + 1) * m], casting="unsafe")
+        target = out[g * m : (g + 1) * m].reshape(n, rows, c1 - c0)
+        np.subtract(block, mu, out=target, casting="unsafe")
         means.append(mu)
     return out, means
 
@@ -94,15 +105,16 @@ def accumulate_gram(arrays, layout, matricization, *, names):
     """
     matrices = [matricize(a, layout, matricization) for a in arrays]
     m, d = matrices[0].shape
+    rows = matrix_shape(arrays[0].shape, layout, matricization)[0]
     dtype = product_dtype(np.result_type(*arrays))
     size = len(matrices) * m
     gram = np.zeros((size, size))
     scratch = np.zeros((size, size), dtype=np.float32) if dtype == np.float32 else None
-    mean = np.empty((len(matrices), d))
+    mean = np.empty((len(matrices), rows, d))
     release = _page_releaser(arrays)
     for c0, c1 in _column_chunks(matrices):
-        Z, means = _centred_chunk(matrices, c0, c1, dtype, names, arrays)
-        mean[:, c0:c1] = means
+        Z, means = _centred_chunk(matrices, rows, c0, c1, dtype, names, arrays)
+        mean[:, :, c0:c1] = means
         if scratch is None:
             blas.dsyrk(1.0, Z.T, beta=1.0, c=gram.T, trans=1, lower=0, overwrite_c=1)
         else:
@@ -140,14 +152,12 @@ def gram_basis(gm, n_components, max_components=None):
     eigenvalues = w / total_rows
     if n_components is None:  # no denoising: every direction the rows allow
         n_components = eigenvalues.size
-    k = select_k(eigenvalues, n_components, n_rows=gm.n_rows, max_components=max_components)
+    dof = gm.n_rows - gm.mean.shape[1]
+    k = select_k(eigenvalues, n_components, dof=dof, max_components=max_components)
     if k == 0:
-        raise ValueError(
-            "the activations have no variance after centring (every column is constant "
-            "in every view); there is nothing to score"
-        )
+        raise no_variance_error()
     coefficients = U[:, :k] / np.sqrt(w[:k])
-    return GramBasis(None, eigenvalues, k, coefficients)
+    return GramBasis(None, eigenvalues, k, gm.mean.shape[-1], coefficients)
 
 
 def gram_pair_covariances(gm, basis, view=1):
@@ -163,12 +173,13 @@ def gram_components(arrays, layout, matricization, basis, *, names):
     """``V_k = Zᵀ U_k / s_k`` (d × k), by one more pass over column chunks."""
     matrices = [matricize(a, layout, matricization) for a in arrays]
     d = matrices[0].shape[1]
+    rows = matrix_shape(arrays[0].shape, layout, matricization)[0]
     dtype = product_dtype(np.result_type(*arrays))
     coefficients = basis.coefficients.astype(dtype)
     V = np.empty((d, basis.k))
     release = _page_releaser(arrays)
     for c0, c1 in _column_chunks(matrices):
-        Z, _ = _centred_chunk(matrices, c0, c1, dtype, names, arrays)
+        Z, _ = _centred_chunk(matrices, rows, c0, c1, dtype, names, arrays)
         V[c0:c1] = Z.T @ coefficients  # float32 input: float32 products over 2m rows
         release()
     return V

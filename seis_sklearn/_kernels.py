@@ -7,7 +7,9 @@ decided by ``benchmarks/kernels.py``; the numbers are in ``benchmarks/README.md`
 The kernels read a 3-D view ``(n_samples, rows_per_sample, d)`` of the
 activations — any strides, so transposing layouts (NHWC spatial, NCHW channel,
 NLD spatial) need no copy — and write the matricized chunk ``(n·rows, d)``.
-They accumulate in float64 and never use ``fastmath``. They are serial: a
+They subtract a per-feature shift (one value per (row of a sample, column): SPEC
+§2.1 centres every feature over the samples), accumulate in float64 and never use
+``fastmath``. They are serial: a
 parallel twin centred a chunk 2–3.7× faster on its own but gained nothing end to
 end on 2 cores, where its threads contend with OpenBLAS's (benchmarks/README.md).
 """
@@ -26,34 +28,41 @@ def _compiled():
     import numba
 
     @numba.njit(cache=True, nogil=True)
-    def column_means(view):
+    def feature_means(view):
+        """Mean over the samples of every (row, column) feature, in float64."""
         n, rows, d = view.shape
-        total = np.zeros(d)
+        total = np.zeros((rows, d))
         for s in range(n):
             for r in range(rows):
                 for j in range(d):
-                    total[j] += view[s, r, j]
-        return total / (n * rows)
+                    total[r, j] += view[s, r, j]
+        return total / n
 
     @numba.njit(cache=True, nogil=True)
     def centre_into(view, shift, out):
-        """out[s·rows + r, j] = view[s, r, j] − shift[j]; returns (min, max) of out."""
+        """out[s·rows + r, j] = view[s, r, j] − shift[r, j].
+
+        Returns the float64 sums of ``out`` per (r, j) and the (min, max) of ``out``.
+        """
         n, rows, d = view.shape
+        sums = np.zeros((rows, d))
         lo = np.inf
         hi = -np.inf
         for s in range(n):
             for r in range(rows):
                 i = s * rows + r
                 for j in range(d):
-                    v = view[s, r, j] - shift[j]
+                    v = view[s, r, j] - shift[r, j]
                     out[i, j] = v
+                    # the exact float64 difference, so the means are those of the input
+                    sums[r, j] += np.float64(view[s, r, j]) - np.float64(shift[r, j])
                     if v < lo:
                         lo = v
                     if v > hi:
                         hi = v
-        return lo, hi
+        return sums, lo, hi
 
-    return column_means, centre_into
+    return feature_means, centre_into
 
 
 def sample_view(chunk, layout, matricization):
@@ -83,12 +92,15 @@ def _reshaped_view(a, rows, d):
     return out
 
 
-def centre_into_view(view, out):
-    """Column means (float64), rounded shift; ``out`` = centred rows; their (min, max)."""
-    column_means, centre_into = _compiled()
-    mu = column_means(view)
-    if not np.isfinite(mu).all():
-        return mu, mu.astype(out.dtype), np.nan, np.nan
-    shift = mu.astype(out.dtype)
-    lo, hi = centre_into(view, shift, out)
-    return mu, shift, float(lo), float(hi)
+def feature_means_of_view(view):
+    """Numba: the float64 mean over samples of every feature of a (n, rows, d) view."""
+    return _compiled()[0](view)
+
+
+def centre_into_view(view, shift, out):
+    """Numba: ``out`` = the rows of ``view`` minus ``shift`` (rows, d), matricized.
+
+    Returns the float64 sums of the centred values per feature and their (min, max).
+    """
+    sums, lo, hi = _compiled()[1](view, shift, out)
+    return sums, float(lo), float(hi)

@@ -1,16 +1,21 @@
-"""One-pass, mergeable sufficient statistics of row-aligned views (SPEC §2.2–2.4).
+"""One-pass, mergeable sufficient statistics of row-aligned views (SPEC §2.1–2.4).
 
-SEIS needs, for views ``P_0 … P_{G-1}`` with the same rows (original activations
-first, then the transformed ones), only
+A matricized view has ``R`` rows per sample (spatial: one per channel; channel:
+one per position; flatten: one) and ``d`` columns; every (row of a sample,
+column) pair is one *feature* of the activations. SEIS centres every feature
+by its own mean over the samples (SPEC §2.1, "Centring comes first"), so, for
+views ``P_0 … P_{G-1}`` with the same rows (original activations first, then
+the transformed ones), it needs only
 
-* the number of rows ``m`` and the column means ``μ_g``,
+* the number of samples ``N`` and the per-feature means ``μ_g`` (R × d),
 * the centred auto-products ``C_gg = P̃_gᵀ P̃_g`` and
-* the centred cross-products with the original view ``C_0g = P̃_0ᵀ P̃_g``.
+* the centred cross-products with the original view ``C_0g = P̃_0ᵀ P̃_g``,
 
-They are accumulated chunk by chunk of samples (float64 whatever the input
-dtype; only one chunk is ever converted) and combined with the exact pairwise
-update of Chan, Golub & LeVeque, so ``partial_fit`` over any split of the
-samples gives the same statistics as one pass.
+where ``P̃_g`` has ``μ_g`` subtracted from the rows of every sample. They are
+accumulated chunk by chunk of samples (float64 whatever the input dtype; only
+one chunk is ever converted) and combined with the exact pairwise update of
+Chan, Golub & LeVeque, so ``partial_fit`` over any split of the samples gives
+the same statistics as one pass.
 """
 
 from __future__ import annotations
@@ -23,28 +28,34 @@ import numpy as np
 from scipy.linalg import blas
 
 from ._dask import is_dask_array
-from ._kernels import sample_view
+from ._kernels import centre_into_view, feature_means_of_view, sample_view
 from ._matricize import matricize, matrix_shape
 from ._validation import chunk_samples, raise_nonfinite
 
 
+def _outer_sum(a, b):
+    """``Σ_r a_rᵀ b_r`` for stacks of (R, d) matrices: (..., R, d) × (..., R, d) → (..., d, d)."""
+    return np.matmul(np.swapaxes(a, -1, -2), b)
+
+
 @dataclass
 class Moments:
-    """Centred first and second moments of ``G`` row-aligned views.
+    """Per-feature centred first and second moments of ``G`` row-aligned views.
 
     Attributes
     ----------
-    n_rows : int
-        Number of rows ``m`` accumulated.
-    mean : ndarray of shape (G, d)
-        Column means of each view.
+    n_samples : int
+        Number of samples ``N`` accumulated.
+    mean : ndarray of shape (G, R, d)
+        Per-feature means over the samples of each view: row ``r`` is the mean
+        of the ``r``-th row of every sample's matrix.
     auto : ndarray of shape (G, d, d)
-        ``P̃_gᵀ P̃_g`` for each view.
+        ``P̃_gᵀ P̃_g`` for each view (each feature centred by its mean).
     cross : ndarray of shape (G - 1, d, d)
         ``P̃_0ᵀ P̃_g`` for ``g ≥ 1``.
     """
 
-    n_rows: int
+    n_samples: int
     mean: np.ndarray
     auto: np.ndarray
     cross: np.ndarray
@@ -54,21 +65,31 @@ class Moments:
         """Number of views ``G``."""
         return self.mean.shape[0]
 
+    @property
+    def rows_per_sample(self):
+        """Rows ``R`` of one sample's matrix."""
+        return self.mean.shape[1]
+
+    @property
+    def n_rows(self):
+        """Rows ``m = N·R`` of each matricized view."""
+        return self.n_samples * self.rows_per_sample
+
     def merge(self, other):
-        """Return the moments of the union of the rows of ``self`` and ``other``."""
+        """Return the moments of the union of the samples of ``self`` and ``other``."""
         if other.mean.shape != self.mean.shape:
             raise ValueError(
                 "cannot merge moments of different shapes: "
                 f"{self.mean.shape} and {other.mean.shape}"
             )
-        na, nb = self.n_rows, other.n_rows
+        na, nb = self.n_samples, other.n_samples
         n = na + nb
         delta = other.mean - self.mean
         factor = na * nb / n
-        auto = self.auto + other.auto
-        auto += factor * delta[:, :, None] * delta[:, None, :]
-        cross = self.cross + other.cross
-        cross += factor * delta[0][None, :, None] * delta[1:, None, :]
+        auto = self.auto + factor * _outer_sum(delta, delta)
+        auto += other.auto
+        cross = self.cross + factor * _outer_sum(delta[:1], delta[1:])
+        cross += other.cross
         mean = self.mean + delta * (nb / n)
         return Moments(n, mean, auto, cross)
 
@@ -93,57 +114,59 @@ def product_dtype(dtype):
 class MomentAccumulator:
     """Exact one-pass accumulation of the moments of ``G`` views, chunk after chunk.
 
-    Each chunk of rows is centred on its own mean rounded to the product dtype,
-    ``Z_g = x_g − c_g``, into one stacked buffer ``[Z_0 … Z_{G-1}]``, and a single
+    The first chunk fixes a shift per feature and view, ``s_g`` (R × d): its
+    per-feature means, rounded to the product dtype. Every chunk is written as
+    ``Z_g = x_g − s_g`` into one stacked buffer ``[Z_0 … Z_{G-1}]``, a single
     BLAS SYRK adds its Gram ``[Z_0 … Z_{G-1}]ᵀ[Z_0 … Z_{G-1}]`` — every block
-    ``Z_gᵀZ_h`` at once — to a ``G·d × G·d`` float64 accumulator. Centring on
-    ``c_g`` rather than on the exact running mean leaves two rank-1 corrections
-    per chunk (Chan, Golub & LeVeque's merge term ``f·δδᵀ`` and the rounding of
-    the shift ``−r·eeᵀ``); their vectors are kept and applied together, as one
-    small product, in :meth:`result`.
+    ``Z_gᵀZ_h`` at once — to a ``G·d × G·d`` float64 accumulator, and the
+    per-feature sums of ``Z_g`` are kept in float64. :meth:`result` removes the
+    shift exactly, ``P̃_gᵀP̃_h = Z_gᵀZ_h − N·Σ_r z̄_{g,r}ᵀ z̄_{h,r}`` (the shifted-data
+    form of the centred products), as one small product: the per-feature
+    centring of SPEC §2.1 costs no more than column centring did. The shift is
+    within a sampling error of the means, so the correction removes little.
 
     float32 input is multiplied in float32 over chunks of at most
     ``FLOAT32_PRODUCT_ROWS`` centred rows and summed in float64 across chunks.
     """
 
-    def __init__(self, n_views, n_columns, dtype):
-        self.n_rows = 0
+    def __init__(self, n_views, rows_per_sample, n_columns, dtype):
+        self.n_samples = 0
         self.dtype = np.dtype(dtype)
         self.n_views = n_views
+        self.rows = rows_per_sample
         d = n_columns
-        self.mean = np.zeros((n_views, d))
+        self.shift = None  # (G, R, d) in the product dtype, from the first chunk
+        self.sums = np.zeros((n_views, rows_per_sample, d))  # Σ Z per feature
         self.joint = np.zeros((n_views * d, n_views * d))  # lower triangle is kept
-        self._plus = [[] for _ in range(n_views)]  # rows sqrt(f)·δ_g
-        self._minus = [[] for _ in range(n_views)]  # rows sqrt(r)·e_g
         self._buffer = np.empty((0, n_views * d), dtype=self.dtype)
         self._scratch = None
         if self.dtype == np.float32:  # float32 products land here before the float64 sum
             self._scratch = np.zeros((n_views * d, n_views * d), np.float32)
 
-    def add(self, blocks, views=None):
-        """Add a chunk: row-aligned ``(r, d)`` matrices, one per view.
+    def add(self, views, numba=False):
+        """Add a chunk: one ``(n_samples, R, d)`` array per view (any strides).
 
-        ``views`` may give the same chunk as ``(n_samples, rows, d)`` strided views
-        of the input, which the Numba kernel centres without a transposing copy.
+        ``numba=True`` centres with the Numba kernel, which reads strided views
+        of transposing layouts without a copy; otherwise numpy broadcasts.
         """
-        if views is not None:
-            n, rows, d = views[0].shape
-            r = n * rows
-        else:
-            r, d = blocks[0].shape
+        n, rows, d = views[0].shape
+        r = n * rows
         if self._buffer.shape[0] < r:
             self._buffer = np.empty((r, self.n_views * d), dtype=self.dtype)
         buffer = self._buffer[:r]
-        mu = np.empty((self.n_views, d))
-        shift = np.empty((self.n_views, d), dtype=self.dtype)
+        if self.shift is None:
+            self.shift = np.empty((self.n_views, rows, d), dtype=self.dtype)
+            for g, view in enumerate(views):
+                self.shift[g] = _feature_means(view, numba)
         scales = np.ones(self.n_views)
-        for g in range(self.n_views):
+        sums = np.empty_like(self.sums)
+        for g, view in enumerate(views):
             out = buffer[:, g * d : (g + 1) * d]
-            if views is not None:
-                mu[g], shift[g], lo, hi = centre_view(views[g], out)
+            if numba:
+                sums[g], lo, hi = centre_into_view(view, self.shift[g], out)
             else:
-                mu[g], shift[g], lo, hi = _centre_block(blocks[g], out)
-            if not (np.isfinite(mu[g]).all() and np.isfinite(lo) and np.isfinite(hi)):
+                sums[g], lo, hi = _centre_block(view, self.shift[g], _as_samples(out, n))
+            if not (np.isfinite(sums[g]).all() and np.isfinite(lo) and np.isfinite(hi)):
                 raise NonFiniteError(g)
             if self._scratch is not None:
                 scales[g] = _float32_scale(lo, hi)
@@ -152,14 +175,8 @@ class MomentAccumulator:
         self._product(buffer, scales, d)
         if not np.isfinite(np.trace(self.joint)):
             raise NonFiniteError(int(np.argmin(np.isfinite(np.diagonal(self.joint)))) // d)
-        n = self.n_rows
-        delta = mu - self.mean
-        factor = n * r / (n + r)
-        for g in range(self.n_views):
-            self._plus[g].append(np.sqrt(factor) * delta[g])
-            self._minus[g].append(np.sqrt(r) * (mu[g] - shift[g]))
-        self.mean += delta * (r / (n + r))
-        self.n_rows = n + r
+        self.sums += sums
+        self.n_samples += n
 
     def _product(self, buffer, scales, d):
         # The C-ordered accumulator seen through .T is a Fortran matrix for BLAS;
@@ -181,10 +198,10 @@ class MomentAccumulator:
                 )
 
     def result(self):
-        """The accumulated :class:`Moments` (symmetric, corrections applied)."""
-        G, d = self.mean.shape
-        plus = [np.array(p).reshape(-1, d) for p in self._plus]
-        minus = [np.array(q).reshape(-1, d) for q in self._minus]
+        """The accumulated :class:`Moments` (symmetric, the shift removed)."""
+        G, d = self.n_views, self.sums.shape[2]
+        n = self.n_samples
+        centre = self.sums / n  # mean of Z per feature: μ − s
         auto = np.empty((G, d, d))
         cross = np.empty((max(G - 1, 0), d, d))
         diagonal = np.arange(d)
@@ -194,12 +211,13 @@ class MomentAccumulator:
             np.copyto(a, block)  # lower triangle filled, upper triangle zero
             a += a.T
             a[diagonal, diagonal] *= 0.5
-            a += plus[g].T @ plus[g] - minus[g].T @ minus[g]
+            a -= n * _outer_sum(centre[g], centre[g])
             if g:
                 # the lower-left block (rows of view g, columns of view 0) is Z_gᵀZ_0
                 lower_left = self.joint[g * d : (g + 1) * d, :d]
-                cross[g - 1] = lower_left.T + plus[0].T @ plus[g] - minus[0].T @ minus[g]
-        return Moments(self.n_rows, self.mean.copy(), auto, cross)
+                cross[g - 1] = lower_left.T - n * _outer_sum(centre[0], centre[g])
+        mean = self.shift.astype(np.float64) + centre
+        return Moments(n, mean, auto, cross)
 
 
 # Rows of wide chunks are centred by the Numba kernel, narrow ones by numpy: the
@@ -207,24 +225,30 @@ class MomentAccumulator:
 NUMBA_MIN_COLUMNS = 256
 
 
-def _centre_block(block, out):
-    """numpy: column means, rounded shift, ``out = block − shift`` and its range."""
+def _as_samples(out, n):
+    """The (n·R, d) block ``out`` seen as (n, R, d), without a copy."""
+    view = out.view()
+    view.shape = (n, out.shape[0] // n, out.shape[1])
+    return view
+
+
+def _feature_means(view, numba):
+    """Float64 mean over the samples of every feature of a (n, R, d) chunk."""
+    if numba:
+        return feature_means_of_view(view)
     with np.errstate(over="ignore", invalid="ignore"):
-        mu = block.mean(axis=0, dtype=np.float64)
-    if not np.isfinite(mu).all():
-        return mu, mu.astype(out.dtype), np.nan, np.nan
-    shift = mu.astype(out.dtype)
-    np.subtract(block, shift, out=out, casting="unsafe")
+        return view.mean(axis=0, dtype=np.float64)
+
+
+def _centre_block(view, shift, out):
+    """numpy: ``out = view − shift`` (both (n, R, d)), float64 per-feature sums of
+    ``view − shift`` (from the input, so the means are the input's), range of ``out``."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.subtract(view, shift, out=out, casting="unsafe")
+        sums = view.sum(axis=0, dtype=np.float64) - view.shape[0] * shift.astype(np.float64)
     if out.dtype != np.float32:
-        return mu, shift, 0.0, 0.0
-    return mu, shift, float(out.min()), float(out.max())
-
-
-def centre_view(view, out):
-    """Numba: the same as :func:`_centre_block`, reading a (n, rows, d) strided view."""
-    from ._kernels import centre_into_view
-
-    return centre_into_view(view, out)
+        return sums, 0.0, 0.0
+    return sums, float(out.min()), float(out.max())
 
 
 def _add_scaled(total, part, factor):
@@ -260,11 +284,40 @@ FLOAT32_PRODUCT_ROWS = 4096
 def project_moments(moments, V):
     """Moments of the projected views ``P_g V`` (k columns), from d × d moments."""
     return Moments(
-        moments.n_rows,
+        moments.n_samples,
         moments.mean @ V,
         np.stack([V.T @ a @ V for a in moments.auto]),
         np.stack([V.T @ c @ V for c in moments.cross]),
     )
+
+
+def recentred(moments, fitted_mean):
+    """The moments of held-out views centred by fitted means, then by their column means.
+
+    SPEC §2.4: new data are centred with the per-feature means of the fit,
+    ``P′ − μ_P``, and Pearson correlations and ``Σ′`` then subtract the column
+    means of what is left. For rows ``(s, r)`` with held-out per-feature means
+    ``μ′_r`` and ``δ_r = μ′_r − μ_r``, the column mean is ``δ̄ = mean_r δ_r`` and
+    the scatter is the per-feature scatter plus ``N·Σ_r (δ_r − δ̄)ᵀ(δ_r − δ̄)``.
+
+    Parameters
+    ----------
+    moments : Moments
+        Per-feature moments of the held-out views (usually projected, k columns).
+    fitted_mean : ndarray of shape (G, R, k)
+        The fitted per-feature means in the same columns.
+
+    Returns
+    -------
+    Moments
+        Whose ``auto``/``cross`` are the recentred scatters (``mean``: ``δ``).
+    """
+    delta = moments.mean - fitted_mean
+    spread = delta - delta.mean(axis=1, keepdims=True)
+    n = moments.n_samples
+    auto = moments.auto + n * _outer_sum(spread, spread)
+    cross = moments.cross + n * _outer_sum(spread[:1], spread[1:])
+    return Moments(n, delta, auto, cross)
 
 
 def accumulate(arrays, layout, matricization, *, names, indices=None, projection=None):
@@ -315,7 +368,7 @@ def accumulate(arrays, layout, matricization, *, names, indices=None, projection
     step = chunk_samples(first.shape, first.dtype.itemsize)
     if dtype == np.float32:
         step = max(1, min(step, FLOAT32_PRODUCT_ROWS // rows_per_sample))
-    acc = MomentAccumulator(len(arrays), d, dtype)
+    acc = MomentAccumulator(len(arrays), rows_per_sample, d, dtype)
     release = _page_releaser(arrays)
     for start in range(0, n, step):
         if indices is None:
@@ -328,13 +381,15 @@ def accumulate(arrays, layout, matricization, *, names, indices=None, projection
             views = [sample_view(c, layout, matricization) for c in chunks]
             if any(v is None for v in views):
                 views = None
-        blocks = None
-        if views is None:
+        numba = views is not None
+        if not numba:
             blocks = [matricize(c, layout, matricization) for c in chunks]
             if projection is not None:
                 blocks = [b @ projection for b in blocks]
+            size = len(chunks[0])
+            views = [b.reshape(size, rows_per_sample, b.shape[1]) for b in blocks]
         try:
-            acc.add(blocks, views)
+            acc.add(views, numba=numba)
         except NonFiniteError as exc:
             if names is None:
                 raise

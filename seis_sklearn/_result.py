@@ -66,6 +66,13 @@ invariance_weighted_std : float or None
         Level of the bootstrap intervals.
     ci_low, ci_high : dict of str → float, or None
         Per score: the percentile bootstrap interval.
+    degenerate : bool
+        True when the numbers should not be read at face value (SPEC §2.1):
+        the matricization has very few columns (d ≤ 4, e.g. spatial mode on a
+        ≤ 2×2 map), k = 1, or k is at least half the rows the basis was
+        fitted on (in-sample-like bias, even held-out).
+    degenerate_reason : str
+        Why, in words (``""`` when not degenerate).
     elements : tuple of SEISResult
         For an orbit (``B`` a list, SPEC §2.5): the result of each pair
         ``(A, B_g)``; the four scores above are their means, the arrays and
@@ -104,6 +111,8 @@ invariance_weighted_std : float or None
     confidence: float | None = None
     ci_low: dict | None = None
     ci_high: dict | None = None
+    degenerate: bool = False
+    degenerate_reason: str = ""
     elements: tuple = field(default=(), compare=False)
 
     def as_dict(self):
@@ -173,6 +182,8 @@ invariance_weighted_std : float or None
                 f"[{self.ci_low['equivariance']:.4f}, {self.ci_high['equivariance']:.4f}], "
                 f"S_I [{self.ci_low['invariance']:.4f}, {self.ci_high['invariance']:.4f}]"
             )
+        if self.degenerate:
+            lines.append("  degenerate, do not read at face value: " + self.degenerate_reason)
         if self.evaluation == "in-sample":
             lines.append("  note: " + _IN_SAMPLE_NOTE)
         return "\n".join(lines)

@@ -9,13 +9,22 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import check_cv
 from sklearn.utils.validation import check_is_fitted
 
-from ._cca import fit_cca, held_out_scores, in_sample_scores, pair_covariances, pooled_basis
+from ._cca import (
+    degenerate_reason,
+    fit_cca,
+    held_out_scores,
+    in_sample_scores,
+    no_variance_error,
+    pair_covariances,
+    pooled_basis,
+)
 from ._dask import is_dask_array
 from ._gram import accumulate_gram, gram_basis, gram_components, gram_pair_covariances
 from ._latent import estimate as estimate_latent
 from ._matricize import matrix_shape
-from ._moments import accumulate, accumulate_folds, project_moments
+from ._moments import accumulate, accumulate_folds, project_moments, recentred
 from ._result import SCORE_NAMES, SEISResult
+from ._stack import denoised_reading
 from ._statistics import check_statistics, statistics
 from ._validation import (
     INVARIANCE_MODES,
@@ -239,12 +248,9 @@ class SEISScorer(BaseEstimator):
                 f"{names[1]} has {len(ys)} transformed view(s), but this SEISScorer was fitted "
                 f"on {self._moments.n_views - 1}"
             )
+        layout, mode, label = self._reading([X, *ys], first)
         arrays, layout = check_views(
-            [X, *ys],
-            view_names,
-            self.layout if first else self.layout_,
-            self.matricization,
-            min_samples=2 if first else 1,
+            [X, *ys], view_names, layout, mode, min_samples=2 if first else 1
         )
         X, ys = arrays[0], arrays[1:]
         y = ys[0]
@@ -258,20 +264,16 @@ class SEISScorer(BaseEstimator):
         solver = (
             "moments"
             if streaming or orbit
-            else resolve_solver(
-                params["solver"], X.shape, layout, self.matricization, lazy=is_dask_array(X)
-            )
+            else resolve_solver(params["solver"], X.shape, layout, mode, lazy=is_dask_array(X))
         )
         if solver == "gram":
-            gm = accumulate_gram([X, y], layout, self.matricization, names=names)
+            gm = accumulate_gram([X, y], layout, mode, names=names)
             basis, cca = _fit_gram(gm, params)
             if store_components:  # held-out scoring needs V_k: one more pass
-                basis.components = gram_components(
-                    [X, y], layout, self.matricization, basis, names=names
-                )
-            moments, n_rows, means = None, gm.n_rows, gm.mean
+                basis.components = gram_components([X, y], layout, mode, basis, names=names)
+            moments, n_rows, means = None, gm.n_rows, gm.mean[:2]
         else:
-            part = accumulate([X, *ys], layout, self.matricization, names=view_names)
+            part = accumulate([X, *ys], layout, mode, names=view_names)
             moments = part if first else self._moments.merge(part)
             basis, ccas = _fit_orbit(moments, params)
             cca = ccas[0]
@@ -288,12 +290,15 @@ class SEISScorer(BaseEstimator):
         self.n_views_ = len(ccas) + 1
         self.solver_ = solver
         self.layout_ = layout
+        self.matricization_ = mode
+        self._label = label
         self.activation_shape_ = tuple(X.shape[1:])
         self.n_rows_ = n_rows
         self.n_components_ = basis.k
         self.components_ = None if components is None else components.T
         self.eigenvalues_ = basis.eigenvalues
         self.explained_variance_ratio_ = basis.explained_variance_ratio
+        self._means = means  # (G, R, d): held-out data are centred with these
         self.mean_x_ = means[0].copy()
         self.mean_y_ = means[1].copy()
         self.canonical_correlations_ = cca.canonical_correlations
@@ -306,7 +311,7 @@ class SEISScorer(BaseEstimator):
                 c,
                 basis,
                 n_rows,
-                self.matricization,
+                label,
                 layout,
                 "in-sample",
             )
@@ -337,6 +342,21 @@ class SEISScorer(BaseEstimator):
                 "solver='gram'); refit with solver='moments'"
             )
         return estimate_latent(self._moments, self.components_.T, cyclic)
+
+    def _reading(self, views, first):
+        """``(layout, matricization, label)`` to read ``views`` with.
+
+        The scorer's own parameters, except for the coordinates a
+        :class:`SubspaceDenoiser` with ``paired=True`` returns, which are read as
+        they are meant whatever ``matricization`` says (the label, which results
+        report, is then the denoiser's matricization). A refit keeps the reading.
+        """
+        reading = denoised_reading(views)
+        if reading is not None:
+            return reading
+        if not first:
+            return self.layout_, self.matricization_, self._label
+        return self.layout, self.matricization, self.matricization
 
     def _check_sample_shape(self, X, name="X"):
         if tuple(X.shape[1:]) != self.activation_shape_:
@@ -371,17 +391,27 @@ class SEISScorer(BaseEstimator):
                 f"y has {len(ys)} transformed view(s); this SEISScorer was fitted on "
                 f"{len(self._ccas)}"
             )
-        arrays, layout = check_views([X, *ys], view_names, self.layout_, self.matricization)
+        arrays, layout = check_views([X, *ys], view_names, self.layout_, self.matricization_)
         self._check_sample_shape(arrays[0])
         projected = accumulate(
             arrays,
             layout,
-            self.matricization,
+            self.matricization_,
             names=view_names,
             projection=self.components_.T,
         )
+        projected = _held_out_moments(projected, self._means, self.components_.T, view_names)
         elements = [
-            _held_out_result(c, self._basis, projected, self, layout, view=g)
+            _held_out_result(
+                c,
+                self._basis,
+                projected,
+                self.invariance,
+                self._label,
+                layout,
+                self.n_rows_,
+                view=g,
+            )
             for g, c in enumerate(self._ccas, start=1)
         ]
         return _orbit_mean(elements) if orbit else elements[0]
@@ -389,8 +419,17 @@ class SEISScorer(BaseEstimator):
     def _score_moments(self, moments):
         """Held-out result from the d × d moments of new pairs (streaming scoring)."""
         check_is_fitted(self)
-        projected = project_moments(moments, self.components_.T)
-        return _held_out_result(self._cca, self._basis, projected, self, self.layout_)
+        V = self.components_.T
+        projected = _held_out_moments(project_moments(moments, V), self._means, V, ("X", "y"))
+        return _held_out_result(
+            self._cca,
+            self._basis,
+            projected,
+            self.invariance,
+            self._label,
+            self.layout_,
+            self.n_rows_,
+        )
 
     def score(self, X, y=None):
         """One held-out score, the one named by ``score_kind``.
@@ -439,19 +478,21 @@ def _fit_moments(moments, params, view=1):
     """Shared basis and CCA of the pair (original, ``view``) from their d × d moments."""
     basis = pooled_basis(moments, params["n_components"], params["max_components"])
     covariances = pair_covariances(moments, basis, view)
-    ridge = params["reg"] * basis.smallest_kept
-    return basis, fit_cca(*covariances, ridge, moments.n_rows)
+    return basis, fit_cca(*covariances, params["reg"], moments.n_rows)
 
 
 def _fit_gram(gm, params, view=1):
     """Shared basis and CCA of the pair (original, ``view``) from the Gram matrix."""
     basis = gram_basis(gm, params["n_components"], params["max_components"])
     covariances = gram_pair_covariances(gm, basis, view)
-    ridge = params["reg"] * basis.smallest_kept
-    return basis, fit_cca(*covariances, ridge, gm.n_rows)
+    return basis, fit_cca(*covariances, params["reg"], gm.n_rows)
 
 
-def _result(scores, rho, cca, basis, n_rows, matricization, layout, evaluation, **extra):
+def _result(
+    scores, rho, cca, basis, n_rows, matricization, layout, evaluation, fit_rows=None, **extra
+):
+    """A :class:`SEISResult`; ``fit_rows`` (default ``n_rows``): rows the basis was fitted on."""
+    reason = degenerate_reason(basis.k, basis.n_columns, n_rows if fit_rows is None else fit_rows)
     return SEISResult(
         **scores,
         canonical_correlations=rho,
@@ -463,6 +504,8 @@ def _result(scores, rho, cca, basis, n_rows, matricization, layout, evaluation, 
         matricization=matricization,
         layout=layout,
         evaluation=evaluation,
+        degenerate=bool(reason),
+        degenerate_reason=reason,
         **extra,
     )
 
@@ -540,9 +583,8 @@ def _views_of(y, names):
 def _fit_orbit(moments, params):
     """The basis pooled over every view (SPEC §2.5) and the CCA of each (A, B_g)."""
     basis = pooled_basis(moments, params["n_components"], params["max_components"])
-    ridge = params["reg"] * basis.smallest_kept
     ccas = [
-        fit_cca(*pair_covariances(moments, basis, g), ridge, moments.n_rows)
+        fit_cca(*pair_covariances(moments, basis, g), params["reg"], moments.n_rows)
         for g in range(1, moments.n_views)
     ]
     return basis, ccas
@@ -559,17 +601,33 @@ def _orbit_mean(elements, **extra):
     return dataclasses.replace(first, **means, elements=tuple(elements), **extra)
 
 
-def _held_out_result(cca, basis, projected, params_owner, layout, view=1):
-    scores, rho = held_out_scores(cca, projected, params_owner.invariance, view=view)
+def _held_out_moments(projected, fitted_mean, V, names):
+    """Held-out moments in the fitted basis, centred by the fitted means (SPEC §2.4).
+
+    Raises the error of a fit without variance when the held-out views have no
+    variance over their samples in the fitted subspace (constant data, or data
+    so small that their products underflow).
+    """
+    k = V.shape[1]
+    within = sum(float(np.trace(a)) for a in projected.auto)
+    level = projected.n_samples * float(np.sum(projected.mean**2))
+    if within <= (64 * k * np.finfo(np.float64).eps) ** 2 * level:
+        raise no_variance_error(f"{' and '.join(names)} have no variance in the fitted subspace")
+    return recentred(projected, fitted_mean[: projected.n_views] @ V)
+
+
+def _held_out_result(cca, basis, projected, invariance, matricization, layout, fit_rows, view=1):
+    scores, rho = held_out_scores(cca, projected, invariance, view=view)
     return _result(
         scores,
         rho,
         cca,
         basis,
         projected.n_rows,
-        params_owner.matricization,
+        matricization,
         layout,
         "held-out",
+        fit_rows=fit_rows,
     )
 
 
@@ -736,8 +794,20 @@ def _seis_score(A, B, cv, params):
         folds = []
         for train_m, test_m in zip(train_moments, fold_moments, strict=True):
             basis, cca = _fit_moments(train_m, fit_params)
-            projected = project_moments(test_m, basis.components)
-            folds.append(_held_out_result(cca, basis, projected, scorer, layout))
+            projected = _held_out_moments(
+                project_moments(test_m, basis.components), train_m.mean, basis.components, names
+            )
+            folds.append(
+                _held_out_result(
+                    cca,
+                    basis,
+                    projected,
+                    scorer.invariance,
+                    scorer.matricization,
+                    layout,
+                    train_m.n_rows,
+                )
+            )
         basis, cca = _fit_moments(full, fit_params)
         full_rows = full.n_rows
     table = np.array([[getattr(f, name) for name in SCORE_NAMES] for f in folds])
@@ -772,10 +842,14 @@ def _cross_fitted_orbit(views, names, layout, splits, n, scorer, fit_params):
     per_fold = []
     for train_m, test_m in zip(trains, fold_moments, strict=True):
         basis, ccas = _fit_orbit(train_m, fit_params)
-        projected = project_moments(test_m, basis.components)
+        projected = _held_out_moments(
+            project_moments(test_m, basis.components), train_m.mean, basis.components, names
+        )
         per_fold.append(
             [
-                _held_out_result(c, basis, projected, scorer, layout, view=g)
+                _held_out_result(
+                    c, basis, projected, scorer.invariance, mode, layout, train_m.n_rows, view=g
+                )
                 for g, c in enumerate(ccas, start=1)
             ]
         )

@@ -7,6 +7,44 @@ import numpy as np
 from ._dask import is_dask_array
 
 
+class DenoisedStack(np.ndarray):
+    """Coordinates of a paired or orbit stack in a shared denoising basis.
+
+    What :meth:`SubspaceDenoiser.transform <seis_sklearn.SubspaceDenoiser.transform>`
+    returns with ``paired=True``: an ordinary ndarray of shape
+    ``(n_samples, G, k)`` or ``(n_samples, G, rows, k)`` that remembers it holds
+    denoised coordinates (rows = the matricization's rows per sample, k
+    columns), so that :class:`~seis_sklearn.SEISScorer` reads it as such
+    whatever its own ``matricization`` and ``layout`` say.
+
+    Attributes
+    ----------
+    matricization : str or None
+        The matricization the denoiser used (``None`` once the array no longer
+        has the stack's shape, e.g. after a reduction).
+    """
+
+    def __array_finalize__(self, obj):
+        self.matricization = getattr(obj, "matricization", None)
+
+
+def denoised_reading(views):
+    """``(layout, matricization, label)`` of denoised views, or None for other arrays.
+
+    Each view of a :class:`DenoisedStack` is ``(n, rows, k)`` — read as NLD
+    "channel": one row per (sample, row), one column per coordinate — or
+    ``(n, k)`` (ND).
+    """
+    first = views[0]
+    if not isinstance(first, DenoisedStack) or first.matricization is None:
+        return None
+    if first.ndim == 3:
+        return "NLD", "channel", first.matricization
+    if first.ndim == 2:
+        return "ND", "flatten", first.matricization
+    return None
+
+
 def _root(a):
     while isinstance(a, np.ndarray) and a.base is not None:
         a = a.base

@@ -1,7 +1,8 @@
 """A direct, slow implementation of SPEC §2.1–2.4, written from the definitions.
 
-It shares no code with the package: matricization by explicit axis moves, the
-basis from the SVD of the stacked centred rows, ``R(Σ)`` by
+It shares no code with the package: each view centred per feature over the
+samples (``A − A.mean(axis=0)``, SPEC §2.1) before matricization by explicit
+axis moves, the basis from the SVD of the stacked centred rows, ``R(Σ)`` by
 ``scipy.linalg.fractional_matrix_power``, the weights from the canonical
 variates themselves and held-out correlations with ``np.corrcoef``.
 """
@@ -27,7 +28,7 @@ def reference_matricize(A, layout, mode):
     return np.moveaxis(chan_first, 1, -1).reshape(-1, C)
 
 
-def reference_k(lam, n_components, m, max_components=None):
+def reference_k(lam, n_components, dof, max_components=None):
     d = lam.size
     tol = lam[0] * d * np.finfo(float).eps
     rank = int((lam > tol).sum())
@@ -40,13 +41,15 @@ def reference_k(lam, n_components, m, max_components=None):
             k += 1
     else:
         k = n_components
-    k = min(k, d, m - 1, rank)
+    k = min(k, d, dof, rank)
     if max_components is not None:
         k = min(k, max_components)
     return k
 
 
-def inv_sqrt(S, ridge):
+def inv_sqrt(S, reg):
+    """``(S + reg·λ_min(S)·I)^(-1/2)``: the ridge tied to the view's own spectrum."""
+    ridge = reg * max(np.linalg.eigvalsh(S).min(), 0.0)
     return np.real(linalg.fractional_matrix_power(S + ridge * np.eye(len(S)), -0.5))
 
 
@@ -55,20 +58,19 @@ def reference_fit(
 ):
     if layout == "auto":
         layout = {2: "ND", 3: "NLD", 4: "NCHW", 5: "NCDHW"}[np.ndim(A)]
-    P = reference_matricize(A, layout, matricization)
-    Q = reference_matricize(B, layout, matricization)
-    m = P.shape[0]
-    mu_p, mu_q = P.mean(axis=0), Q.mean(axis=0)
-    Pc, Qc = P - mu_p, Q - mu_q
+    A, B = np.asarray(A, dtype=np.float64), np.asarray(B, dtype=np.float64)
+    mu_p, mu_q = A.mean(axis=0), B.mean(axis=0)  # per feature, over the samples
+    Pc = reference_matricize(A - mu_p, layout, matricization)
+    Qc = reference_matricize(B - mu_q, layout, matricization)
+    m = Pc.shape[0]
     _, s, Vt = np.linalg.svd(np.vstack([Pc, Qc]), full_matrices=True)
-    lam = np.zeros(P.shape[1])
+    lam = np.zeros(Pc.shape[1])
     lam[: s.size] = s**2 / (2 * m)
-    k = reference_k(lam, n_components, m, max_components)
+    k = reference_k(lam, n_components, m - m // A.shape[0], max_components)
     Vk = Vt[:k].T
     X, Y = Pc @ Vk, Qc @ Vk
     Sxx, Syy, Sxy = X.T @ X / m, Y.T @ Y / m, X.T @ Y / m
-    ridge = reg * lam[k - 1]
-    Rx, Ry = inv_sqrt(Sxx, ridge), inv_sqrt(Syy, ridge)
+    Rx, Ry = inv_sqrt(Sxx, reg), inv_sqrt(Syy, reg)
     K = Rx @ Sxy @ Ry
     U, rho, Wt = np.linalg.svd(K)
     W = Wt.T
@@ -82,8 +84,8 @@ def reference_fit(
         ]
     )
     return dict(
-        P=P,
-        Q=Q,
+        P=Pc,
+        Q=Qc,
         m=m,
         mu_p=mu_p,
         mu_q=mu_q,
@@ -123,11 +125,12 @@ def reference_scores(fit, invariance="trace"):
 
 
 def reference_held_out(fit, A2, B2, invariance="trace"):
-    P2 = reference_matricize(A2, fit["layout"], fit["matricization"])
-    Q2 = reference_matricize(B2, fit["layout"], fit["matricization"])
+    # held-out data centred with the fitted per-feature means
+    P2 = reference_matricize(np.asarray(A2) - fit["mu_p"], fit["layout"], fit["matricization"])
+    Q2 = reference_matricize(np.asarray(B2) - fit["mu_q"], fit["layout"], fit["matricization"])
     k = fit["k"]
-    xv = (P2 - fit["mu_p"]) @ fit["Vk"] @ fit["Rx"] @ fit["U"]
-    yv = (Q2 - fit["mu_q"]) @ fit["Vk"] @ fit["Ry"] @ fit["W"]
+    xv = P2 @ fit["Vk"] @ fit["Rx"] @ fit["U"]
+    yv = Q2 @ fit["Vk"] @ fit["Ry"] @ fit["W"]
     rho = np.array([np.corrcoef(xv[:, i], yv[:, i])[0, 1] for i in range(k)])
     pos = np.maximum(rho, 0)
     S_E = pos.mean()
@@ -137,8 +140,8 @@ def reference_held_out(fit, A2, B2, invariance="trace"):
         S_I = np.sum(pos * np.abs(fit["alpha"])) / k
     omega = fit["omega"]
     S_Ew = np.sum(omega * pos) / np.sum(omega)
-    X2 = (P2 - fit["mu_p"]) @ fit["Vk"]
-    Y2 = (Q2 - fit["mu_q"]) @ fit["Vk"]
+    X2 = P2 @ fit["Vk"]
+    Y2 = Q2 @ fit["Vk"]
     X2, Y2 = X2 - X2.mean(0), Y2 - Y2.mean(0)
     agree = max(0.0, np.trace(X2.T @ Y2)) / np.sqrt(np.trace(X2.T @ X2) * np.trace(Y2.T @ Y2))
     return dict(

@@ -42,6 +42,7 @@ def test_public_surface():
     import seis_sklearn
 
     assert set(seis_sklearn.__all__) == {
+        "DenoisedStack",
         "LatentAction",
         "latent_action",
         "orbit",

@@ -33,7 +33,7 @@ def test_select_k_against_the_reference(rng):
     for _ in range(50):
         lam = np.sort(rng.choice([0.5, 1.0, 2.0, 3.0], size=8))[::-1]
         for threshold in (0.3, 0.5, 0.7, 0.9, 1.0):
-            assert select_k(lam, threshold, n_rows=100) == reference_k(lam, threshold, 100)
+            assert select_k(lam, threshold, dof=99) == reference_k(lam, threshold, 99)
 
 
 def test_caps_on_k(rng):
@@ -44,7 +44,7 @@ def test_caps_on_k(rng):
     assert seis_score(A, A, max_components=5).n_components == 5
     assert seis_score(A, A, n_components=100).n_components == 16  # d
     lam = np.array([3.0, 1.0, 1e-20, 0.0])
-    assert select_k(lam, 4, n_rows=100) == 2  # eigenvalues zero to machine precision
+    assert select_k(lam, 4, dof=99) == 2  # eigenvalues zero to machine precision
 
 
 def test_exact_c4_symmetry_needs_whole_eigenvalue_clusters():

@@ -117,7 +117,7 @@ def assert_equivariant(
     ...
     AssertionError: 1 of 1 layers fell short under the transform (held-out SEIS):
     layer      S_E     S_I  required     result
-    output  0.3024  0.2303  S_E ≥ 0.99   FELL SHORT
+    output  0.3007  0.2279  S_E ≥ 0.99   FELL SHORT
     """
     from seis_sklearn import seis_score
 
