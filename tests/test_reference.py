@@ -9,6 +9,7 @@ from seis_sklearn import SEISScorer, SubspaceDenoiser, seis_score
 from seis_sklearn._result import SCORE_NAMES
 from tests.conftest import smooth_fields, to_layout
 from tests.reference import reference_fit, reference_held_out, reference_scores
+from tests.tolerance import score_tolerance, scorer_tolerance
 
 SHAPES = {
     "NCHW": (24, 5, 4, 4),
@@ -35,9 +36,13 @@ def test_in_sample_scores_match_the_spec_to_1e8(layout, mode, n_components, rng)
     fit = reference_fit(A, B, layout, mode, n_components)
     expected = reference_scores(fit)
     assert result.n_components == fit["k"]
+    # 1e-8, or the rounding bound of the case where its conditioning allows less
+    tol = max(
+        1e-8, score_tolerance(A, B, layout=layout, matricization=mode, n_components=n_components)
+    )
     for name in SCORE_NAMES:
-        assert getattr(result, name) == pytest.approx(expected[name], abs=1e-8), name
-    assert np.allclose(result.canonical_correlations, fit["rho"], atol=1e-8)
+        assert getattr(result, name) == pytest.approx(expected[name], abs=tol), name
+    assert np.allclose(result.canonical_correlations, fit["rho"], atol=tol)
     # Single pairs (u_i, w_i) are only defined where ρ_i stands apart from its neighbours.
     rho = fit["rho"]
     gaps = np.minimum(np.abs(np.diff(rho, prepend=np.inf)), np.abs(np.diff(rho, append=-np.inf)))
@@ -66,9 +71,10 @@ def test_held_out_scores_match_the_spec(layout, invariance, rng):
     )
     # Held-out S_I′ is capped at S_E′ (see SEISScorer's notes).
     expected["invariance"] = min(expected["invariance"], expected["equivariance"])
+    tol = max(1e-8, scorer_tolerance(scorer, held_out=True))
     for name in SCORE_NAMES:
-        assert getattr(result, name) == pytest.approx(expected[name], abs=1e-8), name
-    assert np.allclose(result.canonical_correlations, rho, atol=1e-8)
+        assert getattr(result, name) == pytest.approx(expected[name], abs=tol), name
+    assert np.allclose(result.canonical_correlations, rho, atol=tol)
 
 
 def test_held_out_on_the_fitting_data_gives_the_in_sample_scores(rng):

@@ -202,3 +202,21 @@ def test_readonly_memmap_input(tmp_path, rng):
     Am = np.load(tmp_path / "a.npy", mmap_mode="r")
     Bm = np.load(tmp_path / "b.npy", mmap_mode="r")
     assert seis_score(Am, Bm).equivariance == seis_score(A, B).equivariance
+
+
+def test_held_out_data_without_variance_raise_the_fits_error(rng):
+    """Regression: held-out constant data scored 0.4999999999999998 and data of scale
+    1e-300 (products underflow) silently 0.0; both now raise what a fit raises."""
+    A = rng.normal(size=(40, 3, 5, 5))
+    B = np.flip(A, axis=3) + 0.3 * rng.normal(size=A.shape)
+    scorer = SEISScorer().fit(A, B)
+    with pytest.raises(ValueError, match="no variance after centring") as fit_error:
+        SEISScorer().fit(np.full_like(A, 3.0), np.full_like(B, 3.0))
+    for X, y in ((np.full_like(A, 3.0), np.full_like(B, 3.0)), (A * 1e-300, B * 1e-300)):
+        with pytest.raises(ValueError, match="X and y have no variance in the fitted subspace"):
+            scorer.score(X, y)
+    with pytest.raises(ValueError, match="no variance after centring"):
+        SEISScorer().fit(A * 1e-300, B * 1e-300)
+    assert "there is nothing to score" in str(fit_error.value)
+    # one constant view is a real answer (nothing of A survives in B), not an error
+    assert scorer.scores(A, np.full_like(B, 3.0)).equivariance < 1e-6
