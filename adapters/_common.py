@@ -23,6 +23,62 @@ from seis_sklearn._files import safe_stem
 VIEWS = ("original", "transformed")
 
 
+TOKENS = ("all", "patch")
+
+
+def check_tokens(tokens, n_prefix, model_prefix=None):
+    """How many leading tokens of (N, L, D) activations to drop (0 for ``"all"``).
+
+    ``tokens="patch"`` drops the first ``n_prefix`` tokens (class and register
+    tokens), so that spatial mode sees only the patch grid a transform permutes;
+    ``n_prefix=None`` takes ``model_prefix`` (what the model says, e.g. timm's
+    ``num_prefix_tokens``).
+    """
+    if tokens not in TOKENS:
+        raise ValueError(f"tokens must be 'all' or 'patch'; got {tokens!r}")
+    if tokens == "all":
+        if n_prefix is not None:
+            raise ValueError("n_prefix goes with tokens='patch'")
+        return 0
+    n = n_prefix if n_prefix is not None else model_prefix
+    if n is None:
+        raise ValueError(
+            "tokens='patch' needs n_prefix= (the number of class/register tokens before "
+            "the patches): the model does not say (no num_prefix_tokens attribute)"
+        )
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n_prefix must be an int >= 0; got {n!r}")
+    return int(n)
+
+
+def drop_tokens(per_view, n_prefix):
+    """The activations of a batch without their first ``n_prefix`` tokens (3-D ones)."""
+    if not n_prefix:
+        return per_view
+    return {
+        view: {k: (a[:, n_prefix:] if a.ndim == 3 else a) for k, a in recorded.items()}
+        for view, recorded in per_view.items()
+    }
+
+
+def layer_params(seis_params, shape):
+    """The SEIS parameters of one layer, ``matricization="auto"`` resolved for its shape.
+
+    Returns
+    -------
+    params : dict
+    choice : str
+        How the matricization was chosen (``"given"`` or the auto rule's note).
+    """
+    from seis_sklearn._matricize import auto_matricization
+
+    mode = seis_params.get("matricization", "spatial")
+    if mode != "auto":
+        return dict(seis_params), "given"
+    mode, note = auto_matricization(tuple(shape), seis_params.get("layout", "auto"))
+    return {**seis_params, "matricization": mode}, note
+
+
 def check_stream_args(held_out, transform):
     """The checks of held-out streaming, before any model is run."""
     if not (isinstance(held_out, float) and 0.0 < held_out <= 0.5):
@@ -147,18 +203,21 @@ class ChannelDeviation:
         return {k: (np.nan if k in self.failed else -self.sums[k] / self.counts[k]) for k in keys}
 
 
-def stream(batches, held_out, seis_params, *, dtype=np.float64, deviation=None):
+def stream(batches, held_out, seis_params, *, dtype=np.float64, deviation=None, n_prefix=0):
     """Held-out SEIS of every layer of a pair-mode batch generator, never storing it.
 
     Every ``round(1 / held_out)``-th sample (by index) is held out; the others
     feed :meth:`SEISScorer.partial_fit`; the held-out moments are merged across
-    batches and scored under the final fit.
+    batches and scored under the final fit. ``matricization="auto"`` is resolved
+    per layer (:func:`layer_params`); 3-D activations lose their first
+    ``n_prefix`` tokens.
 
     Returns
     -------
-    (dict, dict, dict)
+    (dict, dict, dict, dict)
         Layer key → held-out :class:`~seis_sklearn.SEISResult`, → per-sample
-        activation shape, and → the moments of all samples (for other metrics).
+        activation shape, → the moments of all samples (for other metrics), and
+        → how its matricization was chosen.
     """
     stored_only = sorted(set(seis_params) & STORED_ONLY)
     if stored_only:
@@ -167,7 +226,7 @@ def stream(batches, held_out, seis_params, *, dtype=np.float64, deviation=None):
             "(in-sample scores of stored activations) to use it"
         )
     every = int(round(1.0 / held_out))
-    scorers, held = {}, {}
+    scorers, held, choices = {}, {}, {}
     next(batches)
     with contextlib.closing(batches):
         for (start, stop), per_view in batches:
@@ -175,9 +234,9 @@ def stream(batches, held_out, seis_params, *, dtype=np.float64, deviation=None):
             test, train = index % every == 0, index % every != 0
             per_view = {
                 view: {k: a.astype(dtype, copy=False) for k, a in recorded.items()}
-                for view, recorded in per_view.items()
+                for view, recorded in drop_tokens(per_view, n_prefix).items()
             }
-            _stream_batch(per_view, train, test, scorers, held, seis_params)
+            _stream_batch(per_view, train, test, scorers, held, seis_params, choices)
             if deviation is not None:
                 deviation.add(per_view)
     if not scorers:
@@ -185,18 +244,25 @@ def stream(batches, held_out, seis_params, *, dtype=np.float64, deviation=None):
     results = {key: scorer._score_moments(held[key]) for key, scorer in scorers.items()}
     shapes = {key: scorer.activation_shape_ for key, scorer in scorers.items()}
     moments = {key: scorer._moments.merge(held[key]) for key, scorer in scorers.items()}
-    return results, shapes, moments
+    return results, shapes, moments, choices
 
 
 STORED_ONLY = {"n_permutations", "n_bootstrap", "confidence", "random_state", "n_jobs"}
 
 
 def layerwise_rows(
-    results, shapes, module_of, transform_name, moments=None, metrics=(), deviation=None
+    results,
+    shapes,
+    module_of,
+    transform_name,
+    moments=None,
+    metrics=(),
+    deviation=None,
+    choices=None,
 ):
     """Report rows (:func:`seis_sklearn.report.result_row`) in the layers' order,
     with the columns of ``metrics`` computed from each layer's ``moments`` (and
-    ``channel_eed`` from ``deviation``)."""
+    ``channel_eed`` from ``deviation``) and how each matricization was chosen."""
     from seis_sklearn.metrics import REPORT_METRICS
     from seis_sklearn.report import result_row
 
@@ -218,6 +284,7 @@ def layerwise_rows(
                 shape=shapes[key],
                 transform=transform_name,
                 metrics=values,
+                matricization_choice=(choices or {}).get(key, "given"),
             )
         )
     return rows
@@ -230,8 +297,10 @@ def deviation_for(metrics, action, seis_params):
     return ChannelDeviation(action, seis_params.get("layout", "auto"))
 
 
-def in_sample(pairs, seis_params, metrics=(), deviation=None):
-    """In-sample results, shapes and (when ``metrics`` need them) moments of pairs.
+def in_sample(pairs, seis_params, metrics=(), deviation=None, n_prefix=0):
+    """In-sample results, shapes, moments (when ``metrics`` need them) and matricization
+    choices of pairs (``matricization="auto"`` resolved per layer; 3-D activations
+    lose their first ``n_prefix`` tokens).
 
     The moments come from the SEIS fit itself (one pass over each pair); only
     the Gram solver and the statistics, which keep none, need a pass of their own.
@@ -241,26 +310,29 @@ def in_sample(pairs, seis_params, metrics=(), deviation=None):
     from seis_sklearn._moments import accumulate
 
     need_moments = bool(set(metrics) - {"channel_eed"})
-    results, shapes, moments = {}, {}, {}
+    results, shapes, moments, choices = {}, {}, {}, {}
     for k, (a, b) in pairs.items():
+        kept = drop_tokens({"original": {k: a}, "transformed": {k: b}}, n_prefix)
+        a, b = kept["original"][k], kept["transformed"][k]
         shapes[k] = a.shape[1:]
-        if set(seis_params) & STORED_ONLY:
-            results[k] = seis_score(a, b, **seis_params)
+        params, choices[k] = layer_params(seis_params, a.shape)
+        if set(params) & STORED_ONLY:
+            results[k] = seis_score(a, b, **params)
         else:  # what seis_score(a, b) does, keeping the scorer's moments
-            scorer = SEISScorer(**seis_params)._fit(
+            scorer = SEISScorer(**params)._fit(
                 a, b, names=("A", "B"), streaming=False, store_components=False
             )
             results[k], moments[k] = scorer.result_, scorer._moments
         if deviation is not None:
             deviation.add({"original": {k: a}, "transformed": {k: b}})
         if need_moments and moments.get(k) is None:
-            layout = resolve_layout(seis_params.get("layout", "auto"), a.ndim)
-            mode = seis_params.get("matricization", "spatial")
+            layout = resolve_layout(params.get("layout", "auto"), a.ndim)
+            mode = params.get("matricization", "spatial")
             moments[k] = accumulate([a, b], layout, mode, names=(f"{k} (original)", k))
-    return results, shapes, moments
+    return results, shapes, moments, choices
 
 
-def _stream_batch(per_view, train, test, scorers, held, seis_params):
+def _stream_batch(per_view, train, test, scorers, held, seis_params, choices):
     """Feed one batch of every layer to its scorer (kept samples) and held-out moments."""
     from seis_sklearn import SEISScorer
     from seis_sklearn._matricize import resolve_layout
@@ -268,15 +340,18 @@ def _stream_batch(per_view, train, test, scorers, held, seis_params):
 
     for key, original in per_view["original"].items():
         transformed = per_view["transformed"][key]
-        scorer = scorers.setdefault(key, SEISScorer(**{**seis_params, "solver": "moments"}))
+        if key not in scorers:
+            params, choices[key] = layer_params(seis_params, original.shape)
+            scorers[key] = SEISScorer(**{**params, "solver": "moments"})
+        scorer = scorers[key]
         if train.any():
             scorer.partial_fit(original[train], transformed[train])
         if test.any():
-            layout = resolve_layout(seis_params.get("layout", "auto"), original.ndim)
+            layout = resolve_layout(scorer.layout, original.ndim)
             part = accumulate(
                 [original[test], transformed[test]],
                 layout,
-                seis_params.get("matricization", "spatial"),
+                scorer.matricization,
                 names=(f"{key} (original)", f"{key} (transformed)"),
             )
             held[key] = part if key not in held else held[key].merge(part)

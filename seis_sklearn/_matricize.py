@@ -146,3 +146,48 @@ def matricize(A, layout="auto", matricization="spatial"):
     if matricization == "spatial":
         return _to_channels_first(A, layout).reshape(n * rows, cols)
     return _to_channels_last(A, layout).reshape(n * rows, cols)
+
+
+#: The smallest spatial map spatial mode reads: on 2×2 (4 positions) or fewer, the
+#: columns are too few to say anything (SPEC §2.1), and reports use flatten instead.
+AUTO_MIN_POSITIONS = 5
+
+
+def auto_matricization(shape, layout="auto"):
+    """The matricization a layerwise report uses for activations of ``shape``.
+
+    ``"spatial"`` when the activations have a spatial map (or token axis) of more
+    than 2×2 = 4 positions, else ``"flatten"`` (which is also what any mode
+    means for ``"ND"`` vectors).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Shape of the activation array, samples first.
+    layout : str, default="auto"
+
+    Returns
+    -------
+    matricization : str
+    note : str
+        Why, in words, for the report row.
+
+    Examples
+    --------
+    >>> from seis_sklearn._matricize import auto_matricization
+    >>> auto_matricization((10, 64, 7, 7))
+    ('spatial', 'auto: 7×7 map')
+    >>> auto_matricization((10, 512, 2, 2))
+    ('flatten', 'auto: 2×2 map is too small for spatial')
+    >>> auto_matricization((10, 197, 768))  # NLD: the tokens are the positions
+    ('spatial', 'auto: 197 tokens')
+    """
+    layout = resolve_layout(layout, len(shape))
+    if layout == "ND":
+        return "flatten", "auto: vectors"
+    channels_first = _to_channels_first(np.empty((0, *shape[1:]), dtype=np.uint8), layout)
+    grid = channels_first.shape[2:]
+    size = f"{grid[0]} tokens" if layout == "NLD" else "×".join(map(str, grid)) + " map"
+    if int(np.prod(grid)) < AUTO_MIN_POSITIONS:
+        return "flatten", f"auto: {size} is too small for spatial"
+    return "spatial", f"auto: {size}"

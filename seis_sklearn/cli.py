@@ -84,14 +84,23 @@ def _n_components(text):
     return int(value)
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1; got {text!r}")
-    return value
+def _whole_number(minimum):
+    """An argparse type: a whole number >= ``minimum``."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}; got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _whole_number(1)
+_nonnegative_int = _whole_number(0)
 
 
 def _folds(text):
@@ -123,7 +132,7 @@ def _common():
     return parent
 
 
-def _seis_options(parser):
+def _seis_options(parser, report=False):
     group = parser.add_argument_group("SEIS parameters (as in SEISScorer)")
     group.add_argument(
         "--n-components",
@@ -132,10 +141,34 @@ def _seis_options(parser):
         metavar="K",
         help="variance threshold in (0, 1] or a number of components (default 0.99)",
     )
-    group.add_argument(
-        "--matricization", choices=MATRICIZATIONS, default="spatial", help="default: spatial"
-    )
+    if report:
+        group.add_argument(
+            "--matricization",
+            choices=("auto", *MATRICIZATIONS),
+            default="auto",
+            help="per layer; auto (default): spatial, or flatten where a map has <= 2x2 "
+            "positions (the row says which)",
+        )
+    else:
+        group.add_argument(
+            "--matricization", choices=MATRICIZATIONS, default="spatial", help="default: spatial"
+        )
     group.add_argument("--layout", choices=LAYOUTS, default="auto", help="default: auto")
+    if report:
+        group.add_argument(
+            "--tokens",
+            choices=("all", "patch"),
+            default="all",
+            help="token activations (N, L, D): 'patch' drops the first --prefix-tokens "
+            "(class/register tokens) so spatial mode sees the patch grid",
+        )
+        group.add_argument(
+            "--prefix-tokens",
+            type=_nonnegative_int,
+            default=None,
+            metavar="N",
+            help="tokens before the patches (default: the model's num_prefix_tokens)",
+        )
     group.add_argument(
         "--reg", type=float, default=1e-6, help="ridge factor epsilon (default 1e-6)"
     )
@@ -297,7 +330,7 @@ def build_parser():
     source.add_argument(
         "--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)"
     )
-    _seis_options(report)
+    _seis_options(report, report=True)
     group = report.add_argument_group("evaluation and output")
     group.add_argument(
         "--cv", type=_folds, default=5, metavar="K", help="saved pairs: folds (default 5)"
@@ -465,8 +498,16 @@ def _score_table(names, A, B, result, score_names):
 def _report_settings(args):
     """What defines a report run (its fingerprint), and the plan of its work."""
     params = _seis_params(args)
+    if args.prefix_tokens is not None and args.tokens != "patch":
+        raise CommandError("--prefix-tokens goes with --tokens patch")
+    if args.tokens == "patch" and args.prefix_tokens is None and (args.pairs or args.onnx):
+        raise CommandError(
+            "--tokens patch needs --prefix-tokens N here: saved pairs and ONNX graphs do not "
+            "say how many class/register tokens come before the patches"
+        )
     settings = {
         "seis": params,
+        "tokens": [args.tokens, args.prefix_tokens],
         "statistics": _statistics_params(args),
         "metrics": args.metrics or [],
         "in_sample": args.in_sample,
@@ -666,11 +707,15 @@ def cmd_report(args):
 
 
 def _report_pairs(args, settings, done):
+    from seis_sklearn.adapters._common import check_tokens, layer_params
+
     from . import seis_score
     from .io import LayerPair
     from .metrics import REPORT_METRICS, _moments_of
     from .report import result_row
 
+    tokens, n_prefix = settings["tokens"]
+    n_prefix = check_tokens(tokens, n_prefix)  # a folder of arrays does not say
     work = []
     for t, source in enumerate(settings["pairs"]):
         for layer in source["layers"]:
@@ -681,12 +726,13 @@ def _report_pairs(args, settings, done):
     for key, source, layer in work:
         files = tuple(Path(source["folder"]) / f[0] for f in layer["files"])
         A, B = LayerPair(layer["name"], layer["depth"], layer["module"], files).load()
-        result = seis_score(A, B, cv=settings["cv"], **settings["statistics"], **settings["seis"])
+        if n_prefix:
+            A, B = A[:, n_prefix:] if A.ndim == 3 else A, B[:, n_prefix:] if B.ndim == 3 else B
+        params, choice = layer_params(settings["seis"], A.shape)
+        result = seis_score(A, B, cv=settings["cv"], **settings["statistics"], **params)
         metrics = {}
         if settings["metrics"]:
-            moments = _moments_of(
-                A, B, settings["seis"]["layout"], settings["seis"]["matricization"]
-            )
+            moments = _moments_of(A, B, params["layout"], params["matricization"])
             metrics = {name: REPORT_METRICS[name](moments) for name in settings["metrics"]}
         row = result_row(
             result,
@@ -696,6 +742,7 @@ def _report_pairs(args, settings, done):
             shape=A.shape[1:],
             transform=source["transform"],
             metrics=metrics,
+            matricization_choice=choice,
         )
         _write_row(args.out, key, row)
         done[key] = row
@@ -760,6 +807,8 @@ def _report_model(args, settings, done, adapter, model, layers, inputs, transfor
             batch_size=args.batch_size,
             progress=_progress(not args.quiet),
             metrics=settings["metrics"],
+            tokens=settings["tokens"][0],
+            n_prefix=settings["tokens"][1],
             **where,
             **settings["statistics"],
             **settings["seis"],

@@ -27,6 +27,10 @@ COLUMNS = (
     "n_components",
     "n_rows",
     "evaluation",
+    "matricization",
+    "matricization_choice",
+    "degenerate",
+    "degenerate_reason",
 )
 
 
@@ -60,12 +64,18 @@ def report_frame(rows):
     return frame.sort_values(["transform", "depth"], kind="stable").reset_index(drop=True)
 
 
-def result_row(result, *, layer, depth, module, shape, transform, metrics=None):
+def result_row(
+    result, *, layer, depth, module, shape, transform, metrics=None, matricization_choice="given"
+):
     """One report row from a :class:`~seis_sklearn.SEISResult`.
 
-    Permutation p-values and bootstrap intervals, when the result has them,
-    become the columns ``<score>_p``, ``<score>_null_mean``, ``<score>_ci_low``
-    and ``<score>_ci_high``; ``metrics`` (name → value) are added as they are.
+    The row says which matricization was used and how it was chosen
+    (``matricization_choice``: ``"given"`` or the rule of
+    ``matricization="auto"``), and whether the scores are ``degenerate`` (with
+    the reason). Permutation p-values and bootstrap intervals, when the result
+    has them, become the columns ``<score>_p``, ``<score>_null_mean``,
+    ``<score>_ci_low`` and ``<score>_ci_high``; ``metrics`` (name → value) are
+    added as they are.
     """
     row = {
         "layer": layer,
@@ -80,6 +90,10 @@ def result_row(result, *, layer, depth, module, shape, transform, metrics=None):
         "n_components": result.n_components,
         "n_rows": result.n_rows,
         "evaluation": result.evaluation,
+        "matricization": result.matricization,
+        "matricization_choice": matricization_choice,
+        "degenerate": result.degenerate,
+        "degenerate_reason": result.degenerate_reason,
     }
     for name in ("equivariance", "invariance", "equivariance_weighted", "invariance_weighted"):
         if result.p_values is not None:
@@ -108,7 +122,8 @@ def plot_layerwise(frame, *, title=None, weighted=False, ax=None):
     Returns
     -------
     matplotlib.figure.Figure
-        Two lines per transform; the x axis is labelled with the layer names.
+        Two lines per transform; the x axis is labelled with the layer names;
+        degenerate rows (SPEC §2.1) are crossed out in grey.
     """
     try:
         from matplotlib.figure import Figure
@@ -122,6 +137,8 @@ def plot_layerwise(frame, *, title=None, weighted=False, ax=None):
             figsize=(max(6.0, 0.55 * frame["depth"].nunique() + 3), 4.2), layout="constrained"
         )
         ax = fig.subplots()
+    flagged = frame["degenerate"].astype(bool) if "degenerate" in frame else None
+    marked = False
     for i, (name, group) in enumerate(frame.groupby("transform", sort=False)):
         group = group.sort_values("depth")
         for score, style, label in (("equivariance", "-o", "S_E"), ("invariance", "--s", "S_I")):
@@ -133,6 +150,11 @@ def plot_layerwise(frame, *, title=None, weighted=False, ax=None):
                 ms=4,
                 label=f"{name}: {label}",
             )
+            if flagged is not None and flagged[group.index].any():
+                bad = group[flagged[group.index]]
+                label = None if marked else "degenerate (not at face value)"
+                ax.plot(bad["depth"], bad[score + suffix], "x", color="0.35", ms=9, label=label)
+                marked = True
     ticks = frame.drop_duplicates("depth").sort_values("depth")
     ax.set_xticks(ticks["depth"], ticks["layer"], rotation=45, ha="right", fontsize=8)
     ax.set_ylim(-0.03, 1.03)

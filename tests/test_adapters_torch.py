@@ -282,3 +282,63 @@ def test_channel_eed_column_equals_the_metric(net):
             term = 2 * channelwise_geed([a, b], [None, transforms.rot90]) + 1
             assert by_layer[layer] == pytest.approx(term, abs=1e-6)
         assert np.isnan(by_layer["head"])  # a Linear layer has no maps to rotate
+
+
+class _TinyViT(torch.nn.Module):
+    """Patch embedding + a class token + a pointwise block, like timm's ViTs (N, L, D)."""
+
+    num_prefix_tokens = 1
+
+    def __init__(self):
+        super().__init__()
+        # patches averaged, then embedded: rotating the input permutes the patch tokens
+        self.embed = torch.nn.Sequential(torch.nn.AvgPool2d(2), torch.nn.Conv2d(1, 8, 1))
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, 8))
+        self.block = torch.nn.Linear(8, 8)  # per token: commutes with any token permutation
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)  # (N, 16, 8) for 8×8 inputs
+        cls = self.cls + torch.tanh(tokens[:, :1].detach() * 3)  # not a patch of the grid
+        return self.block(torch.cat([cls, tokens], dim=1))
+
+
+def test_report_auto_matricization_tokens_and_degenerate_rows(tmp_path):
+    from seis_sklearn.adapters.torch import layerwise_seis
+    from seis_sklearn.adapters.torch import transforms as TT
+
+    from seis_sklearn.report import plot_layerwise
+
+    torch.manual_seed(0)
+    small = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 6, 3, padding=1), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten()
+    ).eval()
+    x = np.random.default_rng(0).normal(size=(120, 1, 8, 8)).astype(np.float32)
+    frame = layerwise_seis(
+        small, x, {"rot90": TT.rot90}, layers=["0", "1"], progress=False, n_components=0.9
+    )
+    rows = frame.set_index("layer")
+    assert rows.loc["0", "matricization"] == "spatial"
+    assert rows.loc["0", "matricization_choice"] == "auto: 8×8 map"
+    assert rows.loc["1", "matricization"] == "flatten"  # a 2×2 map: spatial would see 4 columns
+    assert rows.loc["1", "matricization_choice"] == "auto: 2×2 map is too small for spatial"
+    forced = layerwise_seis(
+        small, x, {"rot90": TT.rot90}, layers=["1"], progress=False, matricization="spatial"
+    )
+    assert forced["degenerate"].all() and "only d=4 columns" in forced["degenerate_reason"][0]
+    assert forced["matricization_choice"][0] == "given"
+    fig = plot_layerwise(forced)
+    assert any(line.get_marker() == "x" for line in fig.axes[0].get_lines())  # marked
+
+    vit = _TinyViT().eval()
+    # the class token sits outside the patch grid: "patch" (num_prefix_tokens) drops it
+    patch = layerwise_seis(
+        vit, x, {"rot90": TT.rot90}, layers=["block"], progress=False, tokens="patch"
+    )
+    every = layerwise_seis(vit, x, {"rot90": TT.rot90}, layers=["block"], progress=False)
+    assert patch["shape"][0] == "16×8" and every["shape"][0] == "17×8"
+    assert patch["equivariance"][0] == pytest.approx(1.0, abs=1e-4)  # a permutation of tokens
+    assert every["equivariance"][0] < patch["equivariance"][0] - 0.01  # the class token moves
+    with pytest.raises(ValueError, match="tokens must be 'all' or 'patch'"):
+        layerwise_seis(vit, x, {"r": TT.rot90}, layers=["block"], tokens="cls", progress=False)
+    with pytest.raises(ValueError, match=r"needs n_prefix= .*num_prefix_tokens"):
+        layerwise_seis(small, x, {"r": TT.rot90}, layers=["1"], tokens="patch", progress=False)

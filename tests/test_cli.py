@@ -160,6 +160,10 @@ def test_report_from_saved_pairs_folders(tmp_path, rng):
         ("rot90", "conv2", "1"),
     ]
     assert rows[2]["module"] == "Conv2d" and rows[0]["evaluation"] == "cross-fitted"
+    assert {r["matricization"] for r in rows} == {"spatial"}  # --matricization auto: 7×7 maps
+    assert {r["matricization_choice"] for r in rows} == {"auto: 7×7 map"}
+    for r in rows:  # the flag and its reason travel to the CSV
+        assert (r["degenerate"] == "True") == bool(r["degenerate_reason"])
     for row in rows:
         a, b = layers[row["layer"]][0], None
         b = np.rot90(a, axes=(2, 3)) if row["transform"] == "rot90" else np.flip(a, axis=3)
@@ -290,6 +294,8 @@ def test_nothing_is_written_outside_out(tmp_path, rng):
             "--op-type selects tensors of an --onnx model",
         ),
         (["report", "--onnx", "m", "--model", "a:b"], "give one model: --onnx or --model"),
+        (["report", "--pairs", "d", "--tokens", "patch"], "needs --prefix-tokens N here"),
+        (["report", "--pairs", "d", "--prefix-tokens", "1"], "goes with --tokens patch"),
     ],
 )
 def test_argument_errors_name_the_problem(tmp_path, capsys, argv, message):

@@ -43,6 +43,7 @@ from seis_sklearn.metrics import check_report_metrics
 
 from .._common import (
     check_stream_args,
+    check_tokens,
     collect,
     describe,
     deviation_for,
@@ -562,6 +563,9 @@ def layerwise_seis(
     providers=None,
     progress=True,
     metrics=None,
+    matricization="auto",
+    tokens="all",
+    n_prefix=None,
     **seis_params,
 ):
     """SEIS of every chosen tensor under every transform, as one table.
@@ -580,6 +584,11 @@ def layerwise_seis(
     metrics : sequence of str, optional
         ``"cka"``, ``"svcca"``, ``"pwcca"``, ``"channel_eed"`` columns, as in
         :func:`seis_sklearn.adapters.torch.layerwise_seis`.
+    matricization, tokens
+        As in :func:`seis_sklearn.adapters.torch.layerwise_seis`.
+    n_prefix : int, optional
+        Tokens before the patches, for ``tokens="patch"`` (an ONNX graph does
+        not say: give it).
     **seis_params
         Parameters of :class:`~seis_sklearn.SEISScorer` (and, with
         ``held_out=None``, the statistics of :func:`~seis_sklearn.seis_score`).
@@ -595,6 +604,8 @@ def layerwise_seis(
     metrics = check_report_metrics(metrics)
     if not isinstance(transforms, dict) or not transforms:
         raise TypeError("transforms must be a non-empty dict of name → callable")
+    n_prefix = check_tokens(tokens, n_prefix, None)
+    seis_params = {**seis_params, "matricization": matricization}
     rows = []
     # one session for every transform
     model = _Runner(model, layers, op_types, providers, default_op_types=DEFAULT_OP_TYPES)
@@ -607,14 +618,18 @@ def layerwise_seis(
             pairs = collect(
                 batches, out=None, dtype=np.float32, paired=True, module_of=runner.op_type.get
             )
-            results, shapes, moments = in_sample(pairs, seis_params, metrics, deviation)
+            results, shapes, moments, choices = in_sample(
+                pairs, seis_params, metrics, deviation, n_prefix=n_prefix
+            )
         else:
             check_stream_args(held_out, transform)
             batches, runner = _started(
                 model, inputs, layers, op_types, transform, batch_size, providers, progress
             )
-            results, shapes, moments = stream(batches, held_out, seis_params, deviation=deviation)
+            results, shapes, moments, choices = stream(
+                batches, held_out, seis_params, deviation=deviation, n_prefix=n_prefix
+            )
         rows += layerwise_rows(
-            results, shapes, runner.op_type.__getitem__, name, moments, metrics, deviation
+            results, shapes, runner.op_type.__getitem__, name, moments, metrics, deviation, choices
         )
     return report_frame(rows)

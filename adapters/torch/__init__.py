@@ -28,6 +28,7 @@ from seis_sklearn.metrics import check_report_metrics
 
 from .._common import (
     check_stream_args,
+    check_tokens,
     collect,
     describe,
     deviation_for,
@@ -452,6 +453,9 @@ def layerwise_seis(
     device=None,
     progress=True,
     metrics=None,
+    matricization="auto",
+    tokens="all",
+    n_prefix=None,
     **seis_params,
 ):
     """SEIS of every chosen layer under every transform, as one table.
@@ -480,6 +484,18 @@ def layerwise_seis(
         channelwise G-EED term of the transform (−mean cosine between the
         channels of ``f(gx)`` and the transform applied to ``f(x)``; −1 =
         exactly equivariant; NaN for layers without spatial axes).
+    matricization : {"auto", "spatial", "flatten", "channel"}, default="auto"
+        As in :class:`~seis_sklearn.SEISScorer`, per layer; ``"auto"`` takes
+        spatial where a layer has a map (or token axis) of more than 2×2
+        positions and flatten where it has not (a 2×2 map gives spatial mode 4
+        columns: SPEC §2.1), and says so in the row.
+    tokens : {"all", "patch"}, default="all"
+        For token activations ``(N, L, D)``: ``"patch"`` drops the first
+        ``n_prefix`` tokens (class, register tokens), so that spatial mode sees
+        the patch grid the transform permutes.
+    n_prefix : int, optional
+        Tokens before the patches; default: the model's ``num_prefix_tokens``
+        (timm models have it).
     **seis_params
         Parameters of :class:`~seis_sklearn.SEISScorer`; with ``held_out=None``
         also the statistics of :func:`~seis_sklearn.seis_score`
@@ -491,8 +507,11 @@ def layerwise_seis(
     pandas.DataFrame
         One row per (layer, transform): ``layer``, ``depth`` (the order in which
         the layers ran in the forward pass), ``module`` (its class), ``shape`` (per sample),
-        ``transform``, the four scores, ``n_components``, ``n_rows`` and
-        ``evaluation``. Draw it with :func:`seis_sklearn.report.plot_layerwise`,
+        ``transform``, the four scores, ``n_components``, ``n_rows``,
+        ``evaluation``, ``matricization`` (the mode used) and
+        ``matricization_choice`` (``"given"`` or why auto chose it),
+        ``degenerate`` and ``degenerate_reason`` (scores not to read at face
+        value: SPEC §2.1). Draw it with :func:`seis_sklearn.report.plot_layerwise`,
         save it with :func:`seis_sklearn.report.save_report`.
     """
     from seis_sklearn.report import report_frame
@@ -501,6 +520,8 @@ def layerwise_seis(
     metrics = check_report_metrics(metrics)
     if not isinstance(transforms, dict) or not transforms:
         raise TypeError("transforms must be a non-empty dict of name → callable")
+    n_prefix = check_tokens(tokens, n_prefix, getattr(model, "num_prefix_tokens", None))
+    seis_params = {**seis_params, "matricization": matricization}
     if layers is None:
         layers = find_layers(model, types=DEFAULT_LAYER_TYPES)
         if not layers:
@@ -521,13 +542,19 @@ def layerwise_seis(
                 device=device,
                 progress=progress,
             )
-            results, shapes, moments = in_sample(pairs, seis_params, metrics, deviation)
+            results, shapes, moments, choices = in_sample(
+                pairs, seis_params, metrics, deviation, n_prefix=n_prefix
+            )
         else:
             check_stream_args(held_out, transform)
             batches = _forward_batches(
                 model, inputs, layers, transform, batch_size, device, None, progress
             )
-            results, shapes, moments = stream(batches, held_out, seis_params, deviation=deviation)
+            results, shapes, moments, choices = stream(
+                batches, held_out, seis_params, deviation=deviation, n_prefix=n_prefix
+            )
         module_of = lambda key: module_type(modules[key.split("#")[0]])  # noqa: E731
-        rows += layerwise_rows(results, shapes, module_of, name, moments, metrics, deviation)
+        rows += layerwise_rows(
+            results, shapes, module_of, name, moments, metrics, deviation, choices
+        )
     return report_frame(rows)
