@@ -158,11 +158,6 @@ class Basis:
         total = self.eigenvalues.sum()
         return float(self.eigenvalues[: self.k].sum() / total) if total > 0 else 0.0
 
-    @property
-    def smallest_kept(self):
-        """``λ_k``, the smallest retained eigenvalue."""
-        return float(self.eigenvalues[self.k - 1])
-
 
 def pooled_basis(moments, n_components, max_components=None):
     """The basis from the second moment pooled over every view (SPEC §2.2, §2.5).

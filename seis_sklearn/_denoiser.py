@@ -24,7 +24,8 @@ from ._validation import (
 class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Project 2-D data onto its leading principal subspace (SPEC §2.2 on one view).
 
-    Centres ``X`` by its column means, eigen-decomposes the second moment
+    Centres ``X`` by its column means (for a paired stack: every feature over
+    the samples, SPEC §2.1), eigen-decomposes the second moment
     ``S = X̃ᵀX̃ / m`` and keeps the leading ``k`` eigenvectors, chosen exactly as
     SEIS chooses its shared basis. Like :class:`sklearn.decomposition.PCA` with
     ``whiten=False``, but ``partial_fit`` accumulates exact moments, so any split

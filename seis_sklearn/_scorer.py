@@ -63,8 +63,9 @@ class SEISScorer(BaseEstimator):
         Axis order of the activations; ``"auto"`` maps 4-D → NCHW, 5-D → NCDHW,
         3-D → NLD, 2-D → ND.
     reg : float, default=1e-6
-        Ridge ``ε``: covariances are regularised by ``ε·λ_k·I`` with ``λ_k``
-        the smallest retained eigenvalue (SPEC §2.3 step 5).
+        Ridge ``ε``: each view's covariance in the shared basis is regularised
+        by ``ε·λ_min·I`` with ``λ_min`` its own smallest eigenvalue (SPEC §2.3
+        step 5), so rescaling one view changes nothing.
     max_components : int, default=None
         Upper bound on ``k``.
     invariance : {"trace", "abs"}, default="trace"
@@ -94,8 +95,13 @@ class SEISScorer(BaseEstimator):
         Eigenvalues of the pooled second moment ``S``, descending.
     explained_variance_ratio_ : float
         Fraction of the pooled variance kept.
-    mean_x_, mean_y_ : ndarray of shape (d,)
-        Column means ``μ_P``, ``μ_Q`` of the matricized views.
+    mean_x_, mean_y_ : ndarray of shape (rows_per_sample, d)
+        Per-feature means ``μ_P``, ``μ_Q`` over the samples (SPEC §2.1), in
+        matricized form: row r holds the mean of row r of every sample's
+        matrix (spatial: of channel r). Held-out data are centred with them.
+    matricization_ : str
+        The matricization the statistics were computed in (the scorer's own,
+        or ``"channel"``/``"flatten"`` for a :class:`~seis_sklearn.DenoisedStack`).
     canonical_correlations_ : ndarray of shape (n_components,)
         In-sample ``ρ``, descending, in [0, 1].
     alignments_ : ndarray of shape (n_components,)

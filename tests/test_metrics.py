@@ -243,3 +243,21 @@ def test_similarity_metrics_take_layouts_and_dask(rng):
         assert got == pytest.approx(want, rel=1e-10)
     with pytest.raises(ValueError, match=r"threshold must lie in \(0, 1\]"):
         svcca(A, B, threshold=1.5)
+
+
+@pytest.mark.parametrize("mode", ["spatial", "channel", "flatten"])
+def test_moment_metrics_ignore_per_feature_offsets(mode, rng):
+    """CKA, SVCCA and PWCCA come from the SEIS moments, centred over samples per feature
+    (SPEC §2.1): per-channel offsets (biases, BatchNorm shifts) change none of them."""
+    A = rng.normal(size=(600, 4, 5, 5))  # 600 samples for 100 flatten columns: PWCCA,
+    B = np.rot90(A, axes=(2, 3)) + 0.5 * rng.normal(size=A.shape)  # unregularised, needs them
+    offset = 5.0 * rng.normal(size=(1, 4, 1, 1))
+    for metric in (linear_cka, svcca, pwcca):
+        plain = metric(A, B, matricization=mode)
+        shifted = metric(A + offset, B + offset, matricization=mode)
+        assert shifted == pytest.approx(plain, abs=1e-9)
+    # independent content: the offsets, identical in both views, no longer make it similar
+    # (flatten never had the problem; its CKA of independent data is biased by d/m)
+    C = rng.normal(size=A.shape)
+    if mode != "flatten":
+        assert linear_cka(A + offset, C + offset, matricization=mode) < 0.05
