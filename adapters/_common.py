@@ -203,14 +203,17 @@ class ChannelDeviation:
         return {k: (np.nan if k in self.failed else -self.sums[k] / self.counts[k]) for k in keys}
 
 
-def stream(batches, held_out, seis_params, *, dtype=np.float64, deviation=None, n_prefix=0):
+def stream(batches, held_out, seis_params, *, dtype=None, deviation=None, n_prefix=0):
     """Held-out SEIS of every layer of a pair-mode batch generator, never storing it.
 
-    Every ``round(1 / held_out)``-th sample (by index) is held out; the others
-    feed :meth:`SEISScorer.partial_fit`; the held-out moments are merged across
-    batches and scored under the final fit. ``matricization="auto"`` is resolved
-    per layer (:func:`layer_params`); 3-D activations lose their first
-    ``n_prefix`` tokens.
+    Every ``round(1 / held_out)``-th sample (by index) is held out. Each batch's
+    kept and held-out samples go into two accumulators per layer
+    (:mod:`seis_sklearn._accumulate`: numpy arrays on the host, torch tensors on
+    their device); the basis and the CCA are computed once, from the kept
+    samples' moments, and the held-out moments are scored under that fit.
+    ``matricization="auto"`` is resolved per layer (:func:`layer_params`); 3-D
+    activations lose their first ``n_prefix`` tokens; ``dtype`` (optional)
+    converts each batch first.
 
     Returns
     -------
@@ -219,6 +222,8 @@ def stream(batches, held_out, seis_params, *, dtype=np.float64, deviation=None, 
         activation shape, → the moments of all samples (for other metrics), and
         → how its matricization was chosen.
     """
+    from seis_sklearn import SEISScorer
+
     stored_only = sorted(set(seis_params) & STORED_ONLY)
     if stored_only:
         raise ValueError(
@@ -226,25 +231,95 @@ def stream(batches, held_out, seis_params, *, dtype=np.float64, deviation=None, 
             "(in-sample scores of stored activations) to use it"
         )
     every = int(round(1.0 / held_out))
-    scorers, held, choices = {}, {}, {}
+    layers, kept, held = {}, {}, {}
     next(batches)
     with contextlib.closing(batches):
-        for (start, stop), per_view in batches:
-            index = np.arange(start, stop)
-            test, train = index % every == 0, index % every != 0
-            per_view = {
-                view: {k: a.astype(dtype, copy=False) for k, a in recorded.items()}
-                for view, recorded in drop_tokens(per_view, n_prefix).items()
-            }
-            _stream_batch(per_view, train, test, scorers, held, seis_params, choices)
+        for rows, per_view in batches:
+            per_view = _as_dtype(drop_tokens(per_view, n_prefix), dtype)
+            _stream_batch(per_view, np.arange(*rows) % every, layers, kept, held, seis_params)
             if deviation is not None:
-                deviation.add(per_view)
-    if not scorers:
+                deviation.add(_on_host(per_view))
+            del per_view  # the next batch is computed while this name still holds one
+    if not layers:
         raise ValueError("inputs gave no batches")
-    results = {key: scorer._score_moments(held[key]) for key, scorer in scorers.items()}
-    shapes = {key: scorer.activation_shape_ for key, scorer in scorers.items()}
-    moments = {key: scorer._moments.merge(held[key]) for key, scorer in scorers.items()}
+    results, shapes, moments, choices = {}, {}, {}, {}
+    for key, plan in layers.items():
+        if key not in kept or kept[key].n_samples < 2 or key not in held:
+            raise ValueError(
+                f"held_out={held_out} leaves layer {key!r} too few samples to fit and to "
+                "score: give more inputs"
+            )
+        train, test = kept[key].result(), held[key].result()
+        scorer = SEISScorer(**plan["params"])._fit_from_moments(
+            train, plan["layout"], plan["shape"], plan["params"]["matricization"]
+        )
+        results[key] = scorer._score_moments(test)
+        shapes[key], choices[key] = plan["shape"], plan["choice"]
+        moments[key] = train.merge(test)
     return results, shapes, moments, choices
+
+
+def _stream_batch(per_view, phase, layers, kept, held, seis_params):
+    """One batch of every layer into its kept (phase ≠ 0) and held-out (0) accumulators."""
+    for key, original in per_view["original"].items():
+        pair = [original, per_view["transformed"][key]]
+        if key not in layers:
+            layers[key] = _layer_plan(key, original, seis_params)
+        plan = layers[key]
+        if tuple(original.shape[1:]) != plan["shape"]:
+            raise ValueError(
+                f"layer {key!r} changed shape between batches: {plan['shape']} then "
+                f"{tuple(original.shape[1:])}"
+            )
+        for store, part in ((kept, phase != 0), (held, phase == 0)):
+            if part.any():
+                if key not in store:
+                    store[key] = plan["accumulator"](pair)
+                store[key].add(pair, np.flatnonzero(part))
+
+
+def _layer_plan(key, original, seis_params):
+    """Parameters, layout and accumulator factory of one layer, from its first batch."""
+    from seis_sklearn import SEISScorer
+    from seis_sklearn._accumulate import accumulator
+    from seis_sklearn._matricize import check_matricization, resolve_layout
+
+    params, choice = layer_params(seis_params, original.shape)
+    scorer = SEISScorer(**params)
+    scorer._checked_params()
+    layout = resolve_layout(scorer.layout, original.ndim, name=key)
+    mode = check_matricization(scorer.matricization)
+    names = (f"{key} (original)", f"{key} (transformed)")
+
+    def factory(pair):
+        return accumulator(pair, layout, mode, names=names)
+
+    return dict(
+        params={**params, "matricization": mode}, choice=choice, layout=layout,
+        shape=tuple(original.shape[1:]), accumulator=factory,
+    )  # fmt: skip
+
+
+def _as_dtype(per_view, dtype):
+    """The batch's activations converted to ``dtype`` (None: as they are)."""
+    if dtype is None:
+        return per_view
+    dtype = np.dtype(dtype)
+
+    def convert(a):
+        if isinstance(a, np.ndarray):
+            return a.astype(dtype, copy=False)
+        return a.double() if dtype == np.float64 else a.float()  # a torch tensor
+
+    return {view: {k: convert(a) for k, a in rec.items()} for view, rec in per_view.items()}
+
+
+def _on_host(per_view):
+    """The batch as numpy arrays (torch tensors copied to the host)."""
+    return {
+        view: {k: (a if isinstance(a, np.ndarray) else a.cpu().numpy()) for k, a in rec.items()}
+        for view, rec in per_view.items()
+    }
 
 
 STORED_ONLY = {"n_permutations", "n_bootstrap", "confidence", "random_state", "n_jobs"}
@@ -306,8 +381,8 @@ def in_sample(pairs, seis_params, metrics=(), deviation=None, n_prefix=0):
     the Gram solver and the statistics, which keep none, need a pass of their own.
     """
     from seis_sklearn import SEISScorer, seis_score
+    from seis_sklearn._accumulate import accumulate
     from seis_sklearn._matricize import resolve_layout
-    from seis_sklearn._moments import accumulate
 
     need_moments = bool(set(metrics) - {"channel_eed"})
     results, shapes, moments, choices = {}, {}, {}, {}
@@ -330,31 +405,6 @@ def in_sample(pairs, seis_params, metrics=(), deviation=None, n_prefix=0):
             mode = params.get("matricization", "spatial")
             moments[k] = accumulate([a, b], layout, mode, names=(f"{k} (original)", k))
     return results, shapes, moments, choices
-
-
-def _stream_batch(per_view, train, test, scorers, held, seis_params, choices):
-    """Feed one batch of every layer to its scorer (kept samples) and held-out moments."""
-    from seis_sklearn import SEISScorer
-    from seis_sklearn._matricize import resolve_layout
-    from seis_sklearn._moments import accumulate
-
-    for key, original in per_view["original"].items():
-        transformed = per_view["transformed"][key]
-        if key not in scorers:
-            params, choices[key] = layer_params(seis_params, original.shape)
-            scorers[key] = SEISScorer(**{**params, "solver": "moments"})
-        scorer = scorers[key]
-        if train.any():
-            scorer.partial_fit(original[train], transformed[train])
-        if test.any():
-            layout = resolve_layout(scorer.layout, original.ndim)
-            part = accumulate(
-                [original[test], transformed[test]],
-                layout,
-                scorer.matricization,
-                names=(f"{key} (original)", f"{key} (transformed)"),
-            )
-            held[key] = part if key not in held else held[key].merge(part)
 
 
 def _store(storage, pieces, key, view, array, rows, n_total, out, paired):

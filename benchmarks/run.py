@@ -395,6 +395,142 @@ def case_dask_ooc(scale, repeats):
     ]
 
 
+# -- the real job: a layerwise report of a network ---------------------------------------
+class _Stopwatch:
+    """Seconds spent inside chosen functions (outermost calls only), by label."""
+
+    def __init__(self):
+        self.seconds, self._depth = {}, {}
+
+    def wrap(self, owner, name, label):
+        function = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            depth = self._depth.get(label, 0)
+            self._depth[label] = depth + 1
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self._depth[label] = depth
+                if depth == 0:
+                    elapsed = time.perf_counter() - start
+                    self.seconds[label] = self.seconds.get(label, 0.0) + elapsed
+
+        setattr(owner, name, timed)
+
+
+def _forward_alone(model, x, transforms, batch_size):
+    """The forward passes a report makes (original and transformed, per transform)."""
+    import torch
+
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for transform in transforms.values():
+            for lo in range(0, len(x), batch_size):
+                batch = torch.from_numpy(x[lo : lo + batch_size])
+                model(batch)
+                model(transform(batch))
+    return time.perf_counter() - start
+
+
+def _model_report(network, scale, repeats, matricization="auto"):
+    """report time / forward time for one network, its breakdown, peak RSS for N and N/2."""
+    from functools import partial
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import models
+    from seis_sklearn.adapters.torch import layerwise_seis
+    from seis_sklearn.adapters.torch import transforms as TT
+
+    import seis_sklearn._moments as moments
+    import seis_sklearn._scorer as scorer
+    import seis_sklearn._torch as torch_moments
+
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count() or 1)
+    if network == "resnet18":
+        model, layers, options = models.ResNet18().eval(), models.RESNET18_LAYERS, {}
+    else:
+        model, layers = models.ViTTiny().eval(), models.VIT_LAYERS
+        options = {"tokens": "patch"}
+    n = max(64, int(512 * scale))
+    x = np.random.default_rng(0).standard_normal((n, 3, 64, 64), dtype=np.float32)
+    transforms = {"rot90": TT.rot90, "shift 4px": partial(TT.translate, shift=(0, 4))}
+
+    def report(count):
+        return layerwise_seis(
+            model, x[:count], transforms, layers=layers, progress=False, batch_size=128,
+            matricization=matricization, **options,
+        )  # fmt: skip
+
+    report(64)  # compile and warm up outside the measurements
+    forward = median_time(lambda: _forward_alone(model, x, transforms, 128), repeats)
+    watch = _Stopwatch()
+    watch.wrap(moments.ArrayAccumulator, "add", "moment pass")
+    watch.wrap(torch_moments.TorchAccumulator, "add", "moment pass")
+    watch.wrap(moments.ArrayAccumulator, "result", "moment pass")
+    watch.wrap(torch_moments.TorchAccumulator, "result", "moment pass")
+    watch.wrap(scorer, "pooled_basis", "basis")
+    watch.wrap(scorer, "fit_cca", "CCA")
+    watch.wrap(scorer.SEISScorer, "_score_moments", "held-out")
+    hook = {"t": 0.0}
+    model.register_forward_pre_hook(lambda *a: hook.__setitem__("start", time.perf_counter()))
+    model.register_forward_hook(
+        lambda *a: hook.__setitem__("t", hook["t"] + time.perf_counter() - hook["start"])
+    )
+    before = current_rss()
+    reset_peak()
+    start = time.perf_counter()
+    report(n)
+    total = time.perf_counter() - start
+    peak = peak_rss() - before
+    parts = {"forward (hooks)": hook["t"], **watch.seconds}
+    reset_peak()
+    report(n // 2)  # at least two batches of 128 either way: peak RSS must not follow N
+    peak_half = peak_rss() - before
+    breakdown = ", ".join(f"{k} {v:.2f} s" for k, v in parts.items())
+    label = f"{network} report N={n}" + ("" if matricization == "auto" else f" {matricization}")
+    return [
+        dict(
+            case=label,
+            what="report / the same forward passes alone",
+            ours=total,
+            base=forward,
+            target="ratio <= 1.5",
+            ok=total / forward <= 1.5,
+            note=breakdown,
+        ),
+        dict(
+            case=label,
+            what=f"peak RSS above start, N vs N/2 ({peak_half / MB:.0f} MB)",
+            ours=peak / MB,
+            target="independent of N (within 10% + 32 MB)",
+            ok=peak <= 1.1 * peak_half + 32 * MB,
+        ),
+    ]
+
+
+def case_resnet(scale, repeats):
+    """ResNet-18 (torchvision's layout), 512 images 3×64×64, rot90 and a 4-px shift,
+    the 8 residual blocks + avgpool + fc, layerwise_seis defaults."""
+    return _model_report("resnet18", scale, repeats)
+
+
+def case_resnet_spatial(scale, repeats):
+    """The ResNet-18 report with matricization="spatial" (the default before "auto"):
+    2×2 maps in spatial mode instead of flatten."""
+    return _model_report("resnet18", scale, repeats, matricization="spatial")
+
+
+def case_vit(scale, repeats):
+    """A ViT-Tiny (timm's layout, 8-px patches, 64 tokens + class token), the same images
+    and transforms, the 12 blocks + head, patch tokens only."""
+    return _model_report("vit_tiny", scale, repeats)
+
+
 CASES = {
     "spatial": case_spatial,
     "cca": case_cca,
@@ -402,6 +538,9 @@ CASES = {
     "wide": case_wide,
     "dask": case_dask,
     "dask-ooc": case_dask_ooc,
+    "resnet": case_resnet,
+    "resnet-spatial": case_resnet_spatial,
+    "vit": case_vit,
 }
 
 
@@ -466,6 +605,8 @@ def main(argv=None):
                 f"  {row['target']}: {mark}",
                 flush=True,
             )
+            if row.get("note"):
+                print(f"{'':<30}  {row['note']}", flush=True)
     return 1 if failed else 0
 
 

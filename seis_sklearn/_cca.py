@@ -16,28 +16,56 @@ _EPS = np.finfo(np.float64).eps
 CLUSTER_TOL = 1e-6
 
 
-def descending_eigh(S):
-    """Eigen-decomposition of a symmetric matrix with eigenvalues descending.
+# The range of a matrix of known small rank is found with a Gaussian sketch of this
+# many extra columns, from a fixed seed (so results are deterministic).
+SKETCH_OVERSAMPLING = 16
+# A d × d matrix whose rank is known to be at most this fraction of d is decomposed in
+# its range (benchmarks/README.md: the crossover measured against a full eigh).
+LOW_RANK_FRACTION = 0.6
+
+
+def descending_eigh(S, rank=None):
+    """Eigen-decomposition of a symmetric PSD matrix with eigenvalues descending.
 
     Parameters
     ----------
     S : ndarray of shape (d, d)
+    rank : int, optional
+        An upper bound on the rank of ``S`` known beforehand (e.g. from the
+        degrees of freedom of the rows that made it). When it is small against
+        ``d``, the decomposition is computed in the range of ``S`` found by a
+        fixed Gaussian sketch ``S Ω`` (exact for a matrix of that rank, up to
+        rounding): matrix products instead of a d × d eigensolver. The
+        remaining eigenvalues are zero.
 
     Returns
     -------
     eigenvalues : ndarray of shape (d,)
         Clipped at zero.
-    eigenvectors : ndarray of shape (d, d)
-        Columns; each has its largest-magnitude entry positive, so the basis is
-        deterministic.
+    eigenvectors : ndarray of shape (d, r)
+        Columns, unit norm, signs as the solver left them (see
+        :func:`deterministic_signs`); ``r = d``, or the sketch's width.
     """
     S = 0.5 * (S + S.T)
+    d = S.shape[0]
+    if rank is not None and rank + SKETCH_OVERSAMPLING <= LOW_RANK_FRACTION * d:
+        width = rank + SKETCH_OVERSAMPLING
+        sketch = np.random.default_rng(0).standard_normal((d, width))
+        Q = np.linalg.qr(S @ sketch)[0]
+        w, U = np.linalg.eigh(Q.T @ S @ Q)
+        values = np.zeros(d)
+        values[:width] = w[::-1]
+        return np.maximum(values, 0.0), Q @ U[:, ::-1]
     w, V = np.linalg.eigh(S)
-    w, V = w[::-1], V[:, ::-1]
+    return np.maximum(w[::-1], 0.0), V[:, ::-1]
+
+
+def deterministic_signs(V):
+    """``V`` with each column's largest-magnitude entry positive (a deterministic basis)."""
     rows = np.argmax(np.abs(V), axis=0)
     signs = np.sign(V[rows, np.arange(V.shape[1])])
     signs[signs == 0] = 1.0
-    return np.maximum(w, 0.0), V * signs
+    return V * signs
 
 
 def n_nonzero(eigenvalues):
@@ -170,14 +198,15 @@ def pooled_basis(moments, n_components, max_components=None):
         If every view is constant (no variance to keep).
     """
     S = moments.auto.sum(axis=0) / (moments.n_views * moments.n_rows)
-    eigenvalues, V = descending_eigh(S)
+    dof = moments.n_rows - moments.rows_per_sample
+    # each view's centred rows span at most dof dimensions: S has rank <= G·dof
+    eigenvalues, V = descending_eigh(S, rank=moments.n_views * dof)
     if n_components is None:  # no denoising: every direction (up to the rank and rows)
         n_components = S.shape[0]
-    dof = moments.n_rows - moments.rows_per_sample
     k = select_k(eigenvalues, n_components, dof=dof, max_components=max_components)
     if k == 0:
         raise no_variance_error()
-    return Basis(V[:, :k].copy(), eigenvalues, k, S.shape[0])
+    return Basis(deterministic_signs(V[:, :k]), eigenvalues, k, S.shape[0])
 
 
 @dataclass

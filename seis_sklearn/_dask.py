@@ -5,48 +5,18 @@ sample axis, every block's moments are computed by the same kernels as for numpy
 arrays (:func:`seis_sklearn._moments.accumulate`, run where the block lives) and
 the blocks' moments are merged pairwise, in a tree, with the exact update of
 Chan, Golub & LeVeque (:meth:`Moments.merge`); only the d × d results travel, and
-only the root comes back to the client. Nothing here imports dask unless a dask
+only the root comes back to the client. :mod:`seis_sklearn._accumulate` sends
+dask arrays here. Nothing here imports dask unless a dask
 array was given, and nothing is cluster-specific: the active scheduler (a
 ``dask.distributed.Client``, or the default threads) runs the graph.
 """
 
 from __future__ import annotations
 
-import sys
-import warnings
-
 import numpy as np
 
-
-def is_dask_array(x):
-    """True for a ``dask.array.Array`` (without importing dask when it is not loaded)."""
-    module = sys.modules.get("dask.array")
-    return module is not None and isinstance(x, module.Array)
-
-
-def check_dask_chunks(A, name):
-    """Check a dask array's chunks (its dtype and shape are checked like numpy's).
-
-    Returns the array, rechunked (lazily, with a warning) so that every axis but
-    the samples axis is one chunk: the moments are accumulated block by block
-    of whole samples. Nothing is computed.
-    """
-    if any(np.isnan(c) for chunks in A.chunks for c in chunks):
-        raise ValueError(
-            f"{name} has unknown chunk sizes (e.g. after boolean indexing); call "
-            f"{name}.compute_chunk_sizes() first"
-        )
-    split = [axis for axis in range(1, A.ndim) if len(A.chunks[axis]) > 1]
-    if split:
-        warnings.warn(
-            f"{name} is chunked along feature axis {split[0]} (chunks {A.chunks[split[0]]}); "
-            "SEIS streams whole samples, so it is rechunked to one chunk along every axis "
-            "but the first. Chunk along the samples axis only to avoid the rechunk.",
-            UserWarning,
-            stacklevel=4,
-        )
-        A = A.rechunk({axis: -1 for axis in range(1, A.ndim)})
-    return A
+from ._moments import NonFiniteError, accumulate_numpy
+from ._validation import _nonfinite_error, is_dask_array
 
 
 def _aligned(arrays):
@@ -67,11 +37,9 @@ def _aligned(arrays):
 
 def _block_moments(layout, matricization, projection, local, *blocks):
     """Moments of one block of samples (or None when ``local`` selects none of them)."""
-    from ._moments import accumulate
-
     if local is not None and len(local) == 0:
         return None
-    return accumulate(
+    return accumulate_numpy(
         [np.asarray(b) for b in blocks],
         layout,
         matricization,
@@ -109,8 +77,6 @@ def accumulate_dask(arrays, layout, matricization, *, names, index_sets=(None,),
     """
     import dask
     from dask import delayed
-
-    from ._moments import NonFiniteError
 
     arrays, chunks0 = _aligned(arrays)
     bounds = np.concatenate([[0], np.cumsum(chunks0)]).astype(np.int64)
@@ -150,8 +116,6 @@ def raise_nonfinite_dask(A, name):
     """The error of :func:`seis_sklearn._validation.raise_nonfinite`, counted by dask."""
     import dask
     import dask.array as da
-
-    from ._validation import _nonfinite_error
 
     if A.dtype.kind == "f":
         n_nan, n_inf = dask.compute(da.isnan(A).sum(), da.isinf(A).sum())

@@ -6,10 +6,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._accumulate import accumulate
 from ._cca import pooled_basis
-from ._dask import is_dask_array
 from ._matricize import matricize, matrix_shape
-from ._moments import accumulate
 from ._stack import DenoisedStack
 from ._validation import (
     as_activation_array,
@@ -18,6 +17,7 @@ from ._validation import (
     check_n_components,
     check_views,
     chunk_samples,
+    is_dask_array,
 )
 
 

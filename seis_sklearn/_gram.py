@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import blas
 
-from ._cca import Basis, descending_eigh, no_variance_error, select_k
+from ._cca import Basis, descending_eigh, deterministic_signs, no_variance_error, select_k
 from ._matricize import matricize, matrix_shape
 from ._moments import _float32_scale, _page_releaser, product_dtype
 from ._validation import CHUNK_BYTES, check_finite, raise_nonfinite
@@ -156,7 +156,7 @@ def gram_basis(gm, n_components, max_components=None):
     k = select_k(eigenvalues, n_components, dof=dof, max_components=max_components)
     if k == 0:
         raise no_variance_error()
-    coefficients = U[:, :k] / np.sqrt(w[:k])
+    coefficients = deterministic_signs(U[:, :k]) / np.sqrt(w[:k])
     return GramBasis(None, eigenvalues, k, gm.mean.shape[-1], coefficients)
 
 

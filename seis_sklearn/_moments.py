@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import blas
 
-from ._dask import is_dask_array
 from ._kernels import centre_into_view, feature_means_of_view, sample_view
 from ._matricize import matricize, matrix_shape
 from ._validation import chunk_samples, raise_nonfinite
@@ -125,8 +124,9 @@ class MomentAccumulator:
     centring of SPEC §2.1 costs no more than column centring did. The shift is
     within a sampling error of the means, so the correction removes little.
 
-    float32 input is multiplied in float32 over chunks of at most
-    ``FLOAT32_PRODUCT_ROWS`` centred rows and summed in float64 across chunks.
+    float32 input is multiplied in float32 over at most ``FLOAT32_PRODUCT_ROWS``
+    centred rows — pooled across chunks, so that many small batches cost one
+    product — and summed in float64 across products.
     """
 
     def __init__(self, n_views, rows_per_sample, n_columns, dtype):
@@ -134,12 +134,15 @@ class MomentAccumulator:
         self.dtype = np.dtype(dtype)
         self.n_views = n_views
         self.rows = rows_per_sample
-        d = n_columns
+        self.d = d = n_columns
         self.shift = None  # (G, R, d) in the product dtype, from the first chunk
         self.sums = np.zeros((n_views, rows_per_sample, d))  # Σ Z per feature
         self.joint = np.zeros((n_views * d, n_views * d))  # lower triangle is kept
         self._buffer = np.empty((0, n_views * d), dtype=self.dtype)
         self._scratch = None
+        # float32: centred rows wait here (up to FLOAT32_PRODUCT_ROWS) for one product, so
+        # that small batches (streaming) do not pay a d × d float64 sum each
+        self._pending, self._pending_scales = 0, np.ones(n_views)
         if self.dtype == np.float32:  # float32 products land here before the float64 sum
             self._scratch = np.zeros((n_views * d, n_views * d), np.float32)
 
@@ -151,9 +154,12 @@ class MomentAccumulator:
         """
         n, rows, d = views[0].shape
         r = n * rows
-        if self._buffer.shape[0] < r:
-            self._buffer = np.empty((r, self.n_views * d), dtype=self.dtype)
-        buffer = self._buffer[:r]
+        pooled = self._scratch is not None  # float32: rows pool until a product is due
+        if pooled and self._pending and self._pending + r > FLOAT32_PRODUCT_ROWS:
+            self._flush()
+        start = self._pending if pooled else 0
+        self._reserve(start + r)
+        buffer = self._buffer[start : start + r]
         if self.shift is None:
             self.shift = np.empty((self.n_views, rows, d), dtype=self.dtype)
             for g, view in enumerate(views):
@@ -168,15 +174,45 @@ class MomentAccumulator:
                 sums[g], lo, hi = _centre_block(view, self.shift[g], _as_samples(out, n))
             if not (np.isfinite(sums[g]).all() and np.isfinite(lo) and np.isfinite(hi)):
                 raise NonFiniteError(g)
-            if self._scratch is not None:
+            if pooled:
                 scales[g] = _float32_scale(lo, hi)
                 if scales[g] != 1.0:
                     out *= np.float32(scales[g])
-        self._product(buffer, scales, d)
-        if not np.isfinite(np.trace(self.joint)):
-            raise NonFiniteError(int(np.argmin(np.isfinite(np.diagonal(self.joint)))) // d)
+        if not pooled:
+            self._product(buffer, scales, d)
+            self._check_finite()
+        elif start and not np.array_equal(scales, self._pending_scales):
+            # rows scaled otherwise cannot share a product: the pending ones go first
+            self._product(self._buffer[:start], self._pending_scales, d)
+            self._buffer[:r] = buffer
+            self._pending, self._pending_scales = r, scales
+        else:
+            self._pending, self._pending_scales = start + r, scales
+        if pooled and self._pending >= FLOAT32_PRODUCT_ROWS:
+            self._flush()
         self.sums += sums
         self.n_samples += n
+
+    def _reserve(self, rows):
+        """A buffer of at least ``rows`` rows, keeping the pending ones."""
+        if self._buffer.shape[0] >= rows:
+            return
+        grown = np.empty((max(rows, min(2 * self._buffer.shape[0], FLOAT32_PRODUCT_ROWS)),
+                          self._buffer.shape[1]), dtype=self.dtype)  # fmt: skip
+        grown[: self._pending] = self._buffer[: self._pending]
+        self._buffer = grown
+
+    def _flush(self):
+        """The product of the pending float32 rows, added to the float64 sum."""
+        if self._pending:
+            self._product(self._buffer[: self._pending], self._pending_scales, self.d)
+            self._pending = 0
+            self._check_finite()
+
+    def _check_finite(self):
+        if not np.isfinite(np.trace(self.joint)):
+            bad = int(np.argmin(np.isfinite(np.diagonal(self.joint))))
+            raise NonFiniteError(bad // self.d)
 
     def _product(self, buffer, scales, d):
         # The C-ordered accumulator seen through .T is a Fortran matrix for BLAS;
@@ -199,25 +235,49 @@ class MomentAccumulator:
 
     def result(self):
         """The accumulated :class:`Moments` (symmetric, the shift removed)."""
-        G, d = self.n_views, self.sums.shape[2]
-        n = self.n_samples
-        centre = self.sums / n  # mean of Z per feature: μ − s
-        auto = np.empty((G, d, d))
-        cross = np.empty((max(G - 1, 0), d, d))
-        diagonal = np.arange(d)
-        for g in range(G):
-            block = self.joint[g * d : (g + 1) * d, g * d : (g + 1) * d]
-            a = auto[g]
-            np.copyto(a, block)  # lower triangle filled, upper triangle zero
+        self._flush()
+        return shifted_moments(self.joint, self.sums, self.shift, self.n_samples, lower=True)
+
+
+def shifted_moments(joint, sums, shift, n, lower):
+    """:class:`Moments` from shifted sums: ``joint = ZᵀZ`` of the stacked ``Z_g = x_g − s_g``.
+
+    Parameters
+    ----------
+    joint : ndarray of shape (G·d, G·d)
+        float64; only its lower triangle when ``lower`` (what SYRK fills).
+    sums : ndarray of shape (G, R, d)
+        float64 per-feature sums of ``Z_g``.
+    shift : ndarray of shape (G, R, d)
+        The shifts ``s_g``.
+    n : int
+        Samples.
+    lower : bool
+
+    Returns
+    -------
+    Moments
+        ``P̃_gᵀP̃_h = Z_gᵀZ_h − n·Σ_r z̄_{g,r}ᵀ z̄_{h,r}`` with ``z̄ = sums / n``.
+    """
+    G, d = sums.shape[0], sums.shape[2]
+    centre = sums / n  # mean of Z per feature: μ − s
+    auto = np.empty((G, d, d))
+    cross = np.empty((max(G - 1, 0), d, d))
+    diagonal = np.arange(d)
+    for g in range(G):
+        block = joint[g * d : (g + 1) * d, g * d : (g + 1) * d]
+        a = auto[g]
+        np.copyto(a, block)
+        if lower:  # lower triangle filled, upper triangle zero
             a += a.T
             a[diagonal, diagonal] *= 0.5
-            a -= n * _outer_sum(centre[g], centre[g])
-            if g:
-                # the lower-left block (rows of view g, columns of view 0) is Z_gᵀZ_0
-                lower_left = self.joint[g * d : (g + 1) * d, :d]
-                cross[g - 1] = lower_left.T - n * _outer_sum(centre[0], centre[g])
-        mean = self.shift.astype(np.float64) + centre
-        return Moments(n, mean, auto, cross)
+        a -= n * _outer_sum(centre[g], centre[g])
+        if g:
+            # the lower-left block (rows of view g, columns of view 0) is Z_gᵀZ_0
+            lower_left = joint[g * d : (g + 1) * d, :d]
+            cross[g - 1] = lower_left.T - n * _outer_sum(centre[0], centre[g])
+    mean = np.asarray(shift, dtype=np.float64) + centre
+    return Moments(n, mean, auto, cross)
 
 
 # Rows of wide chunks are centred by the Numba kernel, narrow ones by numpy: the
@@ -320,8 +380,89 @@ def recentred(moments, fitted_mean):
     return Moments(n, delta, auto, cross)
 
 
-def accumulate(arrays, layout, matricization, *, names, indices=None, projection=None):
-    """One pass over sample chunks of the views, returning their moments.
+class ArrayAccumulator:
+    """The moments of row-aligned views, batch after batch of numpy arrays.
+
+    The numpy implementation of the accumulator protocol of
+    :mod:`seis_sklearn._accumulate` — ``add`` a batch, ``result`` — over
+    :class:`MomentAccumulator`: each batch is cut into chunks of samples, read
+    through strided views where the Numba kernel can (wide rows) and matricized
+    by numpy otherwise.
+
+    Parameters
+    ----------
+    n_views : int
+    shape : tuple of int
+        Per-sample shape of every view.
+    dtype : numpy dtype
+        Input dtype (float32 keeps float32 products).
+    layout, matricization : str
+        Concrete layout and matricization mode.
+    names : sequence of str or None
+        Argument names, for the error raised on NaN/inf (``None``: raise
+        :class:`NonFiniteError` with the view's index instead).
+    projection : ndarray of shape (d, k), optional
+        Accumulate the moments of ``P_g @ projection`` (k columns) instead.
+    """
+
+    def __init__(self, n_views, shape, dtype, layout, matricization, *, names, projection=None):
+        self.layout, self.matricization, self.names = layout, matricization, names
+        self.projection = projection
+        self.rows, d = matrix_shape((1, *shape), layout, matricization)
+        dtype = product_dtype(dtype)
+        if projection is not None:
+            dtype, d = np.dtype(np.float64), projection.shape[1]
+        else:
+            check_moment_memory(n_views, d)
+        self.d = d
+        self.step = chunk_samples((1, *shape), np.dtype(dtype).itemsize)
+        if dtype == np.float32:
+            self.step = max(1, min(self.step, FLOAT32_PRODUCT_ROWS // self.rows))
+        self._acc = MomentAccumulator(n_views, self.rows, d, dtype)
+
+    @property
+    def n_samples(self):
+        """Samples added so far."""
+        return self._acc.n_samples
+
+    def add(self, arrays, indices=None):
+        """Add the samples of a batch (all of them, or ``indices``, in that order)."""
+        n = arrays[0].shape[0] if indices is None else len(indices)
+        release = _page_releaser(arrays)
+        for start in range(0, n, self.step):
+            if indices is None:
+                chunks = [a[start : start + self.step] for a in arrays]
+            else:
+                take = indices[start : start + self.step]
+                chunks = [a[take] for a in arrays]
+            views = None
+            if self.projection is None and self.d >= NUMBA_MIN_COLUMNS:
+                views = [sample_view(c, self.layout, self.matricization) for c in chunks]
+                if any(v is None for v in views):
+                    views = None
+            numba = views is not None
+            if not numba:
+                blocks = [matricize(c, self.layout, self.matricization) for c in chunks]
+                if self.projection is not None:
+                    blocks = [b @ self.projection for b in blocks]
+                size = len(chunks[0])
+                views = [b.reshape(size, self.rows, b.shape[1]) for b in blocks]
+            try:
+                self._acc.add(views, numba=numba)
+            except NonFiniteError as exc:
+                if self.names is None:
+                    raise
+                raise_nonfinite(arrays[exc.view], self.names[exc.view])
+            release()
+        return self
+
+    def result(self):
+        """The :class:`Moments` of every sample added."""
+        return self._acc.result()
+
+
+def accumulate_numpy(arrays, layout, matricization, *, names, indices=None, projection=None):
+    """One pass over sample chunks of numpy views, returning their :class:`Moments`.
 
     Parameters
     ----------
@@ -330,8 +471,7 @@ def accumulate(arrays, layout, matricization, *, names, indices=None, projection
     layout, matricization : str
         Concrete layout and matricization mode.
     names : sequence of str or None
-        Argument names, for the error raised on NaN/inf (``None``: raise
-        :class:`NonFiniteError` with the view's index instead).
+        Argument names, for the error raised on NaN/inf.
     indices : ndarray of int, optional
         Samples to use (in this order of chunks); all samples by default.
     projection : ndarray of shape (d, k), optional
@@ -340,80 +480,18 @@ def accumulate(arrays, layout, matricization, *, names, indices=None, projection
     Returns
     -------
     Moments
-
-    Notes
-    -----
-    Dask arrays are accumulated block by block where they live and merged in a
-    tree (:func:`seis_sklearn._dask.accumulate_dask`).
     """
-    if any(is_dask_array(a) for a in arrays):
-        from ._dask import accumulate_dask
-
-        return accumulate_dask(
-            arrays,
-            layout,
-            matricization,
-            names=names,
-            index_sets=(indices,),
-            projection=projection,
-        )[0]
     first = arrays[0]
-    n = first.shape[0] if indices is None else len(indices)
-    dtype = product_dtype(np.result_type(*arrays))
-    rows_per_sample, d = matrix_shape(first.shape, layout, matricization)
-    if projection is not None:
-        dtype, d = np.dtype(np.float64), projection.shape[1]
-    else:
-        check_moment_memory(len(arrays), d)
-    step = chunk_samples(first.shape, first.dtype.itemsize)
-    if dtype == np.float32:
-        step = max(1, min(step, FLOAT32_PRODUCT_ROWS // rows_per_sample))
-    acc = MomentAccumulator(len(arrays), rows_per_sample, d, dtype)
-    release = _page_releaser(arrays)
-    for start in range(0, n, step):
-        if indices is None:
-            chunks = [a[start : start + step] for a in arrays]
-        else:
-            take = indices[start : start + step]
-            chunks = [a[take] for a in arrays]
-        views = None
-        if projection is None and d >= NUMBA_MIN_COLUMNS:
-            views = [sample_view(c, layout, matricization) for c in chunks]
-            if any(v is None for v in views):
-                views = None
-        numba = views is not None
-        if not numba:
-            blocks = [matricize(c, layout, matricization) for c in chunks]
-            if projection is not None:
-                blocks = [b @ projection for b in blocks]
-            size = len(chunks[0])
-            views = [b.reshape(size, rows_per_sample, b.shape[1]) for b in blocks]
-        try:
-            acc.add(views, numba=numba)
-        except NonFiniteError as exc:
-            if names is None:
-                raise
-            raise_nonfinite(arrays[exc.view], names[exc.view])
-        release()
-    return acc.result()
-
-
-def accumulate_folds(arrays, layout, matricization, *, names, index_sets):
-    """The moments of several sets of samples; one pass over dask inputs.
-
-    Returns
-    -------
-    list of Moments
-        One per entry of ``index_sets``.
-    """
-    if any(is_dask_array(a) for a in arrays):
-        from ._dask import accumulate_dask
-
-        return accumulate_dask(arrays, layout, matricization, names=names, index_sets=index_sets)
-    return [
-        accumulate(arrays, layout, matricization, names=names, indices=indices)
-        for indices in index_sets
-    ]
+    acc = ArrayAccumulator(
+        len(arrays),
+        first.shape[1:],
+        np.result_type(*arrays),
+        layout,
+        matricization,
+        names=names,
+        projection=projection,
+    )
+    return acc.add(arrays, indices).result()
 
 
 def check_moment_memory(n_views, d):

@@ -9,6 +9,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import check_cv
 from sklearn.utils.validation import check_is_fitted
 
+from ._accumulate import accumulate, accumulate_folds
 from ._cca import (
     degenerate_reason,
     fit_cca,
@@ -18,11 +19,10 @@ from ._cca import (
     pair_covariances,
     pooled_basis,
 )
-from ._dask import is_dask_array
 from ._gram import accumulate_gram, gram_basis, gram_components, gram_pair_covariances
 from ._latent import estimate as estimate_latent
 from ._matricize import matrix_shape
-from ._moments import accumulate, accumulate_folds, project_moments, recentred
+from ._moments import project_moments, recentred
 from ._result import SCORE_NAMES, SEISResult
 from ._stack import denoised_reading
 from ._statistics import check_statistics, statistics
@@ -34,6 +34,7 @@ from ._validation import (
     check_n_components,
     check_reg,
     check_views,
+    is_dask_array,
 )
 
 
@@ -82,8 +83,9 @@ class SEISScorer(BaseEstimator):
         columns accumulating the 2m × 2m Gram matrix of the stacked rows
         (memory O(m²), time O(m²·d)), for wide data such as flatten
         matricization of big feature maps; never forms a d × d matrix.
-        ``"auto"`` picks ``"gram"`` when d > 2m, else ``"moments"``. Both
-        give the same scores (to rounding).
+        ``"auto"`` picks the one with fewer estimated flops for the layer's
+        rows m and columns d (about: Gram when d > 2m). Both give the same
+        scores (to rounding).
 
     Attributes
     ----------
@@ -282,13 +284,34 @@ class SEISScorer(BaseEstimator):
             part = accumulate([X, *ys], layout, mode, names=view_names)
             moments = part if first else self._moments.merge(part)
             basis, ccas = _fit_orbit(moments, params)
-            cca = ccas[0]
             n_rows, means = moments.n_rows, moments.mean
         if solver == "gram":
             ccas = [cca]
+        fitted = dict(layout=layout, mode=mode, label=label, shape=tuple(X.shape[1:]))
+        return self._store(moments, basis, ccas, solver, n_rows, means, orbit, **fitted)
+
+    def _fit_from_moments(self, moments, layout, shape, matricization=None):
+        """Fit from accumulated :class:`~seis_sklearn._moments.Moments` (streaming).
+
+        ``moments`` hold the views of ``shape`` (per sample) in ``layout`` and in
+        ``matricization`` (default: the scorer's own); one basis and one CCA per
+        transformed view, as :meth:`fit` computes them from the same moments.
+        """
+        params = self._checked_params()
+        mode = self.matricization if matricization is None else matricization
+        basis, ccas = _fit_orbit(moments, params)
+        return self._store(
+            moments, basis, ccas, "moments", moments.n_rows, moments.mean,
+            moments.n_views > 2, layout=layout, mode=mode, label=mode, shape=tuple(shape),
+        )  # fmt: skip
+
+    def _store(
+        self, moments, basis, ccas, solver, n_rows, means, orbit, *, layout, mode, label, shape
+    ):
+        """Replace the fitted state (only now, with every step done) and the in-sample result."""
+        cca = ccas[0]
         # V_k (d × k) is kept once, as components_ (k × d, a transposed view).
         components, basis.components = basis.components, None
-        # Only now, with every step done, is the estimator's state replaced.
         self._moments = moments
         self._basis = basis
         self._cca = cca
@@ -298,7 +321,7 @@ class SEISScorer(BaseEstimator):
         self.layout_ = layout
         self.matricization_ = mode
         self._label = label
-        self.activation_shape_ = tuple(X.shape[1:])
+        self.activation_shape_ = shape
         self.n_rows_ = n_rows
         self.n_components_ = basis.k
         self.components_ = None if components is None else components.T
@@ -462,8 +485,36 @@ class SEISScorer(BaseEstimator):
         return tags
 
 
+# An eigendecomposition of an n × n matrix costs about this many times n³ flops of a
+# matrix product on these machines (benchmarks/README.md: numpy eigh vs GEMM).
+EIGH_COST = 10.0
+
+
+def solver_costs(n_rows, n_columns, rank=None):
+    """Estimated flops of the moment and the Gram solver for m rows and d columns (a pair).
+
+    Moments: the products of the stacked ``[P Q]`` (``m·(2d)²``) and the pooled
+    eigendecomposition (``d³``, or products in its range when the rank is known to
+    be small: :func:`~seis_sklearn._cca.descending_eigh`). Gram: the ``2m × 2m``
+    Gram over column chunks (``d·(2m)²``), its eigendecomposition, and the pass
+    that forms ``V_k`` (``2m·d·k``, k ≤ m).
+    """
+    from ._cca import LOW_RANK_FRACTION, SKETCH_OVERSAMPLING
+
+    m, d = n_rows, n_columns
+    r = 2 * m if rank is None else rank
+    if r + SKETCH_OVERSAMPLING <= LOW_RANK_FRACTION * d:
+        basis = 4 * d * d * (r + SKETCH_OVERSAMPLING) + EIGH_COST * (r + SKETCH_OVERSAMPLING) ** 3
+    else:
+        basis = EIGH_COST * d**3
+    moments = m * (2 * d) ** 2 + basis
+    gram = d * (2 * m) ** 2 + EIGH_COST * (2 * m) ** 3 + 2 * m * d * m
+    return moments, gram
+
+
 def resolve_solver(solver, shape, layout, matricization, lazy=False):
-    """``"moments"`` or ``"gram"``: ``"auto"`` takes the Gram matrix when d > 2m.
+    """``"moments"`` or ``"gram"``: ``"auto"`` takes the one with fewer estimated flops
+    for the rows and columns the matricized layer has (:func:`solver_costs`).
 
     ``lazy`` (dask inputs): always the moments, which are sums over blocks.
     """
@@ -477,7 +528,9 @@ def resolve_solver(solver, shape, layout, matricization, lazy=False):
     if solver != "auto":
         return solver
     rows_per_sample, d = matrix_shape(shape, layout, matricization)
-    return "gram" if d > 2 * shape[0] * rows_per_sample else "moments"
+    m = shape[0] * rows_per_sample
+    moments, gram = solver_costs(m, d, rank=2 * (m - rows_per_sample))
+    return "gram" if gram < moments else "moments"
 
 
 def _fit_moments(moments, params, view=1):

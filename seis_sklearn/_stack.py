@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._dask import is_dask_array
+from ._validation import is_dask_array
 
 
 class DenoisedStack(np.ndarray):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numbers
 import re
+import sys
+import warnings
 
 import numpy as np
 
-from ._dask import check_dask_chunks, is_dask_array
 from ._matricize import check_matricization, matrix_shape, resolve_layout
 
 SCORE_KINDS = (
@@ -26,6 +27,43 @@ SOLVERS = ("auto", "moments", "gram")
 # Samples per chunk are chosen so one chunk of one matricized view in float64
 # stays near this size: large enough for BLAS, small enough for the caches.
 CHUNK_BYTES = 1 << 25
+
+
+def is_dask_array(x):
+    """True for a ``dask.array.Array`` (without importing dask when it is not loaded)."""
+    module = sys.modules.get("dask.array")
+    return module is not None and isinstance(x, module.Array)
+
+
+def is_torch_tensor(x):
+    """True for a ``torch.Tensor`` (without importing torch when it is not loaded)."""
+    module = sys.modules.get("torch")
+    return module is not None and isinstance(x, module.Tensor)
+
+
+def check_dask_chunks(A, name):
+    """Check a dask array's chunks (its dtype and shape are checked like numpy's).
+
+    Returns the array, rechunked (lazily, with a warning) so that every axis but
+    the samples axis is one chunk: the moments are accumulated block by block
+    of whole samples. Nothing is computed.
+    """
+    if any(np.isnan(c) for chunks in A.chunks for c in chunks):
+        raise ValueError(
+            f"{name} has unknown chunk sizes (e.g. after boolean indexing); call "
+            f"{name}.compute_chunk_sizes() first"
+        )
+    split = [axis for axis in range(1, A.ndim) if len(A.chunks[axis]) > 1]
+    if split:
+        warnings.warn(
+            f"{name} is chunked along feature axis {split[0]} (chunks {A.chunks[split[0]]}); "
+            "SEIS streams whole samples, so it is rechunked to one chunk along every axis "
+            "but the first. Chunk along the samples axis only to avoid the rechunk.",
+            UserWarning,
+            stacklevel=5,
+        )
+        A = A.rechunk({axis: -1 for axis in range(1, A.ndim)})
+    return A
 
 
 def as_activation_array(A, name):

@@ -21,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._cca import descending_eigh
+from ._accumulate import accumulate
+from ._cca import descending_eigh, deterministic_signs
 from ._matricize import resolve_layout
-from ._moments import accumulate
 from ._validation import check_choice, check_finite, check_views
 
 __all__ = [
@@ -350,7 +350,7 @@ def _principal(auto, threshold):
     cumulative = np.cumsum(values) / total
     k = int(np.searchsorted(cumulative, threshold - 1e-12) + 1)
     k = max(1, min(k, int(keep_rank.sum())))
-    return values[:k], vectors[:, :k]
+    return values[:k], deterministic_signs(vectors[:, :k])
 
 
 def _cca_reduced(moments, threshold_a, threshold_b):

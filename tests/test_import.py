@@ -61,3 +61,24 @@ def test_public_surface():
 
     with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
         seis_sklearn.nothing  # noqa: B018
+
+
+def test_the_moment_modules_import_each_other_one_way():
+    """No import cycle: _validation ← _moments ← _dask, and only _accumulate knows all."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "seis_sklearn"
+
+    def imports(name):
+        tree = ast.parse((package / f"{name}.py").read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                found.add(node.module)
+        return found
+
+    assert not imports("_validation") & {"_moments", "_dask", "_accumulate", "_torch"}
+    assert not imports("_moments") & {"_dask", "_accumulate", "_torch"}
+    assert not imports("_dask") & {"_accumulate", "_torch"}
+    assert not imports("_torch") & {"_dask", "_accumulate"}

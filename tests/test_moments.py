@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from seis_sklearn import SEISScorer, seis_score
+from seis_sklearn._accumulate import accumulate
 from seis_sklearn._gram import accumulate_gram
 from seis_sklearn._moments import (
     FLOAT32_PRODUCT_ROWS,
     MomentAccumulator,
     _file_mappings,
-    accumulate,
     check_moment_memory,
 )
 from tests.reference import reference_matricize
@@ -227,3 +227,25 @@ def test_gram_solver_extreme_scales_overflow_and_constant_views(rng):
     bad[0, 0, 0, 0] = np.inf
     with pytest.raises(ValueError, match=r"B contains 0 NaN and 1 infinite"):
         seis_score(A, bad, matricization="flatten", solver="gram")
+
+
+def test_float32_rows_pool_across_small_batches_and_scales(rng):
+    """Streaming float32: small batches pool their rows into one product (up to
+    FLOAT32_PRODUCT_ROWS); a batch needing another power-of-two scale goes alone."""
+    from seis_sklearn._accumulate import accumulator
+
+    A = rng.normal(size=(90, 3, 4, 4)) + 5.0
+    B = np.flip(A, axis=3) + rng.normal(size=A.shape)
+    A[60:70] *= 1e9  # rows whose centred values need their own power-of-two scale
+    B[60:70] *= 1e9
+    A32, B32 = A.astype(np.float32), B.astype(np.float32)
+    acc = accumulator([A32, B32], "NCHW", "spatial", names=("A", "B"))
+    for lo in range(0, 90, 7):
+        acc.add([A32[lo : lo + 7], B32[lo : lo + 7]])
+    assert acc._acc._pending > 0  # the last rows still wait for their product
+    got = acc.result()
+    mean, auto, cross = _direct([A32, B32], "NCHW", "spatial")
+    scale = np.abs(auto).max()
+    assert got.n_samples == 90
+    assert np.abs(got.auto - auto).max() <= 2e-6 * scale
+    assert np.abs(got.cross - cross).max() <= 2e-6 * scale

@@ -78,3 +78,41 @@ def test_cv_needs_two_folds(rng):
     A = rng.normal(size=(20, 4))
     with pytest.raises(ValueError, match="cv must give at least 2 folds; got 1"):
         seis_score(A, A, cv=[(np.arange(10), np.arange(10, 20))])
+
+
+def test_low_rank_decomposition_equals_the_full_one(rng):
+    """A matrix of known small rank is decomposed in its sketched range: the same
+    eigenvalues and the same leading subspaces as a full eigh (rounding apart)."""
+    from seis_sklearn._cca import LOW_RANK_FRACTION, SKETCH_OVERSAMPLING, descending_eigh
+
+    d, r = 300, 60
+    assert r + SKETCH_OVERSAMPLING <= LOW_RANK_FRACTION * d  # the sketch path is taken
+    X = rng.normal(size=(r, d)) * np.geomspace(1, 1e-3, d)
+    S = X.T @ X
+    full_values, full_vectors = descending_eigh(S)
+    values, vectors = descending_eigh(S, rank=r)
+    assert vectors.shape == (d, r + SKETCH_OVERSAMPLING)
+    np.testing.assert_allclose(values, full_values, rtol=0, atol=1e-12 * full_values[0])
+    for k in (5, 30, r):  # leading subspaces (separated eigenvalues here)
+        P = vectors[:, :k] @ vectors[:, :k].T
+        Q = full_vectors[:, :k] @ full_vectors[:, :k].T
+        assert np.abs(P - Q).max() < 1e-9
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(r + SKETCH_OVERSAMPLING), atol=1e-12)
+
+
+def test_wide_streamed_fit_takes_the_low_rank_path_and_matches_the_reference(rng):
+    """partial_fit cannot use the Gram solver; a wide flatten layer (d = 240, 20 samples)
+    gets its basis from the sketch: the SPEC's scores to the reference's precision."""
+    from tests.reference import reference_fit, reference_scores
+    from tests.tolerance import scorer_tolerance
+
+    A = rng.normal(size=(20, 6, 8, 5))
+    B = np.flip(A, axis=3) + 0.3 * rng.normal(size=A.shape)
+    scorer = SEISScorer(matricization="flatten", n_components=0.9)
+    scorer.partial_fit(A[:12], B[:12]).partial_fit(A[12:], B[12:])
+    fit = reference_fit(A, B, "NCHW", "flatten", 0.9)
+    assert scorer.n_components_ == fit["k"]
+    want = reference_scores(fit)
+    tol = max(1e-8, scorer_tolerance(scorer))
+    for name, value in want.items():
+        assert getattr(scorer.result_, name) == pytest.approx(value, abs=tol)

@@ -529,15 +529,16 @@ def stream_scores(
     held_out=0.2,
     batch_size=256,
     providers=None,
-    dtype=np.float64,
+    dtype=None,
     progress=True,
     **seis_params,
 ):
     """Held-out SEIS of intermediate tensors without storing them.
 
     As :func:`seis_sklearn.adapters.torch.stream_scores`: every
-    ``round(1 / held_out)``-th sample is held out, the others feed
-    :meth:`SEISScorer.partial_fit <seis_sklearn.SEISScorer.partial_fit>`.
+    ``round(1 / held_out)``-th sample is held out, the others' moments are
+    accumulated batch by batch and fitted once; ``dtype`` (default: as the
+    graph outputs them) converts each batch first.
 
     Returns
     -------

@@ -1,0 +1,180 @@
+"""SEIS moments of torch tensors, on the tensors' device (the accumulator protocol).
+
+The torch implementation of :mod:`seis_sklearn._accumulate`: the same statistics
+as :class:`~seis_sklearn._moments.ArrayAccumulator`, by the same rules — every
+feature centred on a shift fixed by the first chunk (its per-feature means,
+rounded to the product dtype), float32 input multiplied in float32 over at most
+``FLOAT32_PRODUCT_ROWS`` rows (rescaled by exact powers of two when out of range)
+and summed in float64, float64 input in float64, TF32 off — computed where the
+tensors are. Only the d × d statistics reach the host, in :meth:`result`.
+
+Imported only when a torch tensor is given (torch is then loaded already).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from ._matricize import matrix_shape
+from ._moments import (
+    FLOAT32_PRODUCT_ROWS,
+    NonFiniteError,
+    _float32_scale,
+    check_moment_memory,
+    shifted_moments,
+)
+from ._validation import CHUNK_BYTES, _nonfinite_error
+
+
+def _as_rows(chunk, layout, matricization):
+    """A (n, R, d) tensor of the chunk's matricized rows (a view when strides allow)."""
+    n = chunk.shape[0]
+    rows, d = matrix_shape(tuple(chunk.shape), layout, matricization)
+    if layout == "ND" or matricization == "flatten":
+        return chunk.reshape(n, 1, d)
+    if matricization == "spatial":  # channels first: (N, C, *positions)
+        if layout == "NHWC":
+            chunk = chunk.permute(0, 3, 1, 2)
+        elif layout == "NLD":
+            chunk = chunk.permute(0, 2, 1)
+    elif layout in ("NCHW", "NCDHW"):  # channel mode: channels last
+        chunk = torch.movedim(chunk, 1, -1)
+    return chunk.reshape(n, rows, d)
+
+
+@contextlib.contextmanager
+def _exact_matmul():
+    """TF32 off for the products (restored afterwards): float32 must mean float32."""
+    cuda = torch.backends.cuda.matmul
+    before = cuda.allow_tf32
+    cuda.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cuda.allow_tf32 = before
+
+
+def raise_nonfinite_torch(tensor, name):
+    """The error of :func:`seis_sklearn._validation.raise_nonfinite`, counted by torch."""
+    if tensor.is_floating_point():
+        n_nan = int(torch.isnan(tensor).sum())
+        n_inf = int(torch.isinf(tensor).sum())
+        if n_nan or n_inf:
+            raise _nonfinite_error(name, n_nan, n_inf, tensor.numel())
+    largest = float(tensor.abs().max())
+    raise ValueError(
+        f"{name} has finite values whose sums overflow float64 (largest |value| "
+        f"{largest:.3g}); rescale it"
+    )
+
+
+class TorchAccumulator:
+    """The moments of row-aligned views, batch after batch of torch tensors.
+
+    Parameters
+    ----------
+    n_views : int
+    shape : tuple of int
+        Per-sample shape of every view.
+    dtype : torch.dtype
+        float32/float16/bfloat16 input keeps float32 products; anything else float64.
+    layout, matricization : str
+    names : sequence of str or None
+        Argument names for errors (``None``: raise ``NonFiniteError``).
+    projection : ndarray of shape (d, k), optional
+        Accumulate the moments of ``P_g @ projection`` instead (float64).
+    device : torch.device
+        Where the statistics are accumulated (the tensors' device).
+    """
+
+    def __init__(
+        self, n_views, shape, dtype, layout, matricization, *, names, projection=None, device
+    ):
+        self.layout, self.matricization, self.names = layout, matricization, names
+        self.n_views, self.device = n_views, torch.device(device)
+        self.rows, d = matrix_shape((1, *shape), layout, matricization)
+        low = dtype in (torch.float32, torch.float16, torch.bfloat16)
+        self.dtype = torch.float32 if low else torch.float64
+        self.projection = None
+        if projection is not None:
+            self.dtype, d = torch.float64, projection.shape[1]
+            self.projection = torch.as_tensor(projection, dtype=torch.float64, device=device)
+        else:
+            check_moment_memory(n_views, d)
+        self.d = d
+        per_sample = max(1, int(np.prod(shape))) * 8
+        self.step = max(1, CHUNK_BYTES // per_sample)
+        if self.dtype == torch.float32:
+            self.step = max(1, min(self.step, FLOAT32_PRODUCT_ROWS // self.rows))
+        self.n_samples = 0
+        self.shift = None
+        self.sums = torch.zeros((n_views, self.rows, d), dtype=torch.float64, device=device)
+        self.joint = torch.zeros((n_views * d, n_views * d), dtype=torch.float64, device=device)
+
+    def add(self, tensors, indices=None):
+        """Add the samples of a batch (all of them, or ``indices``, in that order)."""
+        if indices is not None:
+            take = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=self.device)
+            tensors = [t.index_select(0, take) for t in tensors]
+        n = tensors[0].shape[0]
+        for start in range(0, n, self.step):
+            chunks = [t[start : start + self.step].detach() for t in tensors]
+            views = [_as_rows(c, self.layout, self.matricization) for c in chunks]
+            if self.projection is not None:
+                views = [v.to(torch.float64) @ self.projection for v in views]
+            try:
+                self._add(views)
+            except NonFiniteError as exc:
+                if self.names is None:
+                    raise
+                raise_nonfinite_torch(tensors[exc.view], self.names[exc.view])
+        return self
+
+    def _add(self, views):
+        G, d = self.n_views, self.d
+        n = views[0].shape[0]
+        if self.shift is None:
+            self.shift = torch.stack([v.to(torch.float64).mean(dim=0) for v in views]).to(
+                self.dtype
+            )
+        Z = torch.empty((n * self.rows, G * d), dtype=self.dtype, device=self.device)
+        scales = np.ones(G)
+        sums = torch.empty_like(self.sums)
+        for g, view in enumerate(views):
+            shift = self.shift[g]
+            sums[g] = (view.to(torch.float64) - shift.to(torch.float64)).sum(dim=0)
+            block = Z[:, g * d : (g + 1) * d]
+            block.copy_((view.to(self.dtype) - shift).reshape(n * self.rows, d))
+            if not bool(torch.isfinite(sums[g]).all()):
+                raise NonFiniteError(g)
+            if self.dtype == torch.float32:
+                top = float(block.abs().max()) if block.numel() else 0.0
+                if not np.isfinite(top):
+                    raise NonFiniteError(g)
+                scales[g] = _float32_scale(-top, top)
+                if scales[g] != 1.0:
+                    block.mul_(scales[g])
+        with _exact_matmul():
+            product = Z.T @ Z
+        if self.dtype == torch.float32:
+            unscale = torch.as_tensor(np.repeat(1.0 / scales, d), device=self.device)
+            product = product.to(torch.float64) * unscale[:, None] * unscale[None, :]
+        self.joint += product
+        if not bool(torch.isfinite(torch.diagonal(self.joint)).all()):
+            bad = int(torch.argmin(torch.isfinite(torch.diagonal(self.joint)).to(torch.int8)))
+            raise NonFiniteError(bad // d)
+        self.sums += sums
+        self.n_samples += n
+
+    def result(self):
+        """The :class:`~seis_sklearn._moments.Moments` of every sample added (on the host)."""
+        return shifted_moments(
+            self.joint.cpu().numpy(),
+            self.sums.cpu().numpy(),
+            self.shift.to(torch.float64).cpu().numpy(),
+            self.n_samples,
+            lower=False,
+        )
