@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import struct
@@ -63,20 +64,28 @@ def _fail(path, problem):
 
 
 def _read_header(fp, path):
-    """Read a .npy header from ``fp``; return (shape, fortran_order, dtype)."""
+    """Read a .npy header from ``fp``; return (shape, fortran_order, dtype).
+
+    Every malformed header is one :class:`ArrayFileError`: a bad magic string, an
+    unsupported version, a header dict that does not parse (unterminated, a length
+    field that lies, an expression such as ``10**30`` instead of a literal), keys
+    other than numpy's three, a shape that is not a tuple of whole numbers ≥ 0.
+    """
     try:
         version = np.lib.format.read_magic(fp)
     except ValueError:
         _fail(path, "not a .npy array (the file does not start with the .npy magic string)")
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        _fail(path, f"unsupported .npy format version {version[0]}.{version[1]}")
     try:
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
-        elif version == (2, 0):
+        else:  # 3.0 differs from 2.0 only by an utf-8 header, which numeric dtypes never need
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
-        else:
-            _fail(path, f"unsupported .npy format version {version[0]}.{version[1]}")
-    except (ValueError, SyntaxError, EOFError, struct.error) as exc:
+    except Exception as exc:  # noqa: BLE001 - a header is data: any failure is a bad file
         _fail(path, f"corrupt .npy header ({first_line(exc)})")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        _fail(path, f"corrupt .npy header (shape {shape!r} is not a tuple of whole numbers >= 0)")
     if dtype.hasobject:
         _fail(
             path,
@@ -87,7 +96,8 @@ def _read_header(fp, path):
 
 
 def _nbytes(shape, dtype):
-    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    """Bytes of an array of ``shape`` (Python integers: no int64 overflow)."""
+    return math.prod(shape) * dtype.itemsize
 
 
 def load_array(path, key=None, *, mmap=True):
@@ -156,7 +166,7 @@ def _load_npy(path, mmap):
                 f"{shape}, the file holds {size - offset}",
             )
         if not mmap or need == 0:
-            data = np.fromfile(fp, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)))
+            data = np.fromfile(fp, dtype=dtype, count=math.prod(shape))
             return data.reshape(shape, order="F" if fortran else "C")
     return np.memmap(
         path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"
