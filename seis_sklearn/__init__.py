@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "DenoisedStack": "._stack",
+    "PairedStack": "._stack",
     "SEISResult": "._result",
     "SEISScorer": "._scorer",
     "LatentAction": "._latent",
@@ -38,6 +39,7 @@ _SUBMODULES = ("transforms", "io")
 __all__ = [
     "DenoisedStack",
     "LatentAction",
+    "PairedStack",
     "SEISResult",
     "SEISScorer",
     "SubspaceDenoiser",

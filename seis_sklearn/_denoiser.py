@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -15,6 +17,7 @@ from ._validation import (
     check_finite,
     check_max_components,
     check_n_components,
+    check_numeric,
     check_views,
     chunk_samples,
     is_dask_array,
@@ -167,14 +170,16 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if is_dask_array(X):  # validated from metadata; the moments are summed over blocks
             X = self._check_dask(X, reset=first, min_samples=2 if first else 1)
         else:
-            X = validate_data(
-                self,
-                X,
-                reset=first,
-                dtype=[np.float64, np.float32],
-                ensure_all_finite=False,
-                ensure_min_samples=2 if first else 1,
-            )
+            check_numeric(X, "X")
+            with _naming_x():
+                X = validate_data(
+                    self,
+                    X,
+                    reset=first,
+                    dtype=[np.float64, np.float32],
+                    ensure_all_finite=False,
+                    ensure_min_samples=2 if first else 1,
+                )
         part = accumulate([X], "ND", "flatten", names=("X",))
         moments = part if first else self._moments.merge(part)
         basis = pooled_basis(moments, n_components, max_components)
@@ -263,9 +268,11 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def _check_transform_input(self, X):
         check_is_fitted(self)
-        X = validate_data(
-            self, X, reset=False, dtype=[np.float64, np.float32], ensure_all_finite=False
-        )
+        check_numeric(X, "X")
+        with _naming_x():
+            X = validate_data(
+                self, X, reset=False, dtype=[np.float64, np.float32], ensure_all_finite=False
+            )
         check_finite(X, "X")
         return X
 
@@ -351,6 +358,18 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
+
+
+@contextlib.contextmanager
+def _naming_x():
+    """scikit-learn's validation errors, with the argument they are about named first."""
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        message = str(exc)
+        if message.startswith("X") or " X " in f" {message} ":
+            raise
+        raise type(exc)(f"X: {message}") from exc
 
 
 def _project(block, mean, components):

@@ -26,7 +26,7 @@ from scipy.linalg import blas
 
 from ._cca import Basis, descending_eigh, deterministic_signs, no_variance_error, select_k
 from ._matricize import matricize, matrix_shape
-from ._moments import _float32_scale, _page_releaser, product_dtype
+from ._moments import InputFiles, _float32_scale, _page_releaser, product_dtype
 from ._validation import CHUNK_BYTES, check_finite, raise_nonfinite
 
 
@@ -112,7 +112,9 @@ def accumulate_gram(arrays, layout, matricization, *, names):
     scratch = np.zeros((size, size), dtype=np.float32) if dtype == np.float32 else None
     mean = np.empty((len(matrices), rows, d))
     release = _page_releaser(arrays)
+    files = InputFiles(arrays)
     for c0, c1 in _column_chunks(matrices):
+        files.before_chunk()
         Z, means = _centred_chunk(matrices, rows, c0, c1, dtype, names, arrays)
         mean[:, :, c0:c1] = means
         if scratch is None:
@@ -124,6 +126,7 @@ def accumulate_gram(arrays, layout, matricization, *, names):
             blas.ssyrk(1.0, Z.T, beta=0.0, c=scratch.T, trans=1, lower=0, overwrite_c=1)
             gram += scratch if scale == 1.0 else scratch.astype(np.float64) / (scale * scale)
         release()
+    files.after_pass()
     if not np.isfinite(np.trace(gram)):
         for a, name in zip(arrays, names, strict=True):
             check_finite(a, name)
@@ -178,8 +181,11 @@ def gram_components(arrays, layout, matricization, basis, *, names):
     coefficients = basis.coefficients.astype(dtype)
     V = np.empty((d, basis.k))
     release = _page_releaser(arrays)
+    files = InputFiles(arrays)
     for c0, c1 in _column_chunks(matrices):
+        files.before_chunk()
         Z, _ = _centred_chunk(matrices, rows, c0, c1, dtype, names, arrays)
         V[c0:c1] = Z.T @ coefficients  # float32 input: float32 products over 2m rows
         release()
+    files.after_pass()
     return V

@@ -20,6 +20,7 @@ the same statistics as one pass.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from dataclasses import dataclass
@@ -429,7 +430,9 @@ class ArrayAccumulator:
         """Add the samples of a batch (all of them, or ``indices``, in that order)."""
         n = arrays[0].shape[0] if indices is None else len(indices)
         release = _page_releaser(arrays)
+        files = InputFiles(arrays)
         for start in range(0, n, self.step):
+            files.before_chunk()
             if indices is None:
                 chunks = [a[start : start + self.step] for a in arrays]
             else:
@@ -454,6 +457,7 @@ class ArrayAccumulator:
                     raise
                 raise_nonfinite(arrays[exc.view], self.names[exc.view])
             release()
+        files.after_pass()
         return self
 
     def result(self):
@@ -507,6 +511,61 @@ def check_moment_memory(n_views, d):
             f"(this machine has {available / 2**30:.1f} GiB): use fit with solver='gram' "
             "(or 'auto'), which works from the Gram matrix of the rows"
         )
+
+
+class InputChangedError(ValueError):
+    """A memory-mapped input file was truncated or rewritten while it was being read."""
+
+
+class InputFiles:
+    """The files behind memory-mapped inputs, watched during a pass.
+
+    A file truncated under a memory map kills the reader with SIGBUS when it
+    touches a page past the new end, and a file rewritten in place mixes old and
+    new data silently. Before every chunk the files' sizes are checked (a
+    truncation seen then is an error, not a crash), and after the pass their sizes
+    and modification times must be those of the start. :attr:`reading` names the
+    files of the pass in progress (for the command line's bus-error message).
+    """
+
+    reading = ()
+
+    def __init__(self, arrays):
+        self.files = {}
+        for a in arrays:
+            name = getattr(a, "filename", None)
+            if isinstance(a, np.memmap) and name:
+                with contextlib.suppress(OSError):
+                    stat = os.stat(name)
+                    self.files[name] = (stat.st_size, stat.st_mtime_ns)
+        if self.files:
+            InputFiles.reading = tuple(self.files)
+
+    def before_chunk(self):
+        for name, (size, _) in self.files.items():
+            now = _stat(name)
+            if now is None or now[0] < size:
+                got = "gone" if now is None else f"{now[0]} bytes"
+                raise InputChangedError(
+                    f"{name}: truncated while being read (was {size} bytes, now {got})"
+                )
+
+    def after_pass(self):
+        for name, identity in self.files.items():
+            if _stat(name) != identity:
+                raise InputChangedError(
+                    f"{name}: changed while being read (its size or modification time "
+                    "differs from the start): the scores would mix old and new data"
+                )
+        InputFiles.reading = ()
+
+
+def _stat(name):
+    try:
+        stat = os.stat(name)
+    except OSError:
+        return None
+    return (stat.st_size, stat.st_mtime_ns)
 
 
 def _file_mappings(arr):

@@ -24,7 +24,7 @@ from ._latent import estimate as estimate_latent
 from ._matricize import matrix_shape
 from ._moments import project_moments, recentred
 from ._result import SCORE_NAMES, SEISResult
-from ._stack import denoised_reading
+from ._stack import denoised_reading, is_stack
 from ._statistics import check_statistics, statistics
 from ._validation import (
     INVARIANCE_MODES,
@@ -207,9 +207,11 @@ class SEISScorer(BaseEstimator):
             Activations on the transformed inputs; sample i of ``y`` is the
             transform of sample i of ``X``. A list is an orbit (SPEC §2.5).
             ``None``: ``X`` is a paired stack of shape ``(n_samples, 2, ...)``
-            (axis 1 = original, transformed; see :func:`pair`) or
-            ``(n_samples, G, ...)`` for an orbit — what a scikit-learn
-            ``Pipeline`` passes on.
+            (axis 1 = original, transformed) or ``(n_samples, G, ...)`` for an
+            orbit, made by :func:`pair` / :func:`orbit` (a
+            :class:`PairedStack`; or a :class:`DenoisedStack`, a dask array) —
+            what a scikit-learn ``Pipeline`` passes on. A plain ndarray is
+            refused then: an NCHW array could as well be one view.
 
         Returns
         -------
@@ -616,17 +618,21 @@ def _unstack(X, y):
     """``(X, y)`` from a paired or orbit stack ``X`` of shape (n, G, ...) when y is None."""
     if y is not None:
         return X, y
-    if is_dask_array(X) or isinstance(X, np.ndarray):
-        stack = X
-    else:
-        stack = np.asarray(X)
-    if stack.ndim < 3 or stack.shape[1] < 2:
+    if not is_stack(X):
+        shape = getattr(X, "shape", None)
         raise ValueError(
-            "y is None, so X must be a paired stack of shape (n_samples, 2, ...) — axis 1 "
-            f"holding (original, transformed), see seis_sklearn.pair — or (n_samples, G, ...) "
-            f"for an orbit; got shape {stack.shape}"
+            "y is None, so X must be a paired stack made by seis_sklearn.pair(A, B) — shape "
+            "(n_samples, 2, ...), axis 1 holding (original, transformed) — or by "
+            "seis_sklearn.orbit(A, *Bs); a plain array"
+            + (f" of shape {shape}" if shape is not None else "")
+            + " could be one view: pass the transformed activations as y, or wrap X"
         )
-    views = [stack[:, g] for g in range(stack.shape[1])]
+    if X.ndim < 3 or X.shape[1] < 2:
+        raise ValueError(
+            f"y is None, so X must be a paired stack of shape (n_samples, G >= 2, ...); "
+            f"got shape {X.shape}"
+        )
+    views = [X[:, g] for g in range(X.shape[1])]
     return views[0], (views[1] if len(views) == 2 else views[1:])
 
 
@@ -804,7 +810,8 @@ def _seis_score(A, B, cv, params):
     n = A.shape[0]
     splitter = check_cv(cv)
     splits = [
-        (np.asarray(train), np.asarray(test)) for train, test in splitter.split(np.empty((n, 1)))
+        (_fold_indices(train, n, "training"), _fold_indices(test, n, "test"))
+        for train, test in splitter.split(np.empty((n, 1)))
     ]
     if len(splits) < 2:
         raise ValueError(f"cv must give at least 2 folds; got {len(splits)}")
@@ -884,6 +891,27 @@ def _seis_score(A, B, cv, params):
         folds=tuple(folds),
         **{f"{name}_std": float(s) for name, s in zip(SCORE_NAMES, stds, strict=True)},
     )
+
+
+def _fold_indices(indices, n, which):
+    """A fold's sample indices as integers in range(n), or one error naming ``cv``."""
+    indices = np.asarray(indices)
+    if indices.dtype == bool:
+        if indices.shape != (n,):
+            raise ValueError(
+                f"cv gives a boolean {which} mask of shape {indices.shape}; need ({n},)"
+            )
+        return np.flatnonzero(indices)
+    if indices.ndim != 1 or (indices.size and indices.dtype.kind not in "iu"):
+        raise ValueError(
+            f"cv must give 1-D integer index arrays; a {which} set is {indices!r:.60}"
+        )
+    if indices.size and (indices.min() < 0 or indices.max() >= n):
+        raise ValueError(
+            f"cv gives {which} indices out of range: {int(indices.min())}..{int(indices.max())} "
+            f"for {n} samples"
+        )
+    return indices.astype(np.intp)
 
 
 def _cross_fitted_orbit(views, names, layout, splits, n, scorer, fit_params):

@@ -7,6 +7,16 @@ import numpy as np
 from ._validation import is_dask_array
 
 
+class PairedStack(np.ndarray):
+    """Views of one layer stacked along axis 1 by :func:`pair` or :func:`orbit`.
+
+    An ordinary ndarray of shape ``(n_samples, G, ...)`` that says what it is:
+    with ``y=None`` the estimators take only such a stack (or a
+    :class:`DenoisedStack`, or a dask array), because a plain array of that shape
+    — an NCHW activation, say — could as well be a single view.
+    """
+
+
 class DenoisedStack(np.ndarray):
     """Coordinates of a paired or orbit stack in a shared denoising basis.
 
@@ -26,6 +36,11 @@ class DenoisedStack(np.ndarray):
 
     def __array_finalize__(self, obj):
         self.matricization = getattr(obj, "matricization", None)
+
+
+def is_stack(X):
+    """True for what the estimators take as views stacked on axis 1 when y is None."""
+    return isinstance(X, PairedStack | DenoisedStack) or is_dask_array(X)
 
 
 def denoised_reading(views):
@@ -70,7 +85,7 @@ def orbit(A, *Bs):
 
     Returns
     -------
-    ndarray or dask array of shape (n_samples, 1 + len(Bs), ...)
+    PairedStack or dask array of shape (n_samples, 1 + len(Bs), ...)
 
     Examples
     --------
@@ -94,9 +109,9 @@ def orbit(A, *Bs):
         if a.shape != shape:
             raise ValueError(f"every view must have A's shape {shape}; view {i} has {a.shape}")
     view = _as_view(arrays)
-    if view is not None:
-        return view
-    return np.stack([a.astype(np.result_type(*arrays), copy=False) for a in arrays], axis=1)
+    if view is None:
+        view = np.stack([a.astype(np.result_type(*arrays), copy=False) for a in arrays], axis=1)
+    return view.view(PairedStack)
 
 
 def pair(A, B):
@@ -108,7 +123,7 @@ def pair(A, B):
 
     Returns
     -------
-    ndarray or dask array of shape (n_samples, 2, ...)
+    PairedStack or dask array of shape (n_samples, 2, ...)
     """
     return orbit(A, B)
 

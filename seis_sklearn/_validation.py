@@ -82,6 +82,9 @@ def as_activation_array(A, name):
         The same memory when ``A`` already is an ndarray (memory maps included);
         a dask array stays lazy (see :mod:`seis_sklearn._dask`).
     """
+    if is_torch_tensor(A):  # autograd is not needed for scores: a detached host view
+        A = A.detach()
+        A = (A if A.device.type == "cpu" else A.cpu()).numpy()
     lazy = is_dask_array(A)  # a dask array is checked from its metadata, never computed
     if isinstance(A, np.ndarray) or lazy:
         arr = A
@@ -106,6 +109,39 @@ def as_activation_array(A, name):
     if arr.size == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape})")
     return arr
+
+
+def check_numeric(X, name):
+    """Refuse non-numeric 2-D input before scikit-learn would convert it silently.
+
+    Strings (``"1.5"`` included), bytes, categorical or text columns of a DataFrame,
+    and object arrays holding anything but numbers are one ``TypeError`` naming
+    ``name``; an object array of numbers is accepted (scikit-learn's contract).
+    """
+    dtypes = getattr(X, "dtypes", None)
+    if dtypes is not None and not isinstance(X, np.ndarray):  # a DataFrame
+        for column, dtype in zip(getattr(X, "columns", range(len(dtypes))), dtypes, strict=False):
+            kind = getattr(dtype, "kind", "O")
+            if kind not in "biuf" or type(dtype).__name__ == "CategoricalDtype":
+                raise TypeError(f"{name} must be numeric; column {column!r} has dtype {dtype}")
+        return
+    if hasattr(X, "toarray") or is_dask_array(X):  # sparse or lazy: checked where converted
+        return
+    arr = X if isinstance(X, np.ndarray) else np.asarray(X, dtype=object)
+    if arr.dtype.kind in "biufc":  # complex: scikit-learn's own error says so
+        return
+    if arr.dtype.kind in "USV":
+        raise TypeError(f"{name} must be numeric; got dtype {arr.dtype}")
+    if arr.dtype == object:
+        flat = arr.ravel()
+        bad = next((v for v in flat if not isinstance(v, numbers.Real | np.number)), None)
+        if bad is not None:
+            raise TypeError(
+                f"{name} must be numeric; it holds {bad!r:.40} (float() argument must be a "
+                f"string or a real number, not {type(bad).__name__!r}; strings are refused too)"
+            )
+        return
+    raise TypeError(f"{name} must be numeric; got dtype {arr.dtype}")
 
 
 def first_line(exc):

@@ -23,7 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._files import atomic_write
+from ._files import atomic_write, exit_on_bus_error
 from ._matricize import LAYOUTS, MATRICIZATIONS
 from ._validation import INVARIANCE_MODES, SOLVERS, first_line
 
@@ -402,6 +402,11 @@ def _check_new_file(path, force):
     path = Path(path)
     if path.is_dir():
         raise CommandError(f"--out {path}: is a folder; give a file name")
+    if path.exists() and not path.is_file():
+        raise CommandError(
+            f"--out {path}: not a regular file (a device, a pipe or a socket); output goes "
+            "only to regular files"
+        )
     if not path.parent.is_dir():
         raise CommandError(f"--out {path}: the folder {path.parent} does not exist")
     if path.exists() and not force:
@@ -630,8 +635,14 @@ def _prepare_out(folder, settings, args):
     if run_file.exists():
         try:
             previous = json.loads(run_file.read_text())
-            previous["fingerprint"]  # noqa: B018 - the key must be there
-        except (ValueError, KeyError, TypeError):
+            if not (
+                isinstance(previous, dict)
+                and isinstance(previous.get("fingerprint"), str)
+                and isinstance(previous.get("status"), str)
+                and isinstance(previous.get("settings", {}), dict)
+            ):
+                raise ValueError("not a run record")
+        except (ValueError, OSError):
             if not args.force:
                 raise CommandError(
                     f"--out {folder}: {RUN_FILE} is damaged; pass --force"
@@ -834,6 +845,22 @@ def _providers(device):
     return [cuda, "CPUExecutionProvider"]
 
 
+@contextlib.contextmanager
+def _user_code(option, what):
+    """Any exception of the user's model code as one line naming it (--debug: traceback)."""
+    try:
+        yield
+    except CommandError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - user code may raise anything
+        where = ""
+        if isinstance(exc, SyntaxError) and exc.lineno:
+            where = f" at line {exc.lineno}"
+        raise CommandError(
+            f"--model {option}: {what}{where} ({type(exc).__name__}: {first_line(exc)})"
+        ) from exc
+
+
 def _load_model(args):
     from seis_sklearn.adapters.torch import _import_torch
 
@@ -857,25 +884,25 @@ def _load_model(args):
             raise CommandError(f"--model {args.model}: no such file {path}")
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        with _user_code(args.model, f"{path} failed to load"):
+            spec.loader.exec_module(module)
     else:
-        try:
+        with _user_code(args.model, f"cannot import {module_text}"):
             module = importlib.import_module(module_text)
-        except ImportError as exc:
-            raise CommandError(
-                f"--model {args.model}: cannot import {module_text}: {exc}"
-            ) from exc
     build = getattr(module, function, None)
     if not callable(build):
         raise CommandError(f"--model {args.model}: {module_text} has no function {function!r}")
-    model = build()
+    with _user_code(args.model, f"{function}() failed"):
+        model = build()
     if not isinstance(model, torch.nn.Module):
         raise CommandError(
             f"--model {args.model}: returned a {type(model).__name__}, not a module"
         )
     if args.weights:
         try:
-            state = torch.load(args.weights, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickles it then refuses
+                warnings.simplefilter("ignore")
+                state = torch.load(args.weights, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a bad or unsafe file
             raise CommandError(
                 f"--weights {args.weights}: not a loadable state dict (loaded with "
@@ -959,8 +986,15 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version (0) and usage errors (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    from ._moments import InputFiles
+
     try:
-        return COMMANDS[args.command](args)
+        with exit_on_bus_error(f"seis {args.command}: error: ", lambda: InputFiles.reading):
+            status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a full disk or device behind stdout fails here, not at exit
+        return status
+    except BrokenPipeError:
+        raise  # the reader went away (``| head``): console() exits quietly
     except KeyboardInterrupt:
         kept = (
             f"; finished layers are kept in {args.out} (--resume)"
@@ -973,7 +1007,17 @@ def main(argv=None):
         if args.debug:
             raise
         print(f"seis {args.command}: error: {first_line(exc)}", file=sys.stderr)
+        _drop_stdout()
         return EXIT_FAILURE
+
+
+def _drop_stdout():
+    """After a failed write, nothing more may reach stdout (not even at exit)."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def console():  # pragma: no cover - the installed ``seis`` script; tests call main()

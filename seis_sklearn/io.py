@@ -210,14 +210,20 @@ def _load_npz_member(path, key, mmap):
                 shape, fortran, dtype = _read_header(fp, where)
                 header_length = fp.tell()
                 need = _nbytes(shape, dtype)
-                if info.file_size - header_length < need:
-                    _fail(where, f"truncated: its header promises {need} bytes of data")
+                # the archive's directory and the array's header must tell one story
+                # before anything is inflated (a lying directory, a bomb's promise)
+                if info.file_size != header_length + need:
+                    _fail(
+                        where,
+                        f"corrupt or forged: the archive says the member holds "
+                        f"{info.file_size} bytes, its array header promises "
+                        f"{header_length + need} ({dtype} {shape})",
+                    )
                 if not (mmap and info.compress_type == zipfile.ZIP_STORED and need > 0):
-                    data = np.frombuffer(fp.read(need), dtype=dtype)
-                    if data.nbytes != need:
-                        _fail(where, "truncated: the archive ends inside the array")
-                    return data.reshape(shape, order="F" if fortran else "C").copy()
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+                    _check_inflatable(where, need, info)
+                    data = _inflate(fp, need, where)
+                    return data.view(dtype).reshape(shape, order="F" if fortran else "C")
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
             _fail(where, f"corrupt archive member ({first_line(exc)})")
         start = _member_data_offset(path, info) + header_length
     if path.stat().st_size < start + need:
@@ -225,6 +231,58 @@ def _load_npz_member(path, key, mmap):
     return np.memmap(
         path, dtype=dtype, mode="r", offset=start, shape=shape, order="F" if fortran else "C"
     )
+
+
+# Compressed members are inflated in pieces of this many bytes, into the array itself.
+INFLATE_STEP = 1 << 24
+
+
+def _memory_limit():
+    """Bytes this process may still allocate: its address-space limit, and physical memory."""
+    import resource
+
+    limits = []
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as fh:
+                used = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            limits.append(soft - used)
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - not Linux
+        pass
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        pass
+    return min(limits) if limits else None
+
+
+def _check_inflatable(where, need, info):
+    """Refuse, before inflating, a member larger than the memory this process can have."""
+    limit = _memory_limit()
+    if limit is not None and need > limit:
+        kind = "compressed" if info.compress_type != zipfile.ZIP_STORED else "read"
+        _fail(
+            where,
+            f"its header promises {need / 2**30:.2f} GiB, to be held in memory ({kind} "
+            f"members cannot be memory-mapped), more than this process may allocate "
+            f"({max(limit, 0) / 2**30:.2f} GiB): store it uncompressed (np.savez)",
+        )
+
+
+def _inflate(fp, need, where):
+    """Read exactly ``need`` bytes of a member into a new buffer, piece by piece."""
+    data = np.empty(need, dtype=np.uint8)
+    view = memoryview(data)
+    done = 0
+    while done < need:
+        got = fp.readinto(view[done : done + INFLATE_STEP])
+        if not got:
+            _fail(where, "truncated: the archive ends inside the array")
+        done += got
+    if fp.read(1):
+        _fail(where, "corrupt: the member inflates to more than its header promises")
+    return data
 
 
 def _member_data_offset(path, info):
@@ -300,9 +358,16 @@ def list_pairs(folder):
     if not folder.is_dir():
         _fail(folder, "no such folder" if not folder.exists() else "not a folder")
     found = {}
+    inside = folder.resolve()
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file():
             continue
+        if path.is_symlink() and inside not in path.resolve().parents:
+            _fail(
+                folder,
+                f"{path.name} is a symbolic link to {path.resolve()}, outside the folder: "
+                "links are followed only inside a pairs folder (copy the file in)",
+            )
         if path.suffix == ".npz":
             found.setdefault(path.stem, {})["npz"] = path
         elif path.suffix == ".npy":
@@ -348,16 +413,38 @@ def _read_manifest(folder):
         return {}
     try:
         manifest = json.loads(path.read_text())
-        ok = manifest.get("format") == FORMAT and all(
-            isinstance(layer.get("name"), str) for layer in manifest["layers"]
-        )
-    except (ValueError, AttributeError, KeyError, TypeError) as exc:
+    except (ValueError, OSError) as exc:
         _fail(path, f"unreadable manifest ({first_line(exc)})")
-    if not ok:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         _fail(path, f"not a {FORMAT} manifest")
-    if manifest.get("version", 0) > FORMAT_VERSION:
-        _fail(path, f"written by a newer seis-sklearn (format version {manifest['version']})")
+    version = manifest.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        _fail(path, f"'version' must be a whole number; got {_kind(version)}")
+    if version > FORMAT_VERSION:
+        _fail(path, f"written by a newer seis-sklearn (format version {version})")
+    if not isinstance(manifest.get("transform"), str | None):
+        _fail(path, f"'transform' must be a string; got {_kind(manifest['transform'])}")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list):
+        _fail(path, f"'layers' must be a list of layers; got {_kind(layers)}")
+    if not layers:
+        _fail(path, "'layers' is empty: the manifest lists no layer to score")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, dict):
+            _fail(path, f"layers[{i}] must be an object with 'name'; got {_kind(layer)}")
+        for key, required in (("name", True), ("file", False), ("module", False)):
+            if (required or key in layer) and not isinstance(layer.get(key), str):
+                _fail(path, f"layers[{i}].{key} must be a string; got {_kind(layer.get(key))}")
     return manifest
+
+
+def _kind(value):
+    """A JSON value's type in words, for messages."""
+    names = {list: "a list", dict: "an object", str: "a string", bool: "true/false"}
+    if value is None:
+        return "nothing (null)"
+    return names.get(type(value), f"a number ({value!r})" if isinstance(value, int | float)
+                     else type(value).__name__)  # fmt: skip
 
 
 def load_pairs(folder, *, mmap=True):

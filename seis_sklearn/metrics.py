@@ -24,7 +24,7 @@ from numba import njit
 from ._accumulate import accumulate
 from ._cca import descending_eigh, deterministic_signs
 from ._matricize import resolve_layout
-from ._validation import check_choice, check_finite, check_views
+from ._validation import check_choice, check_finite, check_views, first_line
 
 __all__ = [
     "channelwise_geed",
@@ -155,8 +155,9 @@ def channelwise_geed(orbit, actions, *, layout="auto", channel_permutations=None
         moved = fx if act is None else np.asarray(act(fx))
         if moved.shape != fx.shape:
             raise ValueError(f"actions[{g}] changed the shape of f(x): {fx.shape} → {moved.shape}")
-        a = _channels_last_flat(fgx, layout)
-        b = _channels_last_flat(moved, layout)
+        # cosines do not depend on scale: bring each array near 1 (1e±300 would overflow)
+        a = _channels_last_flat(_unit_scale(fgx), layout)
+        b = _channels_last_flat(_unit_scale(moved), layout)
         if channel_permutations is not None:
             perm = np.asarray(channel_permutations[g])
             if sorted(perm.tolist()) != list(range(a.shape[1])):
@@ -166,6 +167,35 @@ def channelwise_geed(orbit, actions, *, layout="auto", channel_permutations=None
             b = b[:, perm]
         total += -float(_channel_cosines(a, b).mean())
     return total / len(arrays)
+
+
+def _power_of_two_above(top):
+    """The power of two at or above ``top`` (1 for 0 or non-finite)."""
+    if not (top > 0 and np.isfinite(top)):
+        return 1.0
+    return float(np.ldexp(1.0, int(np.frexp(top)[1])))
+
+
+def _unit_scale(x):
+    """``x`` (float64) divided by a power of two so that its largest magnitude is near 1."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return x
+    return x / _power_of_two_above(float(np.abs(x).max()))
+
+
+def _check_reference(reference):
+    """``reference`` as a finite float64 array of points, or one error naming it."""
+    if isinstance(reference, np.ndarray) and reference.dtype == object:
+        raise TypeError("reference is an object array; it must be numeric")
+    try:
+        ref = np.asarray(reference, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"reference must be a numeric array ({first_line(exc)})") from None
+    if ref.ndim < 2 or ref.shape[0] < 2:
+        raise ValueError(f"reference must hold at least 2 points, samples first; got {ref.shape}")
+    check_finite(ref, "reference")
+    return ref
 
 
 def _mean_distinct(points, metric):
@@ -242,6 +272,17 @@ def latent_geed(orbit, *, metric="euclidean", reference=None):
     """
     check_choice(metric, "metric", ("euclidean", "cosine"))
     arrays = [a.reshape(a.shape[0], -1).astype(np.float64) for a in _check_orbit(orbit)]
+    ref = arrays[0] if reference is None else _check_reference(reference)
+    ref = ref.reshape(ref.shape[0], -1)
+    if ref.shape[1] != arrays[0].shape[1]:
+        raise ValueError(
+            f"reference has {ref.shape[1]} features; the orbit has {arrays[0].shape[1]}"
+        )
+    # E is a ratio of distances (or of cosines): one power of two for the orbit and the
+    # reference changes nothing and keeps squares of values near 1e±300 in range
+    scale = _power_of_two_above(max(float(np.abs(x).max()) for x in (*arrays, ref)))
+    arrays = [x / scale for x in arrays]
+    ref = ref / scale
     stack = np.stack(arrays)  # (G, N, d)
     centre = stack.mean(axis=0)
     if metric == "euclidean":
@@ -251,11 +292,6 @@ def latent_geed(orbit, *, metric="euclidean", reference=None):
         norms = np.linalg.norm(stack, axis=2) * np.linalg.norm(centre, axis=1)
         cos = np.divide(dot, norms, out=np.ones_like(dot), where=norms > 0)
         deviation = -cos
-    ref = arrays[0] if reference is None else np.asarray(reference, dtype=np.float64)
-    ref = ref.reshape(ref.shape[0], -1)
-    if ref.shape[1] != stack.shape[2]:
-        raise ValueError(f"reference has {ref.shape[1]} features; the orbit has {stack.shape[2]}")
-    check_finite(ref, "reference")
     M = _mean_distinct(ref, metric)
     if M == 0:
         raise ValueError("the normalisation M is 0: the reference points are all alike")
