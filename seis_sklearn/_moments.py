@@ -466,20 +466,7 @@ class ArrayAccumulator:
 
 
 def accumulate_numpy(arrays, layout, matricization, *, names, indices=None, projection=None):
-    """One pass over sample chunks of numpy views, returning their :class:`Moments`.
-
-    Parameters
-    ----------
-    arrays : sequence of ndarray
-        Validated activation arrays of one shape (samples first).
-    layout, matricization : str
-        Concrete layout and matricization mode.
-    names : sequence of str or None
-        Argument names, for the error raised on NaN/inf.
-    indices : ndarray of int, optional
-        Samples to use (in this order of chunks); all samples by default.
-    projection : ndarray of shape (d, k), optional
-        Accumulate the moments of ``P_g @ projection`` (k columns) instead.
+    """:func:`seis_sklearn._accumulate.accumulate` for numpy arrays (the dask blocks' kernel).
 
     Returns
     -------

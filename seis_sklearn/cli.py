@@ -419,6 +419,7 @@ def _check_new_file(path, force):
 def cmd_score(args):
     from . import seis_score
     from ._result import SCORE_NAMES
+    from .io import array_header
 
     if args.out:
         _check_new_file(args.out, args.force)
@@ -431,6 +432,12 @@ def cmd_score(args):
         names = (f"{path}:original", f"{path}:transformed")
     else:
         names = (args.A, args.B)
+    # both headers first: a shape mismatch is found before a compressed member is inflated
+    (shape_a, _), (shape_b, _) = (array_header(*_array_argument(name)) for name in names)
+    if shape_a != shape_b:
+        raise CommandError(
+            f"A and B must have the same shape; got {names[0]} {shape_a} and {names[1]} {shape_b}"
+        )
     A, B = (_load(name) for name in names)
     result = seis_score(A, B, cv=args.cv, **_statistics_params(args), **_seis_params(args))
     record = {"A": names[0], "B": names[1], "shape": list(A.shape), **result.as_dict()}

@@ -188,22 +188,64 @@ def npz_keys(path):
         return [n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy")]
 
 
+def _member(zf, path, key):
+    """The zip entry of the array ``key`` (or of the only array), and its name."""
+    members = {n[: -len(".npy")]: n for n in zf.namelist() if n.endswith(".npy")}
+    if not members:
+        _fail(path, "holds no .npy arrays (not an .npz archive of arrays)")
+    if key is None:
+        if len(members) != 1:
+            _fail(
+                path,
+                f"holds {len(members)} arrays ({_quoted(members)}); name one "
+                f"(e.g. {path.name}:{next(iter(members))})",
+            )
+        key = next(iter(members))
+    if key not in members:
+        _fail(path, f"holds no array named {key!r} (it holds {_quoted(members)})")
+    return zf.getinfo(members[key]), key
+
+
+def array_header(path, key=None):
+    """The shape and dtype of a saved array, from its header alone (nothing inflated).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.npy`` file or a ``.npz`` archive.
+    key : str, optional
+        The array's name in a ``.npz``.
+
+    Returns
+    -------
+    (tuple of int, numpy.dtype)
+
+    Raises
+    ------
+    ArrayFileError
+        As :func:`load_array`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        _fail(path, "no such file" if not path.exists() else "not a file")
+    with open(path, "rb") as fp:
+        if fp.read(4) != b"PK\x03\x04" and path.suffix != ".npz":
+            fp.seek(0)
+            shape, _, dtype = _read_header(fp, path)
+            return shape, dtype
+    with _open_zip(path) as zf:
+        info, key = _member(zf, path, key)
+        try:
+            with zf.open(info) as fp:
+                shape, _, dtype = _read_header(fp, f"{path}:{key}")
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
+            _fail(f"{path}:{key}", f"corrupt archive member ({first_line(exc)})")
+    return shape, dtype
+
+
 def _load_npz_member(path, key, mmap):
     with _open_zip(path) as zf:
-        members = {n[: -len(".npy")]: n for n in zf.namelist() if n.endswith(".npy")}
-        if not members:
-            _fail(path, "holds no .npy arrays (not an .npz archive of arrays)")
-        if key is None:
-            if len(members) != 1:
-                _fail(
-                    path,
-                    f"holds {len(members)} arrays ({_quoted(members)}); name one "
-                    f"(e.g. {path.name}:{next(iter(members))})",
-                )
-            key = next(iter(members))
-        if key not in members:
-            _fail(path, f"holds no array named {key!r} (it holds {_quoted(members)})")
-        info = zf.getinfo(members[key])
+        info, key = _member(zf, path, key)
         where = f"{path}:{key}"
         try:
             with zf.open(info) as fp:

@@ -68,10 +68,10 @@ def good(tmp_path, rng):
         ("(3074457345618258603, 3)", "truncated: its header promises"),  # product → -1
     ],
 )
-def test_malformed_npy_shapes_are_one_line(tmp_path, good, capsys, shape, match):
+def test_malformed_npy_shapes_are_one_line(tmp_path, capsys, shape, match):
     bad = tmp_path / "bad.npy"
     bad.write_bytes(npy_bytes(f"{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}"))
-    one_line_error(["score", bad, good[0]], capsys, match)
+    one_line_error(["score", bad, bad], capsys, match)
 
 
 def test_unterminated_and_lying_headers_are_one_line(tmp_path, good, capsys):
@@ -146,13 +146,13 @@ def _limited(argv, limit_bytes):
     [(zipfile.ZIP_BZIP2, 3 << 30, (4 << 30) - 4096), (zipfile.ZIP_DEFLATED, 2 << 30, 2 << 30)],
 )
 def test_members_larger_than_memory_are_refused_before_inflating(
-    tmp_path, good, compress, limit, promised
+    tmp_path, compress, limit, promised
 ):
     """A bzip2 member promising 4 GiB under a 3 GiB limit, a deflate one promising 2 GiB
     under 2 GiB: refused from the promise, before a byte is inflated."""
     bomb = tmp_path / "bomb.npz"
     forged_npz(bomb, "acts", (promised // 8,), promised, compress)
-    status, err = _limited(["score", f"{bomb}:acts", good[0]], limit)
+    status, err = _limited(["score", f"{bomb}:acts", f"{bomb}:acts"], limit)
     assert status == 1 and len(err.splitlines()) == 1, err
     assert "more than this process may allocate" in err
 
@@ -363,3 +363,12 @@ def test_the_denoiser_refuses_non_numeric_input_naming_x(rng):
         latent_geed([X, X], reference=[["a", "b", "c", "d"]] * 3)
     with pytest.raises(ValueError, match="reference has 3 features"):
         latent_geed([X, X], reference=X[:, :3])
+
+
+def test_shapes_are_compared_from_the_headers_before_anything_is_inflated(tmp_path, good, capsys):
+    """A compressed member promising 2 GiB beside an array of another shape: the shapes
+    differ, and nothing was inflated to find out."""
+    bomb = tmp_path / "bomb.npz"
+    forged_npz(bomb, "acts", (2**28,), 2**31, zipfile.ZIP_DEFLATED)
+    err = one_line_error(["score", f"{bomb}:acts", good[0]], capsys, "must have the same shape")
+    assert "(268435456,)" in err and "(30, 3, 5, 5)" in err
