@@ -113,7 +113,9 @@ def test_script_find_layers_by_class_name_and_layerwise(netfile, inputs):
     transforms_ = {"rot90": partial(TT.rot90, k=1)}
     eager = layerwise_seis(model, inputs, transforms_, progress=False, n_components=0.9)
     script = layerwise_seis(compiled, inputs, transforms_, progress=False, n_components=0.9)
-    assert list(script["module"]) == ["Conv2d", "Conv2d", "Conv2d", "Linear"]
+    # default layers: the blocks (by class name, also in TorchScript) and the head
+    assert list(script["layer"]) == list(eager["layer"]) == ["1", "2", "4"]
+    assert list(script["module"]) == ["Block", "Block", "Linear"]
     np.testing.assert_allclose(script["equivariance"], eager["equivariance"], atol=1e-5)
 
 

@@ -37,13 +37,19 @@ from .._common import (
     progress_bar,
     stream,
 )
+from ._families import default_layers, prefix_tokens
+from ._monitor import SEISMonitor
 from ._script import ScriptRecorder
 
 __all__ = [
+    "SEISMonitor",
+    "default_layers",
     "default_select",
     "extract_activations",
     "find_layers",
     "layerwise_seis",
+    "prefix_tokens",
+    "selector",
     "stream_scores",
 ]
 
@@ -88,6 +94,44 @@ def default_select(output):
     raise TypeError(
         f"cannot find a tensor in a module output of type {type(output).__name__}; "
         "pass select= to say which part to record"
+    )
+
+
+def selector(select):
+    """The function that picks the tensor to record from a module's output.
+
+    Parameters
+    ----------
+    select : None, callable, str or int
+        ``None``: :func:`default_select`. A callable is used as is. A string
+        names a part of a structured output — a key of a dict or of a Hugging
+        Face ``ModelOutput`` (``"last_hidden_state"``), or an attribute of a
+        dataclass or named tuple; an int indexes a tuple or list
+        (``hidden_states`` tuples: ``-1`` for the last).
+
+    Returns
+    -------
+    callable
+    """
+    if select is None:
+        return default_select
+    if callable(select):
+        return select
+    if isinstance(select, int) and not isinstance(select, bool):
+        return lambda output: output[select]
+    if isinstance(select, str):
+
+        def by_name(output):
+            if hasattr(output, "keys") and select in output.keys():
+                return output[select]
+            if hasattr(output, select):
+                return getattr(output, select)
+            have = list(output.keys()) if hasattr(output, "keys") else type(output).__name__
+            raise KeyError(f"select={select!r}: the module's output has no such part ({have})")
+
+        return by_name
+    raise TypeError(
+        f"select must be None, a callable, a str or an int; got {type(select).__name__}"
     )
 
 
@@ -292,9 +336,11 @@ def extract_activations(
         the folder is a saved-pairs folder (:mod:`seis_sklearn.io`, with its
         ``pairs.json`` manifest) that ``seis report --pairs`` reads. Needs the number of
         samples up front (a tensor, an array or a loader with a sized dataset).
-    select : callable, optional
-        Picks the tensor to record from a module's output; default
-        :func:`default_select`.
+    select : callable, str or int, optional
+        Picks the tensor to record from a module's output (:func:`selector`):
+        a function, the name of a part of a structured output
+        (``"last_hidden_state"`` of a Hugging Face ``ModelOutput``, a dict key,
+        an attribute) or a tuple index; default :func:`default_select`.
     dtype : numpy dtype, default=float32
         Dtype of the recorded arrays.
     progress : bool, default=True
@@ -361,10 +407,10 @@ def _forward_batches(
     yield n_total
     views = ("original", "transformed") if transform is not None else ("original",)
     if isinstance(model, torch.jit.ScriptModule):  # no hooks: record from a private copy
-        recorder = ScriptRecorder(model, names, select or default_select, torch)
+        recorder = ScriptRecorder(model, names, selector(select), torch)
         runner = recorder.model
     else:
-        recorder = _Recorder(names, modules, select or default_select)
+        recorder = _Recorder(names, modules, selector(select))
         runner = model
     modes = {m: m.training for m in model.modules()}
     first_param = next(model.parameters(), None)
@@ -492,7 +538,9 @@ def layerwise_seis(
         batch, e.g. ``{"rot90": partial(transforms.rot90, k=1)}`` with
         :mod:`seis_sklearn.adapters.torch.transforms`.
     layers : sequence of str, optional
-        Default: every ``Conv*d`` and ``Linear`` module (:func:`find_layers`).
+        Default: the network's blocks and head (:func:`default_layers`: residual,
+        transformer, mixer or ConvNeXt blocks, decoder stages), or every
+        ``Conv*d`` and ``Linear`` module when it has no blocks.
     held_out : float or None, default=0.2
         Fraction of samples held out for honest scores (:func:`stream_scores`;
         activations are never stored). ``None``: in-sample scores of all samples
@@ -542,13 +590,13 @@ def layerwise_seis(
     metrics = check_report_metrics(metrics)
     if not isinstance(transforms, dict) or not transforms:
         raise TypeError("transforms must be a non-empty dict of name → callable")
-    n_prefix = check_tokens(tokens, n_prefix, getattr(model, "num_prefix_tokens", None))
+    n_prefix = check_tokens(tokens, n_prefix, prefix_tokens(model))
     seis_params = {**seis_params, "matricization": matricization}
     if layers is None:
-        layers = find_layers(model, types=DEFAULT_LAYER_TYPES)
+        layers = default_layers(model)
         if not layers:
             raise ValueError(
-                "layers: the model has no Conv1d/2d/3d or Linear module; name the layers"
+                "layers: found no block and no Conv1d/2d/3d or Linear module; name the layers"
             )
     modules = dict(model.named_modules())
     rows = []
