@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CONSTRAINTS := requirements/constraints.txt
 DEMO_OUT ?= demo-output
 
-.PHONY: setup demo demo-synthetic test test-oldest docs lint bench clean
+.PHONY: setup demo demo-synthetic paper test test-oldest docs lint bench clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@$(PYTHON) -c 'import sys; sys.exit("seis-sklearn needs Python >= 3.10, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
@@ -20,6 +20,11 @@ setup: $(STAMP)
 # The main job: a small CNN trained on digits (plain and rotation-augmented), layer by layer.
 demo: $(STAMP)
 	$(VENV)/bin/seis demo --out $(DEMO_OUT) --force
+
+# The paper's claims on small models trained here (about a minute on 2 cores).
+PAPER_OUT ?= paper-output
+paper: $(STAMP)
+	$(VENV)/bin/seis paper --out $(PAPER_OUT) --force
 
 # The numpy-only synthetic validation (random filters, activations transformed directly).
 demo-synthetic: $(STAMP)
@@ -49,4 +54,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) $(OLD_VENV) docs/_build $(DEMO_OUT) .coverage
+	rm -rf $(VENV) $(OLD_VENV) docs/_build $(DEMO_OUT) $(PAPER_OUT) .coverage
