@@ -181,6 +181,16 @@ def hf_vit():
     return transformers.ViTForImageClassification(config).eval()
 
 
+def hf_deit():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.DeiTConfig(
+        image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=32, num_labels=5,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.DeiTForImageClassificationWithTeacher(config).eval()
+
+
 FAMILIES = {
     "resnet": (ResNet, ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "fc"]),
     "vit": (ViT, ["blocks.0", "blocks.1", "blocks.2", "head"]),
@@ -190,6 +200,10 @@ FAMILIES = {
     "hf-vit": (
         hf_vit,
         ["vit.layers.0", "vit.layers.1", "classifier"],
+    ),
+    "hf-deit": (  # a class and a distillation token before the patches
+        hf_deit,
+        ["deit.layers.0", "deit.layers.1", "distillation_classifier"],
     ),
 }
 
