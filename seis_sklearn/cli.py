@@ -325,8 +325,8 @@ def build_parser():
         "--layers",
         action="append",
         metavar="NAME",
-        help="layer names or globs (repeatable; default: every layer of the folders, every "
-        "Conv/Linear module of a model)",
+        help="layer names or globs (repeatable; default: every layer of the folders; a "
+        "model's blocks and head, or its Conv/Linear modules)",
     )
     source.add_argument(
         "--op-type",
@@ -821,8 +821,10 @@ def _model_job(args, settings):
         if args.layers:
             names = [n for n, _ in model.named_modules() if n]
             layers = _select(names, args.layers, str, "the model")
-        elif not adapter.find_layers(model, types=adapter.DEFAULT_LAYER_TYPES):
-            raise CommandError("the model has no Conv/Linear module; name layers with --layers")
+        elif not adapter.default_layers(model):
+            raise CommandError(
+                "the model has no block and no Conv/Linear module; name layers with --layers"
+            )
     inputs = _load(args.inputs)
     if inputs.ndim < 2 or inputs.shape[0] < 2:
         raise CommandError(
