@@ -210,7 +210,11 @@ def stream(batches, held_out, seis_params, *, dtype=None, deviation=None, n_pref
     kept and held-out samples go into two accumulators per layer
     (:mod:`seis_sklearn._accumulate`: numpy arrays on the host, torch tensors on
     their device); the basis and the CCA are computed once, from the kept
-    samples' moments, and the held-out moments are scored under that fit.
+    samples' moments, and the held-out moments are scored under that fit. A layer
+    whose rows take less memory than its moments keeps the rows instead
+    (:class:`~seis_sklearn._accumulate.RowsFirst`) and is fitted on them like
+    stored activations (the Gram solver where it is cheaper); its moments for
+    other metrics are then computed only when read.
     ``matricization="auto"`` is resolved per layer (:func:`layer_params`); 3-D
     activations lose their first ``n_prefix`` tokens; ``dtype`` (optional)
     converts each batch first.
@@ -222,8 +226,6 @@ def stream(batches, held_out, seis_params, *, dtype=None, deviation=None, n_pref
         activation shape, → the moments of all samples (for other metrics), and
         → how its matricization was chosen.
     """
-    from seis_sklearn import SEISScorer
-
     stored_only = sorted(set(seis_params) & STORED_ONLY)
     if stored_only:
         raise ValueError(
@@ -249,14 +251,49 @@ def stream(batches, held_out, seis_params, *, dtype=None, deviation=None, n_pref
                 f"held_out={held_out} leaves layer {key!r} too few samples to fit and to "
                 "score: give more inputs"
             )
-        train, test = kept[key].result(), held[key].result()
-        scorer = SEISScorer(**plan["params"])._fit_from_moments(
-            train, plan["layout"], plan["shape"], plan["params"]["matricization"]
-        )
-        results[key] = scorer._score_moments(test)
+        scorer = _fit_layer(kept[key], plan)
+        rows = held[key].rows()
+        if rows is None:
+            results[key] = scorer._score_moments(held[key].result())
+        else:
+            results[key] = scorer._score_rows(rows, plan["names"])
         shapes[key], choices[key] = plan["shape"], plan["choice"]
-        moments[key] = train.merge(test)
-    return results, shapes, moments, choices
+        moments[key] = functools.partial(_all_moments, kept[key], held[key])
+    return results, shapes, LazyMoments(moments), choices
+
+
+def _fit_layer(kept, plan):
+    """The scorer of one layer fitted on its kept samples: from their rows when the
+    accumulator still holds them (the solver chosen as for stored activations, so
+    the Gram solver where it is cheaper), else from their moments."""
+    from seis_sklearn import SEISScorer
+
+    params = {**plan["params"], "layout": plan["layout"]}
+    rows = kept.rows()
+    if rows is None:
+        return SEISScorer(**params)._fit_from_moments(
+            kept.result(), plan["layout"], plan["shape"], params["matricization"]
+        )
+    return SEISScorer(**params)._fit(rows[0], rows[1], names=plan["names"], streaming=False)
+
+
+def _all_moments(kept, held):
+    return kept.result().merge(held.result())
+
+
+class LazyMoments(dict):
+    """Layer key → :class:`~seis_sklearn._moments.Moments`, each computed when first read.
+
+    A streamed layer scored from its kept rows has no moments until a metric asks
+    for them (CKA, SVCCA, PWCCA); values are zero-argument callables until then.
+    """
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        if callable(value):
+            value = value()
+            self[key] = value
+        return value
 
 
 def _stream_batch(per_view, phase, layers, kept, held, seis_params):
@@ -281,7 +318,7 @@ def _stream_batch(per_view, phase, layers, kept, held, seis_params):
 def _layer_plan(key, original, seis_params):
     """Parameters, layout and accumulator factory of one layer, from its first batch."""
     from seis_sklearn import SEISScorer
-    from seis_sklearn._accumulate import accumulator
+    from seis_sklearn._accumulate import RowsFirst
     from seis_sklearn._matricize import check_matricization, resolve_layout
 
     params, choice = layer_params(seis_params, original.shape)
@@ -292,11 +329,11 @@ def _layer_plan(key, original, seis_params):
     names = (f"{key} (original)", f"{key} (transformed)")
 
     def factory(pair):
-        return accumulator(pair, layout, mode, names=names)
+        return RowsFirst(pair, layout, mode, names=names)
 
     return dict(
         params={**params, "matricization": mode}, choice=choice, layout=layout,
-        shape=tuple(original.shape[1:]), accumulator=factory,
+        shape=tuple(original.shape[1:]), accumulator=factory, names=names,
     )  # fmt: skip
 
 

@@ -397,22 +397,23 @@ def case_dask_ooc(scale, repeats):
 
 # -- the real job: a layerwise report of a network ---------------------------------------
 class _Stopwatch:
-    """Seconds spent inside chosen functions (outermost calls only), by label."""
+    """Seconds spent inside chosen functions, by label; a call inside another timed
+    call counts for the outer one only (so that the labels add up)."""
 
     def __init__(self):
-        self.seconds, self._depth = {}, {}
+        self.seconds, self._depth = {}, 0
 
     def wrap(self, owner, name, label):
         function = getattr(owner, name)
 
         def timed(*args, **kwargs):
-            depth = self._depth.get(label, 0)
-            self._depth[label] = depth + 1
+            depth = self._depth
+            self._depth = depth + 1
             start = time.perf_counter()
             try:
                 return function(*args, **kwargs)
             finally:
-                self._depth[label] = depth
+                self._depth = depth
                 if depth == 0:
                     elapsed = time.perf_counter() - start
                     self.seconds[label] = self.seconds.get(label, 0.0) + elapsed
@@ -456,6 +457,7 @@ def _model_report(network, scale, repeats, matricization="auto"):
     """report time / forward time for one network, its breakdown, peak RSS for N and 2N."""
     from seis_sklearn.adapters.torch import layerwise_seis
 
+    import seis_sklearn._accumulate as accumulate
     import seis_sklearn._moments as moments
     import seis_sklearn._scorer as scorer
     import seis_sklearn._torch as torch_moments
@@ -473,13 +475,16 @@ def _model_report(network, scale, repeats, matricization="auto"):
     report(64)  # compile and warm up outside the measurements
     forward = median_time(lambda: _forward_alone(model, x, transforms, 128), repeats)
     watch = _Stopwatch()
-    watch.wrap(moments.ArrayAccumulator, "add", "moment pass")
-    watch.wrap(torch_moments.TorchAccumulator, "add", "moment pass")
-    watch.wrap(moments.ArrayAccumulator, "result", "moment pass")
-    watch.wrap(torch_moments.TorchAccumulator, "result", "moment pass")
+    for owner in (moments.ArrayAccumulator, torch_moments.TorchAccumulator, accumulate.RowsFirst):
+        watch.wrap(owner, "add", "moment pass")
+        watch.wrap(owner, "result", "moment pass")
+    watch.wrap(scorer, "accumulate_gram", "Gram pass")
+    watch.wrap(scorer, "gram_components", "Gram pass")
     watch.wrap(scorer, "pooled_basis", "basis")
+    watch.wrap(scorer, "_fit_gram", "basis")
     watch.wrap(scorer, "fit_cca", "CCA")
     watch.wrap(scorer.SEISScorer, "_score_moments", "held-out")
+    watch.wrap(scorer.SEISScorer, "_score_rows", "held-out")
     hook = {"t": 0.0}
     model.register_forward_pre_hook(lambda *a: hook.__setitem__("start", time.perf_counter()))
     model.register_forward_hook(

@@ -117,3 +117,90 @@ def accumulate_folds(arrays, layout, matricization, *, names, index_sets):
         accumulate(arrays, layout, matricization, names=names, indices=indices)
         for indices in index_sets
     ]
+
+
+class RowsFirst:
+    """Keeps the added samples while they take less memory than their moments would.
+
+    A streamed layer whose moments are larger than its rows — few samples of a
+    wide flatten layer, e.g. 512 ResNet samples of 2,048 features: 8 MB of rows
+    against 128 MB of ``(2d)²`` products — is better scored from the rows
+    themselves, where the Gram solver may be far cheaper (``solver="auto"``
+    decides, as for stored activations). Samples are copied (the selected rows
+    only) until their bytes would pass ``budget`` (default: the bytes of the
+    moment accumulator's product, ``(G·d)²·8``); then everything kept so far goes
+    into an ordinary accumulator (:func:`accumulator`) and so does every later
+    batch. Memory: min(rows, moments). numpy arrays only: other array types go
+    straight to their accumulator.
+
+    Parameters
+    ----------
+    arrays : sequence of ndarray
+        A first batch of the views (not added).
+    layout, matricization : str
+        Concrete layout and matricization mode.
+    names : sequence of str or None
+        Argument names for errors.
+    budget : int, optional
+        Bytes of rows to keep at most.
+    """
+
+    def __init__(self, arrays, layout, matricization, *, names, budget=None):
+        from ._matricize import matrix_shape
+
+        self.layout, self.matricization, self.names = layout, matricization, names
+        if budget is None:
+            _, d = matrix_shape((1, *arrays[0].shape[1:]), layout, matricization)
+            budget = (len(arrays) * d) ** 2 * 8
+        self.budget = budget
+        self._parts, self._nbytes, self._n = [], 0, 0
+        self._acc = None
+        if backend_of(arrays) != "numpy":
+            self._switch(arrays)
+
+    @property
+    def n_samples(self):
+        """Samples added so far."""
+        return self._n if self._acc is None else self._acc.n_samples
+
+    @property
+    def kept(self):
+        """Whether the rows are still kept (no moments accumulated yet)."""
+        return self._acc is None
+
+    def _switch(self, arrays):
+        self._acc = accumulator(arrays, self.layout, self.matricization, names=self.names)
+        for part in self._parts:
+            self._acc.add(part)
+        self._parts = None
+
+    def add(self, arrays, indices=None):
+        """Add the samples of a batch (all of them, or ``indices``, in that order)."""
+        if self._acc is None:
+            n = arrays[0].shape[0] if indices is None else len(indices)
+            size = n * sum(a[:1].nbytes for a in arrays)
+            if self._nbytes + size <= self.budget:
+                taken = [
+                    np.array(a, copy=True) if indices is None else a[np.asarray(indices)]
+                    for a in arrays
+                ]
+                self._parts.append(taken)
+                self._nbytes += size
+                self._n += n
+                return self
+            self._switch(arrays)
+        self._acc.add(arrays, indices)
+        return self
+
+    def rows(self):
+        """The kept samples, one array per view (None once moments are accumulated)."""
+        if self._acc is not None:
+            return None
+        return [np.concatenate([p[g] for p in self._parts]) for g in range(len(self._parts[0]))]
+
+    def result(self):
+        """The :class:`~seis_sklearn._moments.Moments` of every sample added."""
+        if self._acc is not None:
+            return self._acc.result()
+        views = self.rows()
+        return accumulate(views, self.layout, self.matricization, names=self.names)

@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import blas
 
 from ._cca import Basis, descending_eigh, deterministic_signs, no_variance_error, select_k
 from ._matricize import matricize, matrix_shape
@@ -117,23 +116,23 @@ def accumulate_gram(arrays, layout, matricization, *, names):
         files.before_chunk()
         Z, means = _centred_chunk(matrices, rows, c0, c1, dtype, names, arrays)
         mean[:, :, c0:c1] = means
-        if scratch is None:
-            blas.dsyrk(1.0, Z.T, beta=1.0, c=gram.T, trans=1, lower=0, overwrite_c=1)
-        else:
-            scale = _float32_scale(float(Z.min()), float(Z.max()))
-            if scale != 1.0:
-                Z *= np.float32(scale)
-            blas.ssyrk(1.0, Z.T, beta=0.0, c=scratch.T, trans=1, lower=0, overwrite_c=1)
-            gram += scratch if scale == 1.0 else scratch.astype(np.float64) / (scale * scale)
+        # numpy's BLAS, as in the moment pass (_moments.MomentAccumulator._product);
+        # an overflow is reported after the pass, naming the view
+        with np.errstate(over="ignore", invalid="ignore"):
+            if scratch is None:
+                gram += Z @ Z.T
+            else:
+                scale = _float32_scale(float(Z.min()), float(Z.max()))
+                if scale != 1.0:
+                    Z *= np.float32(scale)
+                np.matmul(Z, Z.T, out=scratch)
+                gram += scratch if scale == 1.0 else scratch.astype(np.float64) / (scale * scale)
         release()
     files.after_pass()
     if not np.isfinite(np.trace(gram)):
         for a, name in zip(arrays, names, strict=True):
             check_finite(a, name)
         raise_nonfinite(arrays[0], names[0])
-    # SYRK filled the lower triangle of the C-ordered matrix: mirror it.
-    gram += gram.T
-    gram[np.arange(size), np.arange(size)] *= 0.5
     return GramMoments(m, mean, gram)
 
 

@@ -26,7 +26,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import blas
 
 from ._kernels import centre_into_view, feature_means_of_view, sample_view
 from ._matricize import matricize, matrix_shape
@@ -117,7 +116,7 @@ class MomentAccumulator:
     The first chunk fixes a shift per feature and view, ``s_g`` (R × d): its
     per-feature means, rounded to the product dtype. Every chunk is written as
     ``Z_g = x_g − s_g`` into one stacked buffer ``[Z_0 … Z_{G-1}]``, a single
-    BLAS SYRK adds its Gram ``[Z_0 … Z_{G-1}]ᵀ[Z_0 … Z_{G-1}]`` — every block
+    BLAS product (SYRK) adds its Gram ``[Z_0 … Z_{G-1}]ᵀ[Z_0 … Z_{G-1}]`` — every block
     ``Z_gᵀZ_h`` at once — to a ``G·d × G·d`` float64 accumulator, and the
     per-feature sums of ``Z_g`` are kept in float64. :meth:`result` removes the
     shift exactly, ``P̃_gᵀP̃_h = Z_gᵀZ_h − N·Σ_r z̄_{g,r}ᵀ z̄_{h,r}`` (the shifted-data
@@ -138,7 +137,7 @@ class MomentAccumulator:
         self.d = d = n_columns
         self.shift = None  # (G, R, d) in the product dtype, from the first chunk
         self.sums = np.zeros((n_views, rows_per_sample, d))  # Σ Z per feature
-        self.joint = np.zeros((n_views * d, n_views * d))  # lower triangle is kept
+        self.joint = np.zeros((n_views * d, n_views * d))
         self._buffer = np.empty((0, n_views * d), dtype=self.dtype)
         self._scratch = None
         # float32: centred rows wait here (up to FLOAT32_PRODUCT_ROWS) for one product, so
@@ -216,12 +215,20 @@ class MomentAccumulator:
             raise NonFiniteError(bad // self.d)
 
     def _product(self, buffer, scales, d):
-        # The C-ordered accumulator seen through .T is a Fortran matrix for BLAS;
-        # SYRK of bufferᵀ fills the lower triangle of the C-ordered matrix.
+        # numpy's matmul computes bufferᵀ·buffer by SYRK (and mirrors the triangle). The
+        # products go through numpy's BLAS, not scipy.linalg.blas: the eigendecompositions
+        # after the pass are numpy's, and two OpenBLAS libraries in one process each keep
+        # their idle threads spinning for a while after a call, taking a core from the
+        # other one (measured: a ResNet-18 report 9.7 s with scipy's SYRK, 8.0 s without).
+        # Only the diagonal blocks and the lower-left blocks (g > h) are read.
+        with np.errstate(over="ignore", invalid="ignore"):  # checked after the product
+            self._add_product(buffer, scales, d)
+
+    def _add_product(self, buffer, scales, d):
         if self._scratch is None:
-            blas.dsyrk(1.0, buffer.T, beta=1.0, c=self.joint.T, trans=0, lower=0, overwrite_c=1)
+            self.joint += buffer.T @ buffer
             return
-        blas.ssyrk(1.0, buffer.T, beta=0.0, c=self._scratch.T, trans=0, lower=0, overwrite_c=1)
+        np.matmul(buffer.T, buffer, out=self._scratch)
         if (scales == 1.0).all():
             self.joint += self._scratch
             return
@@ -237,23 +244,22 @@ class MomentAccumulator:
     def result(self):
         """The accumulated :class:`Moments` (symmetric, the shift removed)."""
         self._flush()
-        return shifted_moments(self.joint, self.sums, self.shift, self.n_samples, lower=True)
+        return shifted_moments(self.joint, self.sums, self.shift, self.n_samples)
 
 
-def shifted_moments(joint, sums, shift, n, lower):
+def shifted_moments(joint, sums, shift, n):
     """:class:`Moments` from shifted sums: ``joint = ZᵀZ`` of the stacked ``Z_g = x_g − s_g``.
 
     Parameters
     ----------
     joint : ndarray of shape (G·d, G·d)
-        float64; only its lower triangle when ``lower`` (what SYRK fills).
+        float64; its diagonal blocks are read in full, and the blocks below them.
     sums : ndarray of shape (G, R, d)
         float64 per-feature sums of ``Z_g``.
     shift : ndarray of shape (G, R, d)
         The shifts ``s_g``.
     n : int
         Samples.
-    lower : bool
 
     Returns
     -------
@@ -264,14 +270,10 @@ def shifted_moments(joint, sums, shift, n, lower):
     centre = sums / n  # mean of Z per feature: μ − s
     auto = np.empty((G, d, d))
     cross = np.empty((max(G - 1, 0), d, d))
-    diagonal = np.arange(d)
     for g in range(G):
         block = joint[g * d : (g + 1) * d, g * d : (g + 1) * d]
         a = auto[g]
         np.copyto(a, block)
-        if lower:  # lower triangle filled, upper triangle zero
-            a += a.T
-            a[diagonal, diagonal] *= 0.5
         a -= n * _outer_sum(centre[g], centre[g])
         if g:
             # the lower-left block (rows of view g, columns of view 0) is Z_gᵀZ_0

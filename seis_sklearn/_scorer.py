@@ -450,8 +450,22 @@ class SEISScorer(BaseEstimator):
     def _score_moments(self, moments):
         """Held-out result from the d × d moments of new pairs (streaming scoring)."""
         check_is_fitted(self)
+        return self._score_projected(project_moments(moments, self.components_.T))
+
+    def _score_rows(self, arrays, names):
+        """Held-out result of new pairs given as validated arrays in the fitted layout
+        (streaming scoring of kept rows); ``names`` name them in errors."""
+        check_is_fitted(self)
+        projected = accumulate(
+            arrays, self.layout_, self.matricization_, names=names,
+            projection=self.components_.T,
+        )  # fmt: skip
+        return self._score_projected(projected, names)
+
+    def _score_projected(self, projected, names=("X", "y")):
+        """Held-out result from the moments of new pairs projected on ``V_k``."""
         V = self.components_.T
-        projected = _held_out_moments(project_moments(moments, V), self._means, V, ("X", "y"))
+        projected = _held_out_moments(projected, self._means, V, names)
         return _held_out_result(
             self._cca,
             self._basis,

@@ -176,5 +176,4 @@ class TorchAccumulator:
             self.sums.cpu().numpy(),
             self.shift.to(torch.float64).cpu().numpy(),
             self.n_samples,
-            lower=False,
         )

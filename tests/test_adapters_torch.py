@@ -383,3 +383,60 @@ def test_report_auto_matricization_tokens_and_degenerate_rows(tmp_path):
         layerwise_seis(vit, x, {"r": TT.rot90}, layers=["block"], tokens="cls", progress=False)
     with pytest.raises(ValueError, match=r"needs n_prefix= .*num_prefix_tokens"):
         layerwise_seis(small, x, {"r": TT.rot90}, layers=["1"], tokens="patch", progress=False)
+
+
+def test_a_wide_streamed_layer_is_fitted_on_its_rows(monkeypatch):
+    """Few samples of a wide layer: the stream keeps their rows (smaller than the d × d
+    moments) and fits them as stored activations are fitted — here by the Gram solver,
+    the cheaper one — with the scores and metrics of the moment path (forced by a
+    zero row budget) within the case's rounding bound."""
+    import functools
+
+    from seis_sklearn.adapters.torch import layerwise_seis, stream_scores
+
+    import seis_sklearn._accumulate as accumulate_module
+    import seis_sklearn._scorer as scorer_module
+    from seis_sklearn import SEISScorer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.Tanh())
+    x = np.random.default_rng(2).normal(size=(60, 1, 8, 8)).astype(np.float32)
+    flip = lambda batch: torch.flip(batch, (3,))  # noqa: E731
+    params = dict(batch_size=16, progress=False, n_components=0.99, dtype=np.float64)
+    gram_calls = []
+    real_gram = scorer_module.accumulate_gram
+
+    def counted_gram(*args, **kwargs):
+        gram_calls.append(1)
+        return real_gram(*args, **kwargs)
+
+    monkeypatch.setattr(scorer_module, "accumulate_gram", counted_gram)
+    from_rows = stream_scores(model, x, ["2"], flip, **params)["2"]
+    assert gram_calls  # rows kept, and the Gram solver chosen for 48 rows of 256 columns
+    report = lambda: layerwise_seis(  # noqa: E731
+        model, x, {"flip": flip}, layers=["2"], batch_size=16, progress=False,
+        metrics=["cka", "svcca"], n_components=0.99,
+    )  # fmt: skip
+    rows_report = report()
+
+    monkeypatch.setattr(
+        accumulate_module, "RowsFirst", functools.partial(accumulate_module.RowsFirst, budget=0)
+    )
+    gram_calls.clear()
+    from_moments = stream_scores(model, x, ["2"], flip, **params)["2"]
+    assert not gram_calls
+    moments_report = report()
+
+    stored = extract_activations(model, x, ["2"], transform=flip, progress=False, dtype=np.float64)
+    original, flipped = stored["2"]
+    test = np.arange(60) % 5 == 0
+    scorer = SEISScorer(n_components=0.99).fit(original[~test], flipped[~test])
+    tol = scorer_tolerance(scorer, held_out=True)
+    assert from_rows.n_components == from_moments.n_components == scorer.n_components_
+    assert_scores_close(from_rows, from_moments, tol)
+    assert_scores_close(from_rows, scorer.scores(original[test], flipped[test]), tol)
+    # the reports stream float32 activations: float32 products, by two routes
+    tol32 = scorer_tolerance(scorer, dtype=np.float32, held_out=True)
+    for column in ("equivariance", "invariance", "cka", "svcca"):
+        a, b = rows_report[column].to_numpy(), moments_report[column].to_numpy()
+        assert np.all(np.abs(a - b) <= tol32), (column, a, b, tol32)

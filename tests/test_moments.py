@@ -249,3 +249,36 @@ def test_float32_rows_pool_across_small_batches_and_scales(rng):
     assert got.n_samples == 90
     assert np.abs(got.auto - auto).max() <= 2e-6 * scale
     assert np.abs(got.cross - cross).max() <= 2e-6 * scale
+
+
+def test_rows_first_keeps_rows_until_their_moments_are_smaller(rng):
+    """RowsFirst keeps the selected samples (in order) while they take at most its
+    budget, then moves them into an ordinary accumulator: the moments are the same
+    statistics either way (rounding of the sums only)."""
+    from seis_sklearn._accumulate import RowsFirst
+
+    A, B = _pair(rng, (40, 3, 4, 5), np.float64, "C")
+    sample = 2 * A[:1].nbytes
+    pick = [np.arange(0, 10, 2), np.arange(10, 20), np.arange(20, 40, 3)]
+    want_rows = np.concatenate(pick)
+    mean, auto, cross = _direct([A[want_rows], B[want_rows]], "NCHW", "spatial")
+    scale = np.abs(auto).max()
+    for budget, kept in ((sample * 40, True), (sample * 12, False), (0, False)):
+        acc = RowsFirst([A, B], "NCHW", "spatial", names=("A", "B"), budget=budget)
+        for idx in pick:
+            acc.add([A, B], idx)
+        assert acc.kept is kept and acc.n_samples == len(want_rows)
+        rows = acc.rows()
+        if kept:
+            assert np.array_equal(rows[0], A[want_rows]) and np.array_equal(rows[1], B[want_rows])
+            rows[0][:] = 0.0  # copies: the caller's arrays are untouched
+            assert not np.array_equal(A[want_rows], rows[0])
+        else:
+            assert rows is None
+        got = acc.result()
+        assert np.allclose(got.mean, mean, rtol=1e-12, atol=1e-12 * np.abs(mean).max())
+        assert np.abs(got.auto - auto).max() <= 1e-12 * scale
+        assert np.abs(got.cross - cross).max() <= 1e-12 * scale
+    # the default budget is the bytes of the (G·d)² float64 product: d = 20 columns here
+    acc = RowsFirst([A, B], "NCHW", "spatial", names=("A", "B"))
+    assert acc.budget == (2 * 20) ** 2 * 8
