@@ -309,3 +309,75 @@ def test_cli_report_from_onnx_equals_the_api(cnn, images, tmp_path):
     for row, (_, expected) in zip(rows, want.iterrows(), strict=True):
         assert float(row["equivariance"]) == pytest.approx(expected["equivariance"], abs=1e-6)
         assert float(row["invariance"]) == pytest.approx(expected["invariance"], abs=1e-6)
+
+
+def test_bound_outputs_equal_the_session_outputs(cnn, images, monkeypatch):
+    """The I/O binding path (what a CUDA session streams through, outputs left on the
+    device) bound to the CPU here: the same tensors as ``session.run``, in the same
+    order, and the streamed report of a layerwise run identical to the host path."""
+    _, proto = cnn
+    runner = OA._Runner(proto, [DEMO_TENSORS["block1"], DEMO_TENSORS["block4"]], None, None)
+    assert runner.output_device is None  # no CUDA provider: outputs come as numpy arrays
+    feeds = {runner.inputs[0].name: images[:9]}
+    host = runner.run(feeds, on_device=True)
+    runner.output_device = "cpu"
+    bound = runner.run(feeds, on_device=True)
+    assert list(bound) == list(host) == runner.names
+    for name in runner.names:
+        assert isinstance(bound[name], np.ndarray)
+        assert np.array_equal(bound[name], host[name])
+
+    transforms = {"rot90": partial(T.rot90, k=1)}
+    kwargs = dict(batch_size=40, progress=False, metrics=["cka"])
+    want = OA.layerwise_seis(proto, images, transforms, **kwargs)
+    calls = []
+    real_run = OA._Runner.run
+
+    def bound_run(self, feeds, on_device=False):
+        calls.append(on_device)
+        self.output_device = "cpu"
+        return real_run(self, feeds, on_device=on_device)
+
+    monkeypatch.setattr(OA._Runner, "run", bound_run)
+    got = OA.layerwise_seis(proto, images, transforms, **kwargs)
+    assert calls and all(calls)  # the streamed report asks for outputs on the device
+    columns = ["layer", "equivariance", "invariance", "cka", "n_components"]
+    assert got[columns].equals(want[columns])
+
+
+def test_device_buffer_describes_the_output_it_holds():
+    """What torch reads through ``__cuda_array_interface__`` to wrap a CUDA output without
+    a copy: shape, dtype and address of the OrtValue, which the buffer keeps alive."""
+    import onnxruntime as ort
+
+    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    value = ort.OrtValue.ortvalue_from_numpy(array)
+    buffer = OA._DeviceBuffer(value)
+    interface = buffer.__cuda_array_interface__
+    assert interface["shape"] == (2, 3, 4) and interface["typestr"] == "<f4"
+    assert interface["data"] == (value.data_ptr(), False) and interface["version"] == 2
+    assert buffer.value is value
+    assert np.array_equal(OA._from_ort(value), array)  # a CPU value comes back as numpy
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_outputs_stay_on_the_device(cnn, images):  # pragma: no cover - GPU machines
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime without the CUDA provider")
+    _, proto = cnn
+    runner = OA._Runner(proto, [DEMO_TENSORS["block2"]], None, None)
+    assert runner.output_device == "cuda"
+    feeds = {runner.inputs[0].name: images[:16]}
+    bound = runner.run(feeds, on_device=True)[DEMO_TENSORS["block2"]]
+    assert isinstance(bound, torch.Tensor) and bound.is_cuda
+    host = runner.run(feeds)[DEMO_TENSORS["block2"]]
+    np.testing.assert_allclose(bound.cpu().numpy(), host, rtol=0, atol=0)
+    transforms = {"rot90": partial(T.rot90, k=1)}
+    on_gpu = OA.layerwise_seis(proto, images, transforms, batch_size=40, progress=False)
+    on_cpu = OA.layerwise_seis(
+        proto, images, transforms, batch_size=40, progress=False,
+        providers=["CPUExecutionProvider"],
+    )  # fmt: skip
+    assert np.allclose(on_gpu["equivariance"], on_cpu["equivariance"], atol=1e-4)

@@ -305,6 +305,22 @@ class _Runner:
         initializers = {i.name for i in proto.graph.initializer}
         self.inputs = [i for i in self.session.get_inputs() if i.name not in initializers]
         self.output_index = {o.name: i for i, o in enumerate(self.session.get_outputs())}
+        self.output_device, self.device_id = _output_device(self.session)
+
+    def run(self, feeds, on_device=False):
+        """The recorded tensors of one batch: numpy arrays, or with ``on_device`` and a
+        session on CUDA, tensors left where onnxruntime computed them (I/O binding)."""
+        if not on_device or self.output_device is None:
+            values = self.session.run([*self.output_index], feeds)
+            return {name: values[self.output_index[name]] for name in self.names}
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in self.names:
+            binding.bind_output(name, self.output_device, self.device_id)
+        self.session.run_with_iobinding(binding)
+        values = binding.get_outputs()  # in the order bound
+        return {name: _from_ort(value) for name, value in zip(self.names, values, strict=True)}
 
     def check(self, feeds):
         """Validate the arrays fed to the graph inputs; return the batch size rule."""
@@ -334,9 +350,45 @@ class _Runner:
             raise ValueError(f"the graph inputs fix different batch sizes: {sorted(fixed)}")
         return fixed.pop() if fixed else None
 
-    def run(self, feeds):
-        values = self.session.run([*self.output_index], feeds)
-        return {name: values[self.output_index[name]] for name in self.names}
+
+def _output_device(session):
+    """``("cuda", device id)`` where streamed outputs may stay: a session running on
+    the CUDA provider, with torch (which the moments are then computed with) seeing
+    CUDA; else ``(None, 0)``: outputs come to the host as numpy arrays."""
+    if "CUDAExecutionProvider" not in session.get_providers():
+        return None, 0
+    try:
+        import torch
+    except ImportError:
+        return None, 0
+    if not torch.cuda.is_available():  # pragma: no cover - onnxruntime-gpu without torch CUDA
+        return None, 0
+    options = session.get_provider_options().get("CUDAExecutionProvider", {})
+    return "cuda", int(options.get("device_id", 0))
+
+
+class _DeviceBuffer:
+    """An onnxruntime output on a CUDA device seen through ``__cuda_array_interface__``,
+    so that torch wraps it without a copy; holding the OrtValue keeps its memory."""
+
+    def __init__(self, value):
+        self.value = value
+        self.__cuda_array_interface__ = {
+            "shape": tuple(value.shape()),
+            "typestr": np.dtype(_ORT_DTYPES[value.data_type()]).str,
+            "data": (value.data_ptr(), False),
+            "strides": None,
+            "version": 2,
+        }
+
+
+def _from_ort(value):
+    """A bound output: a torch tensor on its CUDA device (no copy), or a numpy array."""
+    if value.device_name().lower() == "cpu":
+        return value.numpy()
+    import torch
+
+    return torch.as_tensor(_DeviceBuffer(value))  # the device of the pointer
 
 
 _ORT_DTYPES = {
@@ -383,8 +435,11 @@ def _feeds(runner, inputs):
     return feeds, sizes.pop()
 
 
-def _forward_batches(model, inputs, layers, op_types, transform, batch_size, providers, progress):
-    """Batch generator (see :mod:`seis_sklearn.adapters._common`) over an ONNX session."""
+def _forward_batches(
+    model, inputs, layers, op_types, transform, batch_size, providers, progress, on_device=False
+):
+    """Batch generator (see :mod:`seis_sklearn.adapters._common`) over an ONNX session;
+    ``on_device``: outputs may stay on the session's CUDA device (:meth:`_Runner.run`)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
     if transform is not None and not callable(transform):
@@ -419,7 +474,7 @@ def _forward_batches(model, inputs, layers, op_types, transform, batch_size, pro
                 }
                 if stop - start < step and fixed is not None:  # pad a fixed-size last batch
                     fed = {k: _pad(v, step) for k, v in fed.items()}
-                recorded = runner.run(fed)
+                recorded = runner.run(fed, on_device=on_device)
                 per_view[view] = {k: v[: stop - start] for k, v in recorded.items()}
                 for key, array in per_view[view].items():
                     if array.ndim == 0 or array.shape[0] != stop - start:
@@ -440,10 +495,12 @@ def _pad(array, size):
     return np.concatenate([array, pad])
 
 
-def _started(model, inputs, layers, op_types, transform, batch_size, providers, progress):
+def _started(
+    model, inputs, layers, op_types, transform, batch_size, providers, progress, on_device=False
+):
     """The batch generator, primed: (generator yielding n_total next, runner)."""
     batches = _forward_batches(
-        model, inputs, layers, op_types, transform, batch_size, providers, progress
+        model, inputs, layers, op_types, transform, batch_size, providers, progress, on_device
     )
     runner, n_total = next(batches)
 
@@ -547,7 +604,7 @@ def stream_scores(
     """
     check_stream_args(held_out, transform)
     batches, _ = _started(
-        model, inputs, layers, op_types, transform, batch_size, providers, progress
+        model, inputs, layers, op_types, transform, batch_size, providers, progress, True
     )
     return stream(batches, held_out, seis_params, dtype=dtype)[0]
 
@@ -625,7 +682,7 @@ def layerwise_seis(
         else:
             check_stream_args(held_out, transform)
             batches, runner = _started(
-                model, inputs, layers, op_types, transform, batch_size, providers, progress
+                model, inputs, layers, op_types, transform, batch_size, providers, progress, True
             )
             results, shapes, moments, choices = stream(
                 batches, held_out, seis_params, deviation=deviation, n_prefix=n_prefix
