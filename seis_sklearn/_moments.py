@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._blas import mirror_lower, syrk_lower
 from ._kernels import centre_into_view, feature_means_of_view, sample_view
 from ._matricize import matricize, matrix_shape
 from ._validation import chunk_samples, raise_nonfinite
@@ -215,20 +216,19 @@ class MomentAccumulator:
             raise NonFiniteError(bad // self.d)
 
     def _product(self, buffer, scales, d):
-        # numpy's matmul computes bufferᵀ·buffer by SYRK (and mirrors the triangle). The
-        # products go through numpy's BLAS, not scipy.linalg.blas: the eigendecompositions
-        # after the pass are numpy's, and two OpenBLAS libraries in one process each keep
-        # their idle threads spinning for a while after a call, taking a core from the
-        # other one (measured: a ResNet-18 report 9.7 s with scipy's SYRK, 8.0 s without).
-        # Only the diagonal blocks and the lower-left blocks (g > h) are read.
+        # SYRK of numpy's own BLAS (seis_sklearn._blas): only the lower triangle is
+        # computed, and no second OpenBLAS (scipy's) spins its idle threads against
+        # numpy's (measured: a ResNet-18 report 9.7 s with scipy's SYRK, 8.0 s without).
+        # Only the lower triangle of the diagonal blocks and the blocks below them
+        # (g > h) are read; result() mirrors the diagonal blocks.
         with np.errstate(over="ignore", invalid="ignore"):  # checked after the product
             self._add_product(buffer, scales, d)
 
     def _add_product(self, buffer, scales, d):
         if self._scratch is None:
-            self.joint += buffer.T @ buffer
+            syrk_lower(buffer, self.joint, beta=1.0)
             return
-        np.matmul(buffer.T, buffer, out=self._scratch)
+        syrk_lower(buffer, self._scratch)
         if (scales == 1.0).all():
             self.joint += self._scratch
             return
@@ -244,6 +244,9 @@ class MomentAccumulator:
     def result(self):
         """The accumulated :class:`Moments` (symmetric, the shift removed)."""
         self._flush()
+        d = self.d
+        for g in range(self.n_views):  # the products wrote (at least) the lower triangle
+            mirror_lower(self.joint[g * d : (g + 1) * d, g * d : (g + 1) * d])
         return shifted_moments(self.joint, self.sums, self.shift, self.n_samples)
 
 

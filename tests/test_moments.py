@@ -282,3 +282,56 @@ def test_rows_first_keeps_rows_until_their_moments_are_smaller(rng):
     # the default budget is the bytes of the (G·d)² float64 product: d = 20 columns here
     acc = RowsFirst([A, B], "NCHW", "spatial", names=("A", "B"))
     assert acc.budget == (2 * 20) ** 2 * 8
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [slice(None), slice(None, None, 3)])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_syrk_lower_writes_the_lower_triangle_of_the_product(rng, dtype, rows, beta):
+    from seis_sklearn import _blas
+
+    x = rng.normal(size=(257, 40)).astype(dtype)[rows]  # a row-strided view too
+    out = rng.normal(size=(40, 40)).astype(dtype)
+    before = out.copy()
+    lower_only = _blas.syrk_lower(x, out, beta=beta)
+    want = x.astype(np.float64).T @ x.astype(np.float64) + beta * before
+    # a sum of n products, each rounded: relative c·u·√n of the sum of absolute terms
+    scale = np.abs(x).T.astype(np.float64) @ np.abs(x) + np.abs(before)
+    tol = 4 * np.finfo(dtype).eps * np.sqrt(x.shape[0]) * scale
+    assert (np.abs(np.tril(out - want)) <= np.tril(tol)).all()
+    if lower_only:  # the strict upper triangle is left as it was
+        np.testing.assert_array_equal(np.triu(out, 1), np.triu(before, 1))
+    else:
+        assert (np.abs(out - want) <= tol).all()
+
+
+def test_numpy_openblas_is_used_where_numpy_ships_it():
+    import glob
+    import os
+
+    from seis_sklearn import _blas
+
+    shipped = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs",
+                                     "*openblas*"))  # fmt: skip
+    if shipped:  # numpy's Linux wheels: SYRK of that very library, both dtypes
+        assert set(_blas._SYRK) == {np.dtype(np.float32), np.dtype(np.float64)}
+    x = np.ones((3, 2), np.float32)
+    out = np.zeros((2, 2), np.float32)
+    assert _blas.syrk_lower(x, out) == bool(shipped)
+    assert _blas.syrk_lower(x[:, ::2], np.zeros((1, 1), np.float32)) is False  # strided
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_moments_equal_with_and_without_numpy_openblas(rng, dtype, monkeypatch):
+    """The lower-triangle SYRK path (diagonal blocks mirrored in result) and numpy.matmul."""
+    from seis_sklearn import _blas
+
+    A, B = _pair(rng, (50, 3, 6, 7), dtype, "C")
+    fast = accumulate([A, B], "NCHW", "spatial", names=None)
+    monkeypatch.setattr(_blas, "_SYRK", {})  # numpy.matmul: both triangles
+    plain = accumulate([A, B], "NCHW", "spatial", names=None)
+    u = np.finfo(dtype).eps
+    for got, want in ((fast.auto, plain.auto), (fast.cross, plain.cross)):
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(got, want, rtol=0, atol=8 * u * np.sqrt(A.size) * scale)
+    np.testing.assert_array_equal(fast.mean, plain.mean)

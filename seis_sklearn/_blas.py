@@ -1,0 +1,114 @@
+"""SYRK from the BLAS library numpy itself runs on, where it can be found.
+
+``numpy.matmul(x.T, x)`` recognises the product of a matrix with its own transpose
+and calls SYRK, but then copies the computed triangle into the other one: for the
+4,096 × 2,048 float32 chunks of the moment pass that copy costs ≈ 13 % of the product
+(``benchmarks/README.md``). scipy's ``ssyrk`` has no copy but runs on scipy's own
+OpenBLAS, a second thread pool whose idle threads spin against numpy's (and
+torch's) after every call. So where numpy ships OpenBLAS (its wheels do), this module
+calls ``cblas_?syrk`` of *that* library — the one already loaded, found with
+``RTLD_NOLOAD`` so that nothing else is ever loaded — and fills only the lower
+triangle. Elsewhere (numpy built against MKL, Accelerate, a system BLAS)
+:func:`syrk_lower` falls back to ``numpy.matmul``, which fills both triangles.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+
+import numpy as np
+
+_ROW_MAJOR, _LOWER, _TRANS = 101, 122, 112  # CBLAS enums
+_SYMBOLS = (  # (name, integer type): numpy >= 2 wheels, then numpy 1.x wheels
+    ("scipy_cblas_{}syrk64_", ctypes.c_int64),
+    ("cblas_{}syrk64_", ctypes.c_int64),
+    ("scipy_cblas_{}syrk", ctypes.c_int),
+    ("cblas_{}syrk", ctypes.c_int),
+)
+
+
+def _numpy_openblas_syrk():
+    """``{dtype: function}`` for numpy's own OpenBLAS, or ``{}`` where not found."""
+    if not hasattr(os, "RTLD_NOLOAD"):  # pragma: no cover - Windows
+        return {}
+    root = os.path.dirname(np.__file__)
+    candidates = sorted(
+        glob.glob(os.path.join(root, os.pardir, "numpy.libs", "*openblas*"))  # Linux
+        + glob.glob(os.path.join(root, ".dylibs", "*openblas*"))  # macOS
+    )
+    for path in candidates:
+        try:  # only a library numpy has loaded already: the same pool, nothing new
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LOCAL)
+        except OSError:  # pragma: no cover - a file numpy does not use
+            continue
+        for pattern, integer in _SYMBOLS:
+            try:
+                functions = {
+                    np.dtype(dtype): getattr(lib, pattern.format(letter))
+                    for dtype, letter, real in ((np.float32, "s", ctypes.c_float),
+                                                (np.float64, "d", ctypes.c_double))
+                }  # fmt: skip
+            except AttributeError:
+                continue
+            for dtype, function in functions.items():
+                real = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+                function.restype = None
+                function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                     integer, integer, real, ctypes.c_void_p, integer,
+                                     real, ctypes.c_void_p, integer]  # fmt: skip
+            return functions
+    return {}  # pragma: no cover - numpy without a bundled OpenBLAS
+
+
+_SYRK = _numpy_openblas_syrk()
+
+
+def syrk_lower(x, out, beta=0.0):
+    """``out ← xᵀx + beta·out``, at least on and below the diagonal.
+
+    Parameters
+    ----------
+    x : ndarray of shape (rows, n)
+        float32 or float64, rows contiguous (``x.strides[1]`` one item).
+    out : ndarray of shape (n, n)
+        Same dtype, C-contiguous. With numpy's OpenBLAS only its lower triangle
+        (diagonal included) is written and the strict upper triangle is left as it
+        was; otherwise (``numpy.matmul``) all of it.
+    beta : {0.0, 1.0}
+        1.0 adds the product to ``out``.
+
+    Returns
+    -------
+    bool
+        Whether only the lower triangle was written.
+    """
+    function = _SYRK.get(x.dtype)
+    usable = (
+        function is not None
+        and out.dtype == x.dtype
+        and out.flags.c_contiguous
+        and x.ndim == 2
+        and x.shape[0] > 0
+        and x.shape[1] > 0
+        and x.strides[1] == x.itemsize
+        and x.strides[0] % x.itemsize == 0
+        and x.strides[0] >= x.shape[1] * x.itemsize
+    )
+    if not usable:
+        if beta:
+            out += x.T @ x
+        else:
+            np.matmul(x.T, x, out=out)
+        return False
+    n, k = x.shape[1], x.shape[0]
+    function(_ROW_MAJOR, _LOWER, _TRANS, n, k, 1.0, x.ctypes.data,
+             x.strides[0] // x.itemsize, beta, out.ctypes.data, n)  # fmt: skip
+    return True
+
+
+def mirror_lower(matrix):
+    """Copy the strict lower triangle of a square ``matrix`` onto its upper one."""
+    matrix[...] = np.tril(matrix) + np.tril(matrix, -1).T
+    return matrix
