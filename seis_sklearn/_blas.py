@@ -27,6 +27,10 @@ _SYMBOLS = (  # (name, integer type): numpy >= 2 wheels, then numpy 1.x wheels
     ("scipy_cblas_{}syrk", ctypes.c_int),
     ("cblas_{}syrk", ctypes.c_int),
 )
+_REALS = {
+    np.dtype(np.float32): ("s", ctypes.c_float),
+    np.dtype(np.float64): ("d", ctypes.c_double),
+}
 
 
 def _numpy_openblas_syrk():
@@ -44,16 +48,13 @@ def _numpy_openblas_syrk():
         except OSError:  # pragma: no cover - a file numpy does not use
             continue
         for pattern, integer in _SYMBOLS:
-            try:
-                functions = {
-                    np.dtype(dtype): getattr(lib, pattern.format(letter))
-                    for dtype, letter, real in ((np.float32, "s", ctypes.c_float),
-                                                (np.float64, "d", ctypes.c_double))
-                }  # fmt: skip
-            except AttributeError:
+            names = {dtype: pattern.format(letter) for dtype, (letter, _) in _REALS.items()}
+            if not all(hasattr(lib, name) for name in names.values()):
                 continue
-            for dtype, function in functions.items():
-                real = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+            functions = {}
+            for dtype, name in names.items():
+                real = _REALS[dtype][1]
+                functions[dtype] = function = getattr(lib, name)
                 function.restype = None
                 function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                      integer, integer, real, ctypes.c_void_p, integer,

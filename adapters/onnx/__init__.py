@@ -500,7 +500,15 @@ def _started(
 ):
     """The batch generator, primed: (generator yielding n_total next, runner)."""
     batches = _forward_batches(
-        model, inputs, layers, op_types, transform, batch_size, providers, progress, on_device
+        model,
+        inputs,
+        layers,
+        op_types,
+        transform,
+        batch_size,
+        providers,
+        progress,
+        on_device=on_device,
     )
     runner, n_total = next(batches)
 
@@ -604,7 +612,7 @@ def stream_scores(
     """
     check_stream_args(held_out, transform)
     batches, _ = _started(
-        model, inputs, layers, op_types, transform, batch_size, providers, progress, True
+        model, inputs, layers, op_types, transform, batch_size, providers, progress, on_device=True
     )
     return stream(batches, held_out, seis_params, dtype=dtype)[0]
 
@@ -682,7 +690,15 @@ def layerwise_seis(
         else:
             check_stream_args(held_out, transform)
             batches, runner = _started(
-                model, inputs, layers, op_types, transform, batch_size, providers, progress, True
+                model,
+                inputs,
+                layers,
+                op_types,
+                transform,
+                batch_size,
+                providers,
+                progress,
+                on_device=True,
             )
             results, shapes, moments, choices = stream(
                 batches, held_out, seis_params, deviation=deviation, n_prefix=n_prefix
