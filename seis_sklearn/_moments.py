@@ -28,7 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._blas import mirror_lower, syrk_lower
-from ._kernels import centre_into_view, feature_means_of_view, sample_view
+from ._kernels import (
+    add_lower_triangle,
+    centre_into_view,
+    feature_means_of_view,
+    sample_view,
+)
 from ._matricize import matricize, matrix_shape
 from ._validation import chunk_samples, raise_nonfinite
 
@@ -95,11 +100,16 @@ class Moments:
 
 
 class NonFiniteError(ArithmeticError):
-    """A view's sums came out NaN or infinite (``view`` is its index)."""
+    """A view's sums came out NaN or infinite (``view`` is its index).
 
-    def __init__(self, view):
+    ``float32_centring`` is set when finite float32 values lay so far from their
+    means that the centred values themselves overflowed float32.
+    """
+
+    def __init__(self, view, float32_centring=False):
         super().__init__(view)
         self.view = view
+        self.float32_centring = float32_centring
 
 
 def product_dtype(dtype):
@@ -142,8 +152,9 @@ class MomentAccumulator:
         self._buffer = np.empty((0, n_views * d), dtype=self.dtype)
         self._scratch = None
         # float32: centred rows wait here (up to FLOAT32_PRODUCT_ROWS) for one product, so
-        # that small batches (streaming) do not pay a d × d float64 sum each
-        self._pending, self._pending_scales = 0, np.ones(n_views)
+        # that small batches (streaming) do not pay a d × d float64 sum each; _segments
+        # are the pending chunks' row ranges, for the rare product that needs rescaling
+        self._pending, self._segments = 0, []
         if self.dtype == np.float32:  # float32 products land here before the float64 sum
             self._scratch = np.zeros((n_views * d, n_views * d), np.float32)
 
@@ -165,32 +176,24 @@ class MomentAccumulator:
             self.shift = np.empty((self.n_views, rows, d), dtype=self.dtype)
             for g, view in enumerate(views):
                 self.shift[g] = _feature_means(view, numba)
-        scales = np.ones(self.n_views)
         sums = np.empty_like(self.sums)
         for g, view in enumerate(views):
             out = buffer[:, g * d : (g + 1) * d]
             if numba:
-                sums[g], lo, hi = centre_into_view(view, self.shift[g], out)
+                sums[g] = centre_into_view(view, self.shift[g], out)
             else:
-                sums[g], lo, hi = _centre_block(view, self.shift[g], _as_samples(out, n))
-            if not (np.isfinite(sums[g]).all() and np.isfinite(lo) and np.isfinite(hi)):
+                sums[g] = _centre_block(view, self.shift[g], _as_samples(out, n))
+            if not np.isfinite(sums[g]).all():
                 raise NonFiniteError(g)
-            if pooled:
-                scales[g] = _float32_scale(lo, hi)
-                if scales[g] != 1.0:
-                    out *= np.float32(scales[g])
-        if not pooled:
-            self._product(buffer, scales, d)
-            self._check_finite()
-        elif start and not np.array_equal(scales, self._pending_scales):
-            # rows scaled otherwise cannot share a product: the pending ones go first
-            self._product(self._buffer[:start], self._pending_scales, d)
-            self._buffer[:r] = buffer
-            self._pending, self._pending_scales = r, scales
+        if pooled:
+            self._segments.append((start, start + r))
+            self._pending = start + r
+            if self._pending >= FLOAT32_PRODUCT_ROWS:
+                self._flush()
         else:
-            self._pending, self._pending_scales = start + r, scales
-        if pooled and self._pending >= FLOAT32_PRODUCT_ROWS:
-            self._flush()
+            with np.errstate(over="ignore", invalid="ignore"):  # checked after the product
+                syrk_lower(buffer, self.joint, beta=1.0)
+            self._check_finite()
         self.sums += sums
         self.n_samples += n
 
@@ -204,34 +207,43 @@ class MomentAccumulator:
         self._buffer = grown
 
     def _flush(self):
-        """The product of the pending float32 rows, added to the float64 sum."""
-        if self._pending:
-            self._product(self._buffer[: self._pending], self._pending_scales, self.d)
-            self._pending = 0
-            self._check_finite()
+        """The float32 product of the pending rows, added to the float64 sum.
 
-    def _check_finite(self):
-        if not np.isfinite(np.trace(self.joint)):
-            bad = int(np.argmin(np.isfinite(np.diagonal(self.joint))))
-            raise NonFiniteError(bad // self.d)
+        SYRK of numpy's own BLAS (``seis_sklearn._blas``): only the lower triangle
+        is computed, and no second OpenBLAS (scipy's) spins its idle threads against
+        numpy's (measured: a ResNet-18 report 9.7 s with scipy's SYRK, 8.0 s
+        without). Only the lower triangle of the diagonal blocks and the blocks
+        below them (g > h) are read; :meth:`result` mirrors the diagonal blocks.
 
-    def _product(self, buffer, scales, d):
-        # SYRK of numpy's own BLAS (seis_sklearn._blas): only the lower triangle is
-        # computed, and no second OpenBLAS (scipy's) spins its idle threads against
-        # numpy's (measured: a ResNet-18 report 9.7 s with scipy's SYRK, 8.0 s without).
-        # Only the lower triangle of the diagonal blocks and the blocks below them
-        # (g > h) are read; result() mirrors the diagonal blocks.
-        with np.errstate(over="ignore", invalid="ignore"):  # checked after the product
-            self._add_product(buffer, scales, d)
-
-    def _add_product(self, buffer, scales, d):
-        if self._scratch is None:
-            syrk_lower(buffer, self.joint, beta=1.0)
+        Nothing is scaled beforehand: the product's own diagonal says whether a
+        view's values could have over- or underflowed float32 (:func:`_float32_safe`),
+        which almost never happens; then the pending chunks are multiplied, each by
+        the exact powers of two its own range needs, and multiplied again one by one.
+        """
+        if not self._pending:
             return
-        syrk_lower(buffer, self._scratch)
-        if (scales == 1.0).all():
-            self.joint += self._scratch
-            return
+        with np.errstate(over="ignore", invalid="ignore"):
+            syrk_lower(self._buffer[: self._pending], self._scratch)
+            if _float32_safe(self._scratch, self.n_views, self.d):
+                add_lower_triangle(self.joint, self._scratch)
+            else:
+                for start, stop in self._segments:
+                    self._add_rescaled(self._buffer[start:stop])
+        self._pending, self._segments = 0, []
+        self._check_finite()
+
+    def _add_rescaled(self, rows):
+        """The product of ``rows`` with each view brought near 1 by a power of two."""
+        d = self.d
+        scales = np.ones(self.n_views)
+        for g in range(self.n_views):
+            block = rows[:, g * d : (g + 1) * d]
+            if not np.isfinite(block).all():  # x − s itself overflowed float32
+                raise NonFiniteError(g, float32_centring=True)
+            scales[g] = _float32_scale(float(block.min()), float(block.max()))
+            if scales[g] != 1.0:
+                block *= np.float32(scales[g])
+        syrk_lower(rows, self._scratch)
         for g in range(self.n_views):
             for h in range(g + 1):
                 sl_g, sl_h = slice(g * d, (g + 1) * d), slice(h * d, (h + 1) * d)
@@ -240,6 +252,11 @@ class MomentAccumulator:
                     self._scratch[sl_g, sl_h],
                     1.0 / (scales[g] * scales[h]),
                 )
+
+    def _check_finite(self):
+        if not np.isfinite(np.trace(self.joint)):
+            bad = int(np.argmin(np.isfinite(np.diagonal(self.joint))))
+            raise NonFiniteError(bad // self.d)
 
     def result(self):
         """The accumulated :class:`Moments` (symmetric, the shift removed)."""
@@ -307,14 +324,11 @@ def _feature_means(view, numba):
 
 
 def _centre_block(view, shift, out):
-    """numpy: ``out = view − shift`` (both (n, R, d)), float64 per-feature sums of
-    ``view − shift`` (from the input, so the means are the input's), range of ``out``."""
+    """numpy: ``out = view − shift`` (both (n, R, d)); returns the float64 per-feature
+    sums of ``view − shift`` (from the input, so the means are the input's)."""
     with np.errstate(over="ignore", invalid="ignore"):
         np.subtract(view, shift, out=out, casting="unsafe")
-        sums = view.sum(axis=0, dtype=np.float64) - view.shape[0] * shift.astype(np.float64)
-    if out.dtype != np.float32:
-        return sums, 0.0, 0.0
-    return sums, float(out.min()), float(out.max())
+        return view.sum(axis=0, dtype=np.float64) - view.shape[0] * shift.astype(np.float64)
 
 
 def _add_scaled(total, part, factor):
@@ -327,8 +341,29 @@ def _add_scaled(total, part, factor):
 
 # Centred float32 values are multiplied by an exact power of two when their largest
 # magnitude leaves [2^-20, 2^20], so that sums of FLOAT32_PRODUCT_ROWS products
-# neither underflow nor overflow float32.
+# neither underflow nor overflow float32. The moment pass does it only when a
+# product's diagonal shows the values were outside a (wider) safe range:
+# squares summing to at most 2^120 cannot have overflowed (every entry of the
+# product is bounded by its diagonal, Cauchy–Schwarz), and a largest diagonal of at
+# least 2^-80 over at most 4,096 rows means a largest square of at least 2^-92, so
+# every product within 2^-30 of it is above 2^-126, where float32 is still normal.
+# A zero diagonal (an all-zero view, or squares that all underflowed) is checked
+# on the values themselves.
 _SAFE_EXPONENT = 20
+_SAFE_DIAGONAL = (2.0**-80, 2.0**120)
+
+
+def _float32_safe(product, n_views, d):
+    """Whether a float32 product's diagonal blocks show no over- or underflow."""
+    diagonal = np.diagonal(product)
+    if not np.isfinite(diagonal).all():
+        return False
+    lo, hi = _SAFE_DIAGONAL
+    for g in range(n_views):
+        # zero too: all-zero values, or values whose squares all underflowed
+        if not lo <= float(diagonal[g * d : (g + 1) * d].max()) <= hi:
+            return False
+    return True
 
 
 def _float32_scale(lo, hi):
@@ -458,16 +493,32 @@ class ArrayAccumulator:
             try:
                 self._acc.add(views, numba=numba)
             except NonFiniteError as exc:
-                if self.names is None:
-                    raise
-                raise_nonfinite(arrays[exc.view], self.names[exc.view])
+                self._raise(exc, arrays)
             release()
         files.after_pass()
         return self
 
     def result(self):
         """The :class:`Moments` of every sample added."""
-        return self._acc.result()
+        try:
+            return self._acc.result()  # the last pooled float32 product runs here
+        except NonFiniteError as exc:
+            self._raise(exc)
+
+    def _raise(self, exc, arrays=None):
+        """The ValueError naming the argument for a :class:`NonFiniteError`."""
+        if self.names is None:
+            raise exc
+        name = self.names[exc.view]
+        if exc.float32_centring:
+            raise ValueError(
+                f"{name} has float32 values so far from their means (near ±"
+                f"{float(np.finfo(np.float32).max):.3g}) that centring them overflows "
+                "float32; rescale it or pass float64"
+            ) from None
+        if arrays is None:  # pragma: no cover - rescaled float32 products stay finite
+            raise ValueError(f"{name} has values whose sums overflow; rescale it") from None
+        raise_nonfinite(arrays[exc.view], name)
 
 
 def accumulate_numpy(arrays, layout, matricization, *, names, indices=None, projection=None):

@@ -229,14 +229,23 @@ def test_gram_solver_extreme_scales_overflow_and_constant_views(rng):
         seis_score(A, bad, matricization="flatten", solver="gram")
 
 
-def test_float32_rows_pool_across_small_batches_and_scales(rng):
+def test_float32_rows_pool_across_small_batches(rng, monkeypatch):
     """Streaming float32: small batches pool their rows into one product (up to
-    FLOAT32_PRODUCT_ROWS); a batch needing another power-of-two scale goes alone."""
+    FLOAT32_PRODUCT_ROWS); values in float32's safe range are never rescaled, so
+    the common product is the only one."""
+    from seis_sklearn import _moments
     from seis_sklearn._accumulate import accumulator
 
+    calls = []
+    rescale = _moments.MomentAccumulator._add_rescaled
+    monkeypatch.setattr(
+        _moments.MomentAccumulator,
+        "_add_rescaled",
+        lambda self, rows: calls.append(len(rows)) or rescale(self, rows),
+    )
     A = rng.normal(size=(90, 3, 4, 4)) + 5.0
     B = np.flip(A, axis=3) + rng.normal(size=A.shape)
-    A[60:70] *= 1e9  # rows whose centred values need their own power-of-two scale
+    A[60:70] *= 1e9  # large, but their products stay far below float32's overflow
     B[60:70] *= 1e9
     A32, B32 = A.astype(np.float32), B.astype(np.float32)
     acc = accumulator([A32, B32], "NCHW", "spatial", names=("A", "B"))
@@ -249,6 +258,74 @@ def test_float32_rows_pool_across_small_batches_and_scales(rng):
     assert got.n_samples == 90
     assert np.abs(got.auto - auto).max() <= 2e-6 * scale
     assert np.abs(got.cross - cross).max() <= 2e-6 * scale
+    assert calls == []
+
+
+@pytest.mark.parametrize("factor", [1e25, 1e-25, 0.0])
+def test_float32_products_that_would_over_or_underflow_are_rescaled(rng, monkeypatch, factor):
+    """A product whose diagonal shows over- or underflow (or is zero) is done again,
+    each pooled chunk multiplied by the power of two its own range needs: the
+    moments keep float32's relative precision. 1e25: some chunks' squares pass
+    float32's largest value; 1e-25: every square is below its smallest; 0: one
+    view is all zero (nothing to rescale, the same zeros)."""
+    from seis_sklearn import _moments
+    from seis_sklearn._accumulate import accumulator
+
+    calls = []
+    rescale = _moments.MomentAccumulator._add_rescaled
+    monkeypatch.setattr(
+        _moments.MomentAccumulator,
+        "_add_rescaled",
+        lambda self, rows: calls.append(len(rows)) or rescale(self, rows),
+    )
+    A = rng.normal(size=(90, 3, 4, 4))
+    B = np.flip(A, axis=3) + rng.normal(size=A.shape)
+    if factor > 1:
+        A[60:70] *= factor  # only some chunks
+        B[60:70] *= factor
+    else:
+        A *= factor
+    A32, B32 = A.astype(np.float32), B.astype(np.float32)
+    acc = accumulator([A32, B32], "NCHW", "spatial", names=("A", "B"))
+    for lo in range(0, 90, 7):
+        acc.add([A32[lo : lo + 7], B32[lo : lo + 7]])
+    got = acc.result()
+    mean, auto, cross = _direct([A32, B32], "NCHW", "spatial")
+    assert calls and sum(calls) == 90 * 3  # every pooled chunk, one by one
+    for g in range(2):
+        scale = np.abs(auto[g]).max()
+        assert np.abs(got.auto[g] - auto[g]).max() <= 2e-6 * scale
+    if factor:
+        scale = np.sqrt(np.abs(auto[0]).max() * np.abs(auto[1]).max())
+        assert np.abs(got.cross - cross).max() <= 2e-6 * scale
+    else:
+        assert not got.cross.any() and not got.auto[0].any()
+
+
+def test_float32_centring_overflow_names_the_argument(rng):
+    """Finite float32 values whose distance from the mean passes float32's largest
+    value: one clear error naming the argument, from add() or from result()."""
+    from seis_sklearn._accumulate import accumulator
+
+    big = np.float32(3e38)
+    A = rng.normal(size=(8, 2, 4, 4)).astype(np.float32)
+    B = A.copy()
+    B[:6, 0, 0, 0], B[6:, 0, 0, 0] = big, -big  # mean 1.5e38: -big - mean overflows
+    acc = accumulator([A, B], "NCHW", "spatial", names=("A", "B"))
+    with pytest.raises(ValueError, match=r"B has float32 values so far from their means"):
+        acc.add([A, B]).result()
+    with pytest.raises(ValueError, match=r"B has float32 values so far from their means"):
+        seis_score(A, B)
+
+
+def test_add_lower_triangle_adds_on_and_below_the_diagonal(rng):
+    from seis_sklearn._kernels import add_lower_triangle
+
+    total = rng.normal(size=(7, 7))
+    part = rng.normal(size=(7, 7)).astype(np.float32)
+    expected = total + np.tril(part.astype(np.float64))
+    add_lower_triangle(total, part)
+    assert np.array_equal(total, expected)
 
 
 def test_rows_first_keeps_rows_until_their_moments_are_smaller(rng):
