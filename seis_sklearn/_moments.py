@@ -303,9 +303,11 @@ def shifted_moments(joint, sums, shift, n):
     return Moments(n, mean, auto, cross)
 
 
-# Rows of wide chunks are centred by the Numba kernel, narrow ones by numpy: the
-# crossover measured by benchmarks/kernels.py (see benchmarks/README.md).
-NUMBA_MIN_COLUMNS = 256
+# Chunks of these dtypes are centred by the Numba kernel, straight from a strided view
+# (faster than numpy at every width measured by benchmarks/kernels.py, d = 1 to 1,024:
+# benchmarks/README.md); numpy centres what cannot be viewed so (F order, other dtypes)
+# and projected chunks.
+NUMBA_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _as_samples(out, n):
@@ -479,7 +481,7 @@ class ArrayAccumulator:
                 take = indices[start : start + self.step]
                 chunks = [a[take] for a in arrays]
             views = None
-            if self.projection is None and self.d >= NUMBA_MIN_COLUMNS:
+            if self.projection is None and all(c.dtype in NUMBA_DTYPES for c in chunks):
                 views = [sample_view(c, self.layout, self.matricization) for c in chunks]
                 if any(v is None for v in views):
                     views = None
