@@ -11,7 +11,10 @@ from seis_sklearn import demo
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert demo.main(["--out", str(out), "--samples", "40", "--cv", "2"]) == 0
+    # 24 digits: the ground truth below holds as at 40 (identities 1.000; flips and
+    # 180° S_E 1.000, S_I <= 0.07) in a quarter of the time (7 s against 28 s: the
+    # d = 1,024 decompositions, which the sketch takes over when the rows are few)
+    assert demo.main(["--out", str(out), "--samples", "24", "--cv", "2"]) == 0
     return out
 
 
