@@ -497,12 +497,16 @@ def _model_report(network, scale, repeats, matricization="auto"):
     watch.wrap(scorer.SEISScorer, "_score_moments", "held-out")
     watch.wrap(scorer.SEISScorer, "_score_rows", "held-out")
     hook = {"t": 0.0, "on": False}  # forward time inside the reports only
-    model.register_forward_pre_hook(lambda *a: hook.__setitem__("start", time.perf_counter()))
-    model.register_forward_hook(
-        lambda *a: (
-            hook["on"] and hook.__setitem__("t", hook["t"] + time.perf_counter() - hook["start"])
-        )
-    )
+
+    def forward_started(*_):
+        hook["start"] = time.perf_counter()
+
+    def forward_ended(*_):
+        if hook["on"]:
+            hook["t"] += time.perf_counter() - hook["start"]
+
+    model.register_forward_pre_hook(forward_started)
+    model.register_forward_hook(forward_ended)
 
     def timed_report():
         hook["on"] = True

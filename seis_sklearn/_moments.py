@@ -216,9 +216,9 @@ class MomentAccumulator:
         below them (g > h) are read; :meth:`result` mirrors the diagonal blocks.
 
         Nothing is scaled beforehand: the product's own diagonal says whether a
-        view's values could have over- or underflowed float32 (:func:`_float32_safe`),
-        which almost never happens; then the pending chunks are multiplied, each by
-        the exact powers of two its own range needs, and multiplied again one by one.
+        view's values could have over- or underflowed float32 (:func:`_float32_safe`).
+        Only then (almost never) is each pending chunk scaled by the exact powers of
+        two its own range needs and multiplied on its own (:meth:`_add_rescaled`).
         """
         if not self._pending:
             return

@@ -233,12 +233,10 @@ def test_gram_solver_extreme_scales_overflow_and_constant_views(rng):
         seis_score(A, bad, matricization="flatten", solver="gram")
 
 
-def test_float32_rows_pool_across_small_batches(rng, monkeypatch):
-    """Streaming float32: small batches pool their rows into one product (up to
-    FLOAT32_PRODUCT_ROWS); values in float32's safe range are never rescaled, so
-    the common product is the only one."""
+@pytest.fixture
+def rescaled_rows(monkeypatch):
+    """Rows of every product the moment pass redoes with rescaled values, per call."""
     from seis_sklearn import _moments
-    from seis_sklearn._accumulate import accumulator
 
     calls = []
     rescale = _moments.MomentAccumulator._add_rescaled
@@ -247,14 +245,29 @@ def test_float32_rows_pool_across_small_batches(rng, monkeypatch):
         "_add_rescaled",
         lambda self, rows: calls.append(len(rows)) or rescale(self, rows),
     )
+    return calls
+
+
+def _streamed_in_batches_of_7(A, B):
+    """A float32 NCHW pair added to a spatial accumulator 7 samples at a time."""
+    from seis_sklearn._accumulate import accumulator
+
+    acc = accumulator([A, B], "NCHW", "spatial", names=("A", "B"))
+    for lo in range(0, len(A), 7):
+        acc.add([A[lo : lo + 7], B[lo : lo + 7]])
+    return acc
+
+
+def test_float32_rows_pool_across_small_batches(rng, rescaled_rows):
+    """Streaming float32: small batches pool their rows into one product (up to
+    FLOAT32_PRODUCT_ROWS); values in float32's safe range are never rescaled, so
+    the common product is the only one."""
     A = rng.normal(size=(90, 3, 4, 4)) + 5.0
     B = np.flip(A, axis=3) + rng.normal(size=A.shape)
     A[60:70] *= 1e9  # large, but their products stay far below float32's overflow
     B[60:70] *= 1e9
     A32, B32 = A.astype(np.float32), B.astype(np.float32)
-    acc = accumulator([A32, B32], "NCHW", "spatial", names=("A", "B"))
-    for lo in range(0, 90, 7):
-        acc.add([A32[lo : lo + 7], B32[lo : lo + 7]])
+    acc = _streamed_in_batches_of_7(A32, B32)
     assert acc._acc._pending > 0  # the last rows still wait for their product
     got = acc.result()
     mean, auto, cross = _direct([A32, B32], "NCHW", "spatial")
@@ -262,26 +275,16 @@ def test_float32_rows_pool_across_small_batches(rng, monkeypatch):
     assert got.n_samples == 90
     assert np.abs(got.auto - auto).max() <= 2e-6 * scale
     assert np.abs(got.cross - cross).max() <= 2e-6 * scale
-    assert calls == []
+    assert rescaled_rows == []
 
 
 @pytest.mark.parametrize("factor", [1e25, 1e-25, 0.0])
-def test_float32_products_that_would_over_or_underflow_are_rescaled(rng, monkeypatch, factor):
+def test_float32_products_that_would_over_or_underflow_are_rescaled(rng, rescaled_rows, factor):
     """A product whose diagonal shows over- or underflow (or is zero) is done again,
     each pooled chunk multiplied by the power of two its own range needs: the
     moments keep float32's relative precision. 1e25: some chunks' squares pass
     float32's largest value; 1e-25: every square is below its smallest; 0: one
     view is all zero (nothing to rescale, the same zeros)."""
-    from seis_sklearn import _moments
-    from seis_sklearn._accumulate import accumulator
-
-    calls = []
-    rescale = _moments.MomentAccumulator._add_rescaled
-    monkeypatch.setattr(
-        _moments.MomentAccumulator,
-        "_add_rescaled",
-        lambda self, rows: calls.append(len(rows)) or rescale(self, rows),
-    )
     A = rng.normal(size=(90, 3, 4, 4))
     B = np.flip(A, axis=3) + rng.normal(size=A.shape)
     if factor > 1:
@@ -290,12 +293,9 @@ def test_float32_products_that_would_over_or_underflow_are_rescaled(rng, monkeyp
     else:
         A *= factor
     A32, B32 = A.astype(np.float32), B.astype(np.float32)
-    acc = accumulator([A32, B32], "NCHW", "spatial", names=("A", "B"))
-    for lo in range(0, 90, 7):
-        acc.add([A32[lo : lo + 7], B32[lo : lo + 7]])
-    got = acc.result()
+    got = _streamed_in_batches_of_7(A32, B32).result()
     mean, auto, cross = _direct([A32, B32], "NCHW", "spatial")
-    assert calls and sum(calls) == 90 * 3  # every pooled chunk, one by one
+    assert rescaled_rows and sum(rescaled_rows) == 90 * 3  # every pooled chunk, one by one
     for g in range(2):
         scale = np.abs(auto[g]).max()
         assert np.abs(got.auto[g] - auto[g]).max() <= 2e-6 * scale

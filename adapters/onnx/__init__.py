@@ -500,16 +500,9 @@ def _started(
 ):
     """The batch generator, primed: (generator yielding n_total next, runner)."""
     batches = _forward_batches(
-        model,
-        inputs,
-        layers,
-        op_types,
-        transform,
-        batch_size,
-        providers,
-        progress,
+        model, inputs, layers, op_types, transform, batch_size, providers, progress,
         on_device=on_device,
-    )
+    )  # fmt: skip
     runner, n_total = next(batches)
 
     def restarted():
@@ -677,31 +670,23 @@ def layerwise_seis(
     model = _Runner(model, layers, op_types, providers, default_op_types=DEFAULT_OP_TYPES)
     for name, transform in transforms.items():
         deviation = deviation_for(metrics, transform, seis_params)
-        if held_out is None:
-            batches, runner = _started(
-                model, inputs, layers, op_types, transform, batch_size, providers, progress
+        streamed = held_out is not None
+        if streamed:
+            check_stream_args(held_out, transform)
+        batches, runner = _started(
+            model, inputs, layers, op_types, transform, batch_size, providers, progress,
+            on_device=streamed,
+        )  # fmt: skip
+        if streamed:
+            results, shapes, moments, choices = stream(
+                batches, held_out, seis_params, deviation=deviation, n_prefix=n_prefix
             )
+        else:
             pairs = collect(
                 batches, out=None, dtype=np.float32, paired=True, module_of=runner.op_type.get
             )
             results, shapes, moments, choices = in_sample(
                 pairs, seis_params, metrics, deviation, n_prefix=n_prefix
-            )
-        else:
-            check_stream_args(held_out, transform)
-            batches, runner = _started(
-                model,
-                inputs,
-                layers,
-                op_types,
-                transform,
-                batch_size,
-                providers,
-                progress,
-                on_device=True,
-            )
-            results, shapes, moments, choices = stream(
-                batches, held_out, seis_params, deviation=deviation, n_prefix=n_prefix
             )
         rows += layerwise_rows(
             results, shapes, runner.op_type.__getitem__, name, moments, metrics, deviation, choices
