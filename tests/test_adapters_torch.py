@@ -195,9 +195,12 @@ def test_streaming_equals_storing_then_scoring(net):
         stream_scores(net, x, ["conv1"], flip, held_out=0.9)
 
 
-def test_statistics_on_the_device_equal_the_host_path(net, monkeypatch):
-    """The device path (torch accumulators, what a GPU runs) on CPU tensors: the numbers of
-    the host path; the activations reach the accumulators as tensors, never as arrays."""
+@pytest.mark.parametrize("where", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_statistics_on_the_device_equal_the_host_path(net, monkeypatch, where):
+    """The device path (torch accumulators, what a GPU runs): the numbers of the host
+    path; the activations reach the accumulators as tensors on the model's device,
+    never as arrays. On the CPU the path is forced (the CPU default is the numpy
+    path); on CUDA, where a GPU is present, it is the default."""
     import seis_sklearn.adapters.torch as adapter
     from seis_sklearn.adapters.torch import layerwise_seis
     from seis_sklearn.adapters.torch import transforms as TT
@@ -206,18 +209,19 @@ def test_statistics_on_the_device_equal_the_host_path(net, monkeypatch):
 
     x = np.random.default_rng(4).normal(size=(80, 1, 7, 7)).astype(np.float32)
     chosen = {"rot90": TT.rot90}
-    host = layerwise_seis(net, x, chosen, progress=False, metrics=["cka"])
+    host = layerwise_seis(net, x, chosen, progress=False, metrics=["cka"], device="cpu")
     seen = []
     original_add = _torch.TorchAccumulator.add
 
     def spy(self, tensors, indices=None):
-        seen.append(type(tensors[0]).__module__)
+        seen.append((type(tensors[0]).__module__, tensors[0].device.type))
         return original_add(self, tensors, indices)
 
-    monkeypatch.setattr(adapter, "statistics_on_device", lambda device: True)
+    if where == "cpu":
+        monkeypatch.setattr(adapter, "statistics_on_device", lambda device: True)
     monkeypatch.setattr(_torch.TorchAccumulator, "add", spy)
-    device = layerwise_seis(net, x, chosen, progress=False, metrics=["cka"])
-    assert seen and set(seen) == {"torch"}
+    device = layerwise_seis(net, x, chosen, progress=False, metrics=["cka"], device=where)
+    assert seen and set(seen) == {("torch", where)}
     for name in ("equivariance", "invariance", "equivariance_weighted", "cka"):
         np.testing.assert_allclose(device[name], host[name], atol=1e-4)  # float32 products
     assert (device["n_components"] == host["n_components"]).all()

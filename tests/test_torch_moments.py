@@ -1,4 +1,6 @@
-"""The torch accumulator gives the numpy path's statistics (CPU tensors here; CUDA alike)."""
+"""The torch accumulator gives the numpy path's statistics, on every device torch has
+here: CPU tensors always, CUDA tensors where a GPU is present (the device check of
+``benchmarks/device_check.sh`` runs these there)."""
 
 import numpy as np
 import pytest
@@ -10,14 +12,18 @@ from seis_sklearn._accumulate import accumulate, accumulator, backend_of  # noqa
 from tests.test_moments import SHAPES, _pair  # noqa: E402
 from tests.tolerance import assert_scores_close, scorer_tolerance  # noqa: E402
 
+# CUDA only where there is one: no parameter stands in for a device that is absent
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
 
 @pytest.mark.parametrize("layout", list(SHAPES))
 @pytest.mark.parametrize("mode", ["spatial", "flatten", "channel"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_torch_moments_equal_the_numpy_path(layout, mode, dtype, rng):
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_moments_equal_the_numpy_path(layout, mode, dtype, device, rng):
     A, B = _pair(rng, SHAPES[layout], dtype, "C")
     want = accumulate([A, B], layout, mode, names=("A", "B"))
-    tensors = [torch.from_numpy(A), torch.from_numpy(B)]
+    tensors = [torch.from_numpy(A).to(device), torch.from_numpy(B).to(device)]
     assert backend_of(tensors) == "torch"
     got = accumulate(tensors, layout, mode, names=("A", "B"))
     # the same sums in another order: float64 to 1e-12, float32 products to their rounding
@@ -31,9 +37,10 @@ def test_torch_moments_equal_the_numpy_path(layout, mode, dtype, rng):
     assert np.abs(got.cross - want.cross).max() <= tol * scale
 
 
-def test_batches_indices_projection_and_errors(rng):
+@pytest.mark.parametrize("device", DEVICES)
+def test_batches_indices_projection_and_errors(device, rng):
     A, B = _pair(rng, (60, 3, 6, 6), np.float64, "C")
-    tensors = [torch.from_numpy(A), torch.from_numpy(B)]
+    tensors = [torch.from_numpy(A).to(device), torch.from_numpy(B).to(device)]
     acc = accumulator(tensors, "NCHW", "spatial", names=("A", "B"))
     for lo, hi in ((0, 7), (7, 8), (8, 60)):  # batches of any size, merged exactly
         acc.add([t[lo:hi] for t in tensors])
@@ -54,18 +61,20 @@ def test_batches_indices_projection_and_errors(rng):
     bad = A.copy()
     bad[5, 1, 2, 2] = np.nan
     with pytest.raises(ValueError, match=r"B contains 1 NaN and 0 infinite"):
-        accumulate([tensors[0], torch.from_numpy(bad)], "NCHW", "spatial", names=("A", "B"))
+        accumulate([tensors[0], torch.from_numpy(bad).to(device)], "NCHW", "spatial",
+                   names=("A", "B"))  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_scores_from_torch_moments_equal_numpy_scores(dtype, rng):
+@pytest.mark.parametrize("device", DEVICES)
+def test_scores_from_torch_moments_equal_numpy_scores(dtype, device, rng):
     """≤ the case's rounding bound in float64; float32 scores within 1e-4 (SPEC §2.6)."""
     A = rng.normal(size=(200, 8, 6, 6))
     B = np.rot90(A, axes=(2, 3)) + 0.5 * rng.normal(size=A.shape)
     A, B = A.astype(dtype), B.astype(dtype)
     want = SEISScorer(n_components=0.95).fit(A, B)
-    moments = accumulate([torch.from_numpy(A), torch.from_numpy(B)], "NCHW", "spatial",
-                         names=("A", "B"))  # fmt: skip
+    tensors = [torch.from_numpy(A).to(device), torch.from_numpy(B).to(device)]
+    moments = accumulate(tensors, "NCHW", "spatial", names=("A", "B"))
     got = SEISScorer(n_components=0.95)._fit_from_moments(moments, "NCHW", A.shape[1:])
     tol = scorer_tolerance(want, dtype=dtype) if dtype == np.float64 else 1e-4
     assert_scores_close(got.result_, want.result_, tol)
