@@ -434,14 +434,15 @@ class _Stopwatch:
 
 
 def _forward_alone(model, x, transforms, batch_size):
-    """The forward passes a report makes (original and transformed, per transform)."""
+    """The forward passes a report makes (original and transformed, per transform);
+    ``x`` a numpy array, or a tensor already where the model is."""
     import torch
 
     start = time.perf_counter()
     with torch.inference_mode():
         for transform in transforms.values():
             for lo in range(0, len(x), batch_size):
-                batch = torch.from_numpy(x[lo : lo + batch_size])
+                batch = torch.as_tensor(x[lo : lo + batch_size])
                 model(batch)
                 model(transform(batch))
     return time.perf_counter() - start
@@ -649,8 +650,8 @@ def _device_report(network, scale, repeats, device):
         return add(self, tensors, indices)
 
     def counting_result(self):
-        moments = result(self)  # the joint product, the sums and the shift cross
-        copied["statistics"] += self.joint.numel() * 8 + 2 * self.sums.numel() * 8
+        moments = result(self)  # what crosses: the joint product, the sums, the shift
+        copied["statistics"] += sum(t.numel() * 8 for t in (self.joint, self.sums, self.shift))
         return moments
 
     torch_moments.TorchAccumulator.add = counting_add
@@ -665,12 +666,7 @@ def _device_report(network, scale, repeats, device):
         return out
 
     def forward_alone():
-        with torch.inference_mode():
-            for transform in transforms.values():
-                for lo in range(0, n, 128):
-                    batch = x[lo : lo + 128]
-                    model(batch)
-                    model(transform(batch))
+        _forward_alone(model, x[:n], transforms, 128)
         sync()
 
     report(64)  # warm-up: kernels, cuDNN's choices, the allocator
@@ -679,14 +675,14 @@ def _device_report(network, scale, repeats, device):
     copied.update(statistics=0, activations=0)
     host_bytes = _device_to_host_bytes(lambda: report(n), device)
     peaks = []
-    for count in (n, 2 * n):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            report(count)
-            peaks.append(torch.cuda.max_memory_allocated(device))
+    for count in (n, 2 * n) if device.type == "cuda" else ():
+        torch.cuda.reset_peak_memory_stats(device)
+        report(count)
+        peaks.append(torch.cuda.max_memory_allocated(device))
+    label = f"{network} report N={n} {device.type}"
     rows = [
         dict(
-            case=f"{network} report N={n} {device.type}",
+            case=label,
             what="report / the same forward passes alone",
             ours=total,
             base=forward,
@@ -694,7 +690,7 @@ def _device_report(network, scale, repeats, device):
             ok=total / forward <= 1.3,
         ),
         dict(
-            case=f"{network} report N={n} {device.type}",
+            case=label,
             what=(
                 f"device->host bytes of one report (statistics {copied['statistics'] / MB:.1f}"
                 f" MB; activations {copied['activations'] / MB:.0f} MB)"
@@ -708,7 +704,7 @@ def _device_report(network, scale, repeats, device):
     if peaks:
         rows.append(
             dict(
-                case=f"{network} report N={n} {device.type}",
+                case=label,
                 what=f"peak device memory, 2N images vs N ({peaks[0] / MB:.0f} MB)",
                 ours=peaks[1] / MB,
                 unit=" MB",

@@ -8,6 +8,7 @@ torch = pytest.importorskip("torch")
 from seis_sklearn.adapters.torch import extract_activations, find_layers  # noqa: E402
 
 from seis_sklearn import seis_score  # noqa: E402
+from tests.test_torch_moments import DEVICES  # noqa: E402
 from tests.tolerance import assert_scores_close, scorer_tolerance  # noqa: E402
 
 
@@ -195,7 +196,7 @@ def test_streaming_equals_storing_then_scoring(net):
         stream_scores(net, x, ["conv1"], flip, held_out=0.9)
 
 
-@pytest.mark.parametrize("where", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("where", DEVICES)
 def test_statistics_on_the_device_equal_the_host_path(net, monkeypatch, where):
     """The device path (torch accumulators, what a GPU runs): the numbers of the host
     path; the activations reach the accumulators as tensors on the model's device,
