@@ -265,7 +265,8 @@ def stream(batches, held_out, seis_params, *, dtype=None, deviation=None, n_pref
 def _fit_layer(kept, plan):
     """The scorer of one layer fitted on its kept samples: from their rows when the
     accumulator still holds them (the solver chosen as for stored activations, so
-    the Gram solver where it is cheaper), else from their moments."""
+    the Gram solver where it is cheaper; torch tensors on their device), else from
+    their moments."""
     from seis_sklearn import SEISScorer
 
     params = {**plan["params"], "layout": plan["layout"]}
@@ -274,7 +275,7 @@ def _fit_layer(kept, plan):
         return SEISScorer(**params)._fit_from_moments(
             kept.result(), plan["layout"], plan["shape"], params["matricization"]
         )
-    return SEISScorer(**params)._fit(rows[0], rows[1], names=plan["names"], streaming=False)
+    return SEISScorer(**params)._fit_rows(rows, plan["names"])
 
 
 def _all_moments(kept, held):

@@ -628,11 +628,23 @@ def case_resnet_cuda(scale, repeats):
     return _device_report("resnet18", scale, repeats, torch.device("cuda"))
 
 
+def case_resnet_device_path(scale, repeats):
+    """The device path of the ResNet-18 report (torch accumulators, the Gram pass on kept
+    tensors), forced on CPU tensors: what it costs on the host side where no GPU is, and
+    the bytes of the statistics a GPU would copy to the host, against the activations."""
+    import seis_sklearn.adapters.torch as adapter
+    import torch
+
+    adapter.statistics_on_device = lambda device: True  # this worker process only
+    return _device_report("resnet18", scale, repeats, torch.device("cpu"))
+
+
 def _device_report(network, scale, repeats, device):
     """:func:`case_resnet_cuda` on ``device`` (also runnable on the CPU, to check the code)."""
     import torch
     from seis_sklearn.adapters.torch import layerwise_seis
 
+    import seis_sklearn._accumulate as accumulate
     import seis_sklearn._torch as torch_moments
 
     model, layers, options, transforms = _network(network)
@@ -642,7 +654,7 @@ def _device_report(network, scale, repeats, device):
     x = torch.from_numpy(rng.standard_normal((2 * n, 3, 64, 64), dtype=np.float32)).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     copied = {"statistics": 0, "activations": 0}
-    add, result = torch_moments.TorchAccumulator.add, torch_moments.TorchAccumulator.result
+    add, result = accumulate.RowsFirst.add, torch_moments.TorchAccumulator.result
 
     def counting_add(self, tensors, indices=None):
         share = 1.0 if indices is None else len(indices) / tensors[0].shape[0]
@@ -654,8 +666,19 @@ def _device_report(network, scale, repeats, device):
         copied["statistics"] += sum(t.numel() * 8 for t in (self.joint, self.sums, self.shift))
         return moments
 
-    torch_moments.TorchAccumulator.add = counting_add
+    def counting(function):  # the Gram pass over kept rows: its results cross
+        def wrapper(*args, **kwargs):
+            out = function(*args, **kwargs)
+            parts = (out.gram, out.mean) if hasattr(out, "gram") else (out,)
+            copied["statistics"] += sum(p.nbytes for p in parts)
+            return out
+
+        return wrapper
+
+    accumulate.RowsFirst.add = counting_add  # every streamed batch, kept or accumulated
     torch_moments.TorchAccumulator.result = counting_result
+    torch_moments.accumulate_gram = counting(torch_moments.accumulate_gram)
+    torch_moments.gram_components = counting(torch_moments.gram_components)
 
     def report(count):
         out = layerwise_seis(
@@ -680,27 +703,46 @@ def _device_report(network, scale, repeats, device):
         report(count)
         peaks.append(torch.cuda.max_memory_allocated(device))
     label = f"{network} report N={n} {device.type}"
+    bound = 1.3 if device.type == "cuda" else 1.5  # the GPU target; on CPU tensors the CPU one
     rows = [
         dict(
             case=label,
             what="report / the same forward passes alone",
             ours=total,
             base=forward,
-            target="ratio <= 1.3",
-            ok=total / forward <= 1.3,
-        ),
-        dict(
-            case=label,
-            what=(
-                f"device->host bytes of one report (statistics {copied['statistics'] / MB:.1f}"
-                f" MB; activations {copied['activations'] / MB:.0f} MB)"
-            ),
-            ours=host_bytes / MB,
-            unit=" MB",
-            target="<= the statistics' bytes + 1 MB (no activation crosses)",
-            ok=host_bytes <= copied["statistics"] + MB,
+            target=f"ratio <= {bound}",
+            ok=total / forward <= bound,
         ),
     ]
+    if device.type == "cuda":
+        rows.append(
+            dict(
+                case=label,
+                what=(
+                    f"device->host bytes of one report (statistics "
+                    f"{copied['statistics'] / MB:.1f} MB; activations "
+                    f"{copied['activations'] / MB:.0f} MB)"
+                ),
+                ours=host_bytes / MB,
+                unit=" MB",
+                target="<= the statistics' bytes + 1 MB (no activation crosses)",
+                ok=host_bytes <= copied["statistics"] + MB,
+            )
+        )
+    else:  # nothing is copied between CPU tensors: what would cross, against the activations
+        rows.append(
+            dict(
+                case=label,
+                what=(
+                    "statistics the host receives, against the activations "
+                    f"({copied['activations'] / MB:.0f} MB)"
+                ),
+                ours=copied["statistics"] / MB,
+                unit=" MB",
+                target="< the activations' bytes",
+                ok=copied["statistics"] < copied["activations"],
+            )
+        )
     if peaks:
         rows.append(
             dict(
@@ -747,6 +789,7 @@ CASES = {
     "resnet-spatial": case_resnet_spatial,
     "vit": case_vit,
     "resnet-cuda": case_resnet_cuda,
+    "resnet-device-path": case_resnet_device_path,
 }
 
 

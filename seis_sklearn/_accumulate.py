@@ -14,6 +14,10 @@ exactly. The implementation is chosen by the type of the arrays:
 * dask arrays: per-block numpy accumulators merged in a tree where the blocks live
   (:mod:`seis_sklearn._dask`).
 
+The Gram solver's pass over columns (:func:`accumulate_gram`, :func:`gram_components`)
+is chosen the same way: numpy arrays in :mod:`seis_sklearn._gram`, torch tensors on
+their device in :mod:`seis_sklearn._torch`.
+
 This module is the only one that knows all three; the implementations do not know
 each other.
 """
@@ -119,6 +123,30 @@ def accumulate_folds(arrays, layout, matricization, *, names, index_sets):
     ]
 
 
+def accumulate_gram(arrays, layout, matricization, *, names):
+    """The :class:`~seis_sklearn._gram.GramMoments` of views held in memory.
+
+    numpy arrays: :func:`seis_sklearn._gram.accumulate_gram`; torch tensors: its
+    twin :func:`seis_sklearn._torch.accumulate_gram` on the tensors' device (only
+    the Gram matrix and the means reach the host).
+    """
+    if backend_of(arrays) == "torch":
+        from . import _torch as module
+    else:
+        from . import _gram as module
+    return module.accumulate_gram(arrays, layout, matricization, names=names)
+
+
+def gram_components(arrays, layout, matricization, basis, *, names):
+    """``V_k`` (d × k) of a :class:`~seis_sklearn._gram.GramBasis`: one more pass over
+    the views, where they are (as :func:`accumulate_gram`)."""
+    if backend_of(arrays) == "torch":
+        from . import _torch as module
+    else:
+        from . import _gram as module
+    return module.gram_components(arrays, layout, matricization, basis, names=names)
+
+
 class RowsFirst:
     """Keeps the added samples while they take less memory than their moments would.
 
@@ -130,8 +158,9 @@ class RowsFirst:
     only) until their bytes would pass ``budget`` (default: the bytes of the
     moment accumulator's product, ``(G·d)²·8``); then everything kept so far goes
     into an ordinary accumulator (:func:`accumulator`) and so does every later
-    batch. Memory: min(rows, moments). numpy arrays only: other array types go
-    straight to their accumulator.
+    batch. Memory: min(rows, moments). numpy arrays are kept on the host, torch
+    tensors on their device (where the Gram solver then runs:
+    :func:`accumulate_gram`); other array types go straight to their accumulator.
 
     Parameters
     ----------
@@ -155,7 +184,8 @@ class RowsFirst:
         self.budget = budget
         self._parts, self._nbytes, self._n = [], 0, 0
         self._acc = None
-        if backend_of(arrays) != "numpy":
+        self._torch = backend_of(arrays) == "torch"
+        if backend_of(arrays) not in ("numpy", "torch"):
             self._switch(arrays)
 
     @property
@@ -178,12 +208,9 @@ class RowsFirst:
         """Add the samples of a batch (all of them, or ``indices``, in that order)."""
         if self._acc is None:
             n = arrays[0].shape[0] if indices is None else len(indices)
-            size = n * sum(a[:1].nbytes for a in arrays)
+            size = n * sum(_sample_bytes(a) for a in arrays)
             if self._nbytes + size <= self.budget:
-                taken = [
-                    np.array(a, copy=True) if indices is None else a[np.asarray(indices)]
-                    for a in arrays
-                ]
+                taken = [_taken(a, indices) for a in arrays]
                 self._parts.append(taken)
                 self._nbytes += size
                 self._n += n
@@ -196,7 +223,8 @@ class RowsFirst:
         """The kept samples, one array per view (None once moments are accumulated)."""
         if self._acc is not None:
             return None
-        return [np.concatenate([p[g] for p in self._parts]) for g in range(len(self._parts[0]))]
+        join = _torch_cat if self._torch else np.concatenate
+        return [join([p[g] for p in self._parts]) for g in range(len(self._parts[0]))]
 
     def result(self):
         """The :class:`~seis_sklearn._moments.Moments` of every sample added."""
@@ -204,3 +232,28 @@ class RowsFirst:
             return self._acc.result()
         views = self.rows()
         return accumulate(views, self.layout, self.matricization, names=self.names)
+
+
+def _sample_bytes(a):
+    """Bytes of one sample of a numpy array or a torch tensor."""
+    if isinstance(a, np.ndarray):
+        return a[:1].nbytes
+    return a[:1].numel() * a.element_size()
+
+
+def _taken(a, indices):
+    """A copy of the selected samples (all of them for ``None``), where ``a`` lives."""
+    if isinstance(a, np.ndarray):
+        return np.array(a, copy=True) if indices is None else a[np.asarray(indices)]
+    import torch
+
+    a = a.detach()
+    if indices is None:
+        return a.clone()
+    return a.index_select(0, torch.as_tensor(np.asarray(indices), device=a.device))
+
+
+def _torch_cat(parts):
+    import torch
+
+    return torch.cat(parts)

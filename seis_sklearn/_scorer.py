@@ -9,7 +9,13 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import check_cv
 from sklearn.utils.validation import check_is_fitted
 
-from ._accumulate import accumulate, accumulate_folds
+from ._accumulate import (
+    accumulate,
+    accumulate_folds,
+    accumulate_gram,
+    backend_of,
+    gram_components,
+)
 from ._cca import (
     degenerate_reason,
     fit_cca,
@@ -19,7 +25,7 @@ from ._cca import (
     pair_covariances,
     pooled_basis,
 )
-from ._gram import accumulate_gram, gram_basis, gram_components, gram_pair_covariances
+from ._gram import gram_basis, gram_pair_covariances
 from ._latent import estimate as estimate_latent
 from ._matricize import matrix_shape
 from ._moments import project_moments, recentred
@@ -305,6 +311,31 @@ class SEISScorer(BaseEstimator):
         return self._store(
             moments, basis, ccas, "moments", moments.n_rows, moments.mean,
             moments.n_views > 2, layout=layout, mode=mode, label=mode, shape=tuple(shape),
+        )  # fmt: skip
+
+    def _fit_rows(self, rows, names):
+        """Fit on the rows a streamed layer kept (:class:`~seis_sklearn._accumulate.RowsFirst`).
+
+        numpy arrays are fitted as :meth:`fit` fits them. torch tensors stay on their
+        device: the solver is chosen as for stored activations (by estimated flops),
+        and the Gram matrix or the moments are computed there; only they, the means and
+        ``V_k`` reach the host. ``layout`` and ``matricization`` must be concrete.
+        """
+        if backend_of(rows) != "torch":
+            return self._fit(rows[0], rows[1], names=names, streaming=False)
+        params = self._checked_params()
+        layout, mode = self.layout, self.matricization
+        shape = tuple(rows[0].shape)
+        solver = resolve_solver(params["solver"], shape, layout, mode)
+        if solver == "moments":
+            moments = accumulate(rows, layout, mode, names=names)
+            return self._fit_from_moments(moments, layout, shape[1:], mode)
+        gm = accumulate_gram(rows, layout, mode, names=names)
+        basis, cca = _fit_gram(gm, params)
+        basis.components = gram_components(rows, layout, mode, basis, names=names)
+        return self._store(
+            None, basis, [cca], "gram", gm.n_rows, gm.mean[:2], False,
+            layout=layout, mode=mode, label=mode, shape=shape[1:],
         )  # fmt: skip
 
     def _store(

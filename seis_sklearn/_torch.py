@@ -177,3 +177,103 @@ class TorchAccumulator:
             self.shift.to(torch.float64).cpu().numpy(),
             self.n_samples,
         )
+
+
+def _centred_columns(views, c0, c1, dtype, names, tensors):
+    """Columns c0:c1 of every (n, R, d) view, each feature centred over the samples.
+
+    Returns the row stack (G·m, c1 − c0) in ``dtype`` and the float64 means (G, R, c1 − c0).
+    """
+    n, rows = views[0].shape[:2]
+    m = n * rows
+    out = torch.empty((len(views) * m, c1 - c0), dtype=dtype, device=views[0].device)
+    means = []
+    for g, view in enumerate(views):
+        block = view[:, :, c0:c1].to(torch.float64)
+        mu = block.mean(dim=0)
+        if not bool(torch.isfinite(mu).all()):
+            _raise_nonfinite(tensors, names, g)
+        out[g * m : (g + 1) * m] = (block - mu).reshape(m, c1 - c0).to(dtype)
+        means.append(mu)
+    return out, torch.stack(means)
+
+
+def _raise_nonfinite(tensors, names, g):
+    if names is None:
+        raise NonFiniteError(g)
+    raise_nonfinite_torch(tensors[g], names[g])
+
+
+def _column_ranges(m, d, n_views):
+    """Column chunks of about ``4·CHUNK_BYTES`` for every view (as the numpy Gram pass)."""
+    step = max(1, (4 * CHUNK_BYTES) // (8 * m * n_views))
+    return [(c, min(c + step, d)) for c in range(0, d, step)]
+
+
+def _product_dtype(dtype):
+    low = dtype in (torch.float32, torch.float16, torch.bfloat16)
+    return torch.float32 if low else torch.float64
+
+
+def accumulate_gram(tensors, layout, matricization, *, names):
+    """The :class:`~seis_sklearn._gram.GramMoments` of views held as torch tensors.
+
+    The torch twin of :func:`seis_sklearn._gram.accumulate_gram`, on the tensors'
+    device: one pass over chunks of columns, every feature centred over the samples
+    in float64, float32 input multiplied in float32 (rescaled by an exact power of
+    two when out of range; TF32 off) and summed in float64. Only the
+    ``G·m × G·m`` Gram matrix and the ``(G, R, d)`` means reach the host.
+
+    Parameters
+    ----------
+    tensors : sequence of torch.Tensor
+        Views of one shape (samples first), on one device.
+    layout, matricization : str
+        Concrete layout and matricization mode.
+    names : sequence of str or None
+        Argument names for errors (``None``: raise ``NonFiniteError``).
+
+    Returns
+    -------
+    GramMoments
+    """
+    from ._gram import GramMoments
+
+    views = [_as_rows(t.detach(), layout, matricization) for t in tensors]
+    n, rows, d = views[0].shape
+    m, size = n * rows, len(views) * n * rows
+    dtype, device = _product_dtype(tensors[0].dtype), tensors[0].device
+    gram = torch.zeros((size, size), dtype=torch.float64, device=device)
+    mean = torch.empty((len(views), rows, d), dtype=torch.float64, device=device)
+    with _exact_matmul():
+        for c0, c1 in _column_ranges(m, d, len(views)):
+            Z, mean[:, :, c0:c1] = _centred_columns(views, c0, c1, dtype, names, tensors)
+            if dtype == torch.float64:
+                gram += Z @ Z.T
+                continue
+            top = float(Z.abs().max())
+            scale = _float32_scale(-top, top)
+            if scale != 1.0:
+                Z *= scale
+            gram += (Z @ Z.T).to(torch.float64) / (scale * scale)
+    if not bool(torch.isfinite(torch.trace(gram))):
+        diagonal = torch.isfinite(torch.diagonal(gram)).to(torch.int8)
+        _raise_nonfinite(tensors, names, int(torch.argmin(diagonal)) // m)
+    return GramMoments(m, mean.cpu().numpy(), gram.cpu().numpy())
+
+
+def gram_components(tensors, layout, matricization, basis, *, names):
+    """``V_k = Zᵀ U_k / s_k`` (d × k, on the host) by one more pass on the tensors' device.
+
+    The torch twin of :func:`seis_sklearn._gram.gram_components`.
+    """
+    views = [_as_rows(t.detach(), layout, matricization) for t in tensors]
+    n, rows, d = views[0].shape
+    dtype, device = _product_dtype(tensors[0].dtype), tensors[0].device
+    coefficients = torch.as_tensor(basis.coefficients, device=device).to(dtype)
+    V = torch.empty((d, basis.k), dtype=torch.float64, device=device)
+    with _exact_matmul():
+        for c0, c1 in _column_ranges(n * rows, d, len(views)):
+            Z, _ = _centred_columns(views, c0, c1, dtype, names, tensors)
+            V[c0:c1] = Z.T @ coefficients  # float32 input: float32 products over G·m rows
+    return V.cpu().numpy()

@@ -228,6 +228,54 @@ def test_statistics_on_the_device_equal_the_host_path(net, monkeypatch, where):
     assert (device["n_components"] == host["n_components"]).all()
 
 
+@pytest.mark.parametrize("where", DEVICES)
+def test_a_wide_layer_on_the_device_path_keeps_its_rows_there(monkeypatch, where):
+    """The device path keeps a wide layer's rows as tensors on the model's device and
+    computes their Gram matrix and V_k there (only those reach the host), with the
+    scores and metrics of the host path within the float32 products' rounding."""
+    import seis_sklearn.adapters.torch as adapter
+    from seis_sklearn.adapters.torch import layerwise_seis
+
+    from seis_sklearn import SEISScorer, _torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.Tanh())
+    x = np.random.default_rng(2).normal(size=(60, 1, 8, 8)).astype(np.float32)
+    flip = lambda batch: torch.flip(batch, (3,))  # noqa: E731
+    report = lambda: layerwise_seis(  # noqa: E731
+        model, x, {"flip": flip}, layers=["2"], batch_size=16, progress=False,
+        metrics=["cka"], n_components=0.99, device=where,
+    )  # fmt: skip
+    host = report() if where == "cpu" else None
+    seen = []
+    for name in ("accumulate_gram", "gram_components"):
+        real = getattr(_torch, name)
+
+        def spy(tensors, *args, _real=real, _name=name, **kwargs):
+            seen.append((_name, tensors[0].device.type, tuple(tensors[0].shape)))
+            return _real(tensors, *args, **kwargs)
+
+        monkeypatch.setattr(_torch, name, spy)
+    if where == "cpu":
+        monkeypatch.setattr(adapter, "statistics_on_device", lambda device: True)
+    device = report()
+    kept = (48, 256)  # 4 of every 5 samples fit the layer; 256 features
+    assert seen == [("accumulate_gram", where, kept), ("gram_components", where, kept)]
+    if host is None:  # CUDA: the host path runs on the CPU for the comparison
+        host = layerwise_seis(
+            model, x, {"flip": flip}, layers=["2"], batch_size=16, progress=False,
+            metrics=["cka"], n_components=0.99, device="cpu",
+        )  # fmt: skip
+    stored = extract_activations(model, x, ["2"], transform=flip, progress=False, dtype=np.float64)
+    test = np.arange(60) % 5 == 0
+    scorer = SEISScorer(n_components=0.99).fit(stored["2"][0][~test], stored["2"][1][~test])
+    tol32 = scorer_tolerance(scorer, dtype=np.float32, held_out=True)
+    assert (device["n_components"] == host["n_components"]).all()
+    for column in ("equivariance", "invariance", "equivariance_weighted", "cka"):
+        a, b = device[column].to_numpy(), host[column].to_numpy()
+        assert np.all(np.abs(a - b) <= tol32), (column, a, b, tol32)
+
+
 def test_layerwise_report_schema_and_figure(net, tmp_path):
     from seis_sklearn.adapters.torch import layerwise_seis
     from seis_sklearn.adapters.torch import transforms as TT

@@ -78,3 +78,112 @@ def test_scores_from_torch_moments_equal_numpy_scores(dtype, device, rng):
     got = SEISScorer(n_components=0.95)._fit_from_moments(moments, "NCHW", A.shape[1:])
     tol = scorer_tolerance(want, dtype=dtype) if dtype == np.float64 else 1e-4
     assert_scores_close(got.result_, want.result_, tol)
+
+
+@pytest.mark.parametrize("layout", list(SHAPES))
+@pytest.mark.parametrize("mode", ["spatial", "flatten", "channel"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_gram_equals_the_numpy_gram(layout, mode, dtype, device, rng, monkeypatch):
+    """The Gram pass on the tensors' device: the numpy pass's Gram matrix, means and
+    ``V_k`` (several column chunks: the chunk budget is made small for both)."""
+    import seis_sklearn._torch as torch_module
+    from seis_sklearn._accumulate import accumulate_gram, gram_components
+    from seis_sklearn._gram import gram_basis
+    from seis_sklearn._validation import CHUNK_BYTES
+
+    A, B = _pair(rng, SHAPES[layout], dtype, "C")
+    monkeypatch.setattr("seis_sklearn._gram.CHUNK_BYTES", 64)
+    monkeypatch.setattr(torch_module, "CHUNK_BYTES", 64)
+    assert CHUNK_BYTES > 64
+    want = accumulate_gram([A, B], layout, mode, names=("A", "B"))
+    tensors = [torch.from_numpy(A).to(device), torch.from_numpy(B).to(device)]
+    got = accumulate_gram(tensors, layout, mode, names=("A", "B"))
+    assert isinstance(got.gram, np.ndarray) and isinstance(got.mean, np.ndarray)
+    assert got.n_rows == want.n_rows and got.gram.shape == want.gram.shape
+    # Both sides round the same centred values to the product dtype and differ only in
+    # the order of the sums: each Gram entry sums d products (one column chunk at a
+    # time), so |error| <= 2·d·eps·|z_i|·|z_j| <= 2·d·eps·max diagonal.
+    eps = np.finfo(dtype).eps
+    d = A[0].size
+    assert np.abs(got.gram - want.gram).max() <= 2 * d * eps * np.diagonal(want.gram).max()
+    np.testing.assert_allclose(
+        got.mean, want.mean, rtol=1e-12, atol=1e-12 * np.abs(want.mean).max()
+    )
+    basis = gram_basis(want, 0.9)
+    V = gram_components(tensors, layout, mode, basis, names=("A", "B"))
+    V_numpy = gram_components([A, B], layout, mode, basis, names=("A", "B"))
+    assert isinstance(V, np.ndarray) and V.shape == V_numpy.shape
+    # each entry of V sums G·m products z·c: |error| <= 2·G·m·eps·(|Z|ᵀ|C|)
+    Z = np.concatenate([_centred_rows(a, layout, mode) for a in (A, B)])
+    bound = 2 * Z.shape[0] * eps * (np.abs(Z).T @ np.abs(basis.coefficients))
+    assert np.all(np.abs(V - V_numpy) <= bound)
+
+
+def _centred_rows(a, layout, mode):
+    """The matricized rows of ``a`` in float64, each feature centred over the samples."""
+    from seis_sklearn._matricize import matricize, matrix_shape
+
+    rows, d = matrix_shape(a.shape, layout, mode)
+    M = matricize(a.astype(np.float64), layout, mode).reshape(a.shape[0], rows, d)
+    return (M - M.mean(axis=0)).reshape(-1, d)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_gram_names_the_view_with_nan(device, rng):
+    from seis_sklearn._accumulate import accumulate_gram
+
+    A, B = _pair(rng, (20, 3, 4, 4), np.float32, "C")
+    B[3, 0, 1, 1] = np.inf
+    tensors = [torch.from_numpy(A).to(device), torch.from_numpy(B).to(device)]
+    with pytest.raises(ValueError, match=r"B contains 0 NaN and 1 infinite"):
+        accumulate_gram(tensors, "NCHW", "flatten", names=("A", "B"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rows_first_keeps_tensors_on_their_device(device, rng):
+    """A wide layer's samples are kept as tensors where they are (copies of the selected
+    rows) until they would outgrow the moments; then the moments of all of them."""
+    from seis_sklearn._accumulate import RowsFirst
+
+    A, B = _pair(rng, (30, 2, 8, 8), np.float32, "C")
+    tensors = [torch.from_numpy(A).to(device), torch.from_numpy(B).to(device)]
+    acc = RowsFirst(tensors, "NCHW", "flatten", names=("A", "B"))
+    acc.add([t[:10] for t in tensors], np.arange(0, 10, 2))
+    acc.add([t[10:] for t in tensors])
+    assert acc.kept and acc.n_samples == 25
+    rows = acc.rows()
+    assert all(isinstance(r, torch.Tensor) and r.device.type == device for r in rows)
+    expect = np.concatenate([A[0:10:2], A[10:]])
+    np.testing.assert_array_equal(rows[0].cpu().numpy(), expect)
+    sample = 2 * 128 * 4  # bytes of one sample of both views
+    small = RowsFirst(tensors, "NCHW", "flatten", names=("A", "B"), budget=3 * sample)
+    small.add([t[:2] for t in tensors])
+    small.add([t[2:5] for t in tensors])  # 5 samples > 3: moments from here on
+    assert not small.kept and small.rows() is None and small.n_samples == 5
+    got = small.result()
+    want = accumulate([A[:5], B[:5]], "NCHW", "flatten", names=None)
+    scale = np.abs(want.auto).max()
+    assert np.abs(got.auto - want.auto).max() <= 2e-6 * scale  # float32 products
+    assert np.abs(got.cross - want.cross).max() <= 2e-6 * scale
+    tensors[0].zero_()  # the kept rows are copies
+    np.testing.assert_array_equal(acc.rows()[0].cpu().numpy(), expect)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("device", DEVICES)
+def test_fit_on_kept_tensors_equals_the_fit_on_arrays(dtype, device, rng):
+    """Kept rows given as tensors are fitted where they are, by the solver the same rows
+    get as arrays (Gram for few wide rows, moments otherwise), with the same scores."""
+    for shape, solver in (((40, 2, 8, 8), "gram"), ((300, 2, 3, 3), "moments")):
+        A, B = _pair(rng, shape, dtype, "C")
+        want = SEISScorer(n_components=0.9, matricization="flatten", layout="NCHW")
+        want = want._fit_rows([A, B], ("A", "B"))
+        tensors = [torch.from_numpy(A).to(device), torch.from_numpy(B).to(device)]
+        got = SEISScorer(n_components=0.9, matricization="flatten", layout="NCHW")
+        got = got._fit_rows(tensors, ("A", "B"))
+        assert got.solver_ == want.solver_ == solver
+        assert got.components_.shape == want.components_.shape
+        tol = scorer_tolerance(want, dtype=dtype) if dtype == np.float64 else 1e-4
+        assert_scores_close(got.result_, want.result_, tol)
+        assert_scores_close(got.scores(A, B), want.scores(A, B), tol)  # V_k used to score
