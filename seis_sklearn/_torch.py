@@ -20,6 +20,7 @@ import torch
 
 from ._matricize import matrix_shape
 from ._moments import (
+    _SAFE_EXPONENT,
     FLOAT32_PRODUCT_ROWS,
     NonFiniteError,
     _float32_scale,
@@ -57,8 +58,27 @@ def _exact_matmul():
         cuda.allow_tf32 = before
 
 
-def raise_nonfinite_torch(tensor, name):
-    """The error of :func:`seis_sklearn._validation.raise_nonfinite`, counted by torch."""
+def _device_float32_scale(top):
+    """:func:`~seis_sklearn._moments._float32_scale` of ``[-top, top]``, computed on
+    ``top``'s device (a float64 tensor; no synchronisation with the host)."""
+    top = top.to(torch.float64)
+    exponent = torch.frexp(top).exponent
+    keep = (top == 0) | ~torch.isfinite(top) | (exponent.abs() <= _SAFE_EXPONENT)
+    return torch.where(keep, torch.ones_like(top), torch.ldexp(torch.ones_like(top), -exponent))
+
+
+def raise_nonfinite_torch(tensor, name, float32_centring=False):
+    """The error of :func:`seis_sklearn._validation.raise_nonfinite`, counted by torch.
+
+    ``float32_centring``: the values are finite but so far from their means that the
+    centred float32 values overflowed (the message of the numpy path for that case).
+    """
+    if float32_centring:
+        raise ValueError(
+            f"{name} has float32 values so far from their means (near ±"
+            f"{float(np.finfo(np.float32).max):.3g}) that centring them overflows "
+            "float32; rescale it or pass float64"
+        )
     if tensor.is_floating_point():
         n_nan = int(torch.isnan(tensor).sum())
         n_inf = int(torch.isinf(tensor).sum())
@@ -115,25 +135,38 @@ class TorchAccumulator:
         self.joint = torch.zeros((n_views * d, n_views * d), dtype=torch.float64, device=device)
 
     def add(self, tensors, indices=None):
-        """Add the samples of a batch (all of them, or ``indices``, in that order)."""
+        """Add the samples of a batch (all of them, or ``indices``, in that order).
+
+        The batch's values are checked once, after all its chunks: NaN, infinities
+        and overflows are flagged on the device and read by the host in one
+        synchronisation per batch, not one per chunk.
+        """
         if indices is not None:
             take = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=self.device)
             tensors = [t.index_select(0, take) for t in tensors]
         n = tensors[0].shape[0]
+        flags = torch.zeros((3, self.n_views), dtype=torch.bool, device=self.device)
         for start in range(0, n, self.step):
             chunks = [t[start : start + self.step].detach() for t in tensors]
             views = [_as_rows(c, self.layout, self.matricization) for c in chunks]
             if self.projection is not None:
                 views = [v.to(torch.float64) @ self.projection for v in views]
-            try:
-                self._add(views)
-            except NonFiniteError as exc:
-                if self.names is None:
-                    raise
-                raise_nonfinite_torch(tensors[exc.view], self.names[exc.view])
+            self._add(views, flags)
+        diagonal = torch.diagonal(self.joint).reshape(self.n_views, self.d)
+        flags[2] |= ~torch.isfinite(diagonal).all(dim=1)  # a product overflowed
+        bad = flags.cpu().numpy()  # the one synchronisation of the batch
+        if bad.any():
+            view = int(np.argmax(bad.any(axis=0)))
+            centring = bool(bad[1, view] and not bad[0, view])
+            if self.names is None:
+                raise NonFiniteError(view, float32_centring=centring)
+            raise_nonfinite_torch(tensors[view], self.names[view], float32_centring=centring)
         return self
 
-    def _add(self, views):
+    def _add(self, views, flags):
+        """One chunk. Sets ``flags[0, g]`` where view g's sums are not finite (NaN or
+        infinite values, or float64 sums that overflowed) and ``flags[1, g]`` where its
+        float32 values overflowed when centred; ``add`` sets ``flags[2]`` for products."""
         G, d = self.n_views, self.d
         n = views[0].shape[0]
         if self.shift is None:
@@ -141,31 +174,25 @@ class TorchAccumulator:
                 self.dtype
             )
         Z = torch.empty((n * self.rows, G * d), dtype=self.dtype, device=self.device)
-        scales = np.ones(G)
         sums = torch.empty_like(self.sums)
+        scales = torch.ones(G, dtype=torch.float64, device=self.device)
         for g, view in enumerate(views):
             shift = self.shift[g]
             sums[g] = (view.to(torch.float64) - shift.to(torch.float64)).sum(dim=0)
+            flags[0, g] |= ~torch.isfinite(sums[g]).all()
             block = Z[:, g * d : (g + 1) * d]
             block.copy_((view.to(self.dtype) - shift).reshape(n * self.rows, d))
-            if not bool(torch.isfinite(sums[g]).all()):
-                raise NonFiniteError(g)
-            if self.dtype == torch.float32:
-                top = float(block.abs().max()) if block.numel() else 0.0
-                if not np.isfinite(top):
-                    raise NonFiniteError(g)
-                scales[g] = _float32_scale(-top, top)
-                if scales[g] != 1.0:
-                    block.mul_(scales[g])
+            if self.dtype == torch.float32 and block.numel():
+                top = block.abs().amax()
+                flags[1, g] |= ~torch.isfinite(top)
+                scales[g] = _device_float32_scale(top)
+                block.mul_(scales[g].to(torch.float32))  # a power of two: exact
         with _exact_matmul():
             product = Z.T @ Z
         if self.dtype == torch.float32:
-            unscale = torch.as_tensor(np.repeat(1.0 / scales, d), device=self.device)
+            unscale = (1.0 / scales).repeat_interleave(d)
             product = product.to(torch.float64) * unscale[:, None] * unscale[None, :]
         self.joint += product
-        if not bool(torch.isfinite(torch.diagonal(self.joint)).all()):
-            bad = int(torch.argmin(torch.isfinite(torch.diagonal(self.joint)).to(torch.int8)))
-            raise NonFiniteError(bad // d)
         self.sums += sums
         self.n_samples += n
 

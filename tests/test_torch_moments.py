@@ -187,3 +187,50 @@ def test_fit_on_kept_tensors_equals_the_fit_on_arrays(dtype, device, rng):
         tol = scorer_tolerance(want, dtype=dtype) if dtype == np.float64 else 1e-4
         assert_scores_close(got.result_, want.result_, tol)
         assert_scores_close(got.scores(A, B), want.scores(A, B), tol)  # V_k used to score
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_float32_extremes_and_overflows(device, rng):
+    """float32 products rescaled on the device by exact powers of two (no host read),
+    as the numpy path rescales them; the errors of the numpy path, naming the view."""
+    A = rng.normal(size=(40, 3, 6, 6))
+    B = np.roll(A, 1, axis=1) + 0.3 * rng.normal(size=A.shape)
+    for scale in (2.0**-100, 2.0**-30, 2.0**40, 2.0**100):
+        pair = [(A * scale).astype(np.float32), (B * scale).astype(np.float32)]
+        want = accumulate(pair, "NCHW", "spatial", names=("A", "B"))
+        tensors = [torch.from_numpy(p).to(device) for p in pair]
+        got = accumulate(tensors, "NCHW", "spatial", names=("A", "B"))
+        top = np.abs(want.auto).max()
+        assert np.isfinite(got.auto).all() and top > 0
+        assert np.abs(got.auto - want.auto).max() <= 2e-6 * top  # as at scale 1
+        assert np.abs(got.cross - want.cross).max() <= 2e-6 * top
+    big = np.float32(3e38)
+    X = rng.normal(size=(8, 2, 4, 4)).astype(np.float32)
+    Y = X.copy()
+    Y[:6, 0, 0, 0], Y[6:, 0, 0, 0] = big, -big  # mean 1.5e38: -big - mean overflows
+    tensors = [torch.from_numpy(X).to(device), torch.from_numpy(Y).to(device)]
+    with pytest.raises(ValueError, match=r"B has float32 values so far from their means"):
+        accumulate(tensors, "NCHW", "spatial", names=("A", "B"))
+    with pytest.raises(ValueError, match=r"A has finite values whose sums overflow float64"):
+        huge = torch.from_numpy(A[:8, :2, :4, :4] * 1e200).to(device)
+        accumulate([huge, huge], "NCHW", "spatial", names=("A", "B"))
+
+
+def test_one_host_read_per_batch_whatever_its_chunks(rng, monkeypatch):
+    """Every read of a device value by the host is a synchronisation on a GPU: the
+    accumulator makes one per batch (its checks), not one per chunk."""
+    A, B = _pair(rng, (256, 64, 4, 4), np.float32, "C")  # 64 rows a sample: 64 per chunk
+    tensors = [torch.from_numpy(A), torch.from_numpy(B)]
+    acc = accumulator(tensors, "NCHW", "spatial", names=("A", "B"))
+    reads = []
+    for method in ("__bool__", "__float__", "__int__", "item", "cpu", "tolist"):
+        real = getattr(torch.Tensor, method)
+
+        def spy(self, *args, _real=real, _method=method, **kwargs):
+            reads.append(_method)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, spy)
+    acc.add(tensors)
+    assert acc.n_samples == 256 and acc.step == 64  # four chunks
+    assert len(reads) == 1, reads
