@@ -11,9 +11,11 @@
 #   2. runs the torch accumulator and adapter tests, whose device parameters include
 #      "cuda" where torch sees one (tests/test_torch_moments.py,
 #      tests/test_adapters_torch.py, tests/test_adapters_onnx.py),
-#   3. runs the CUDA report case of benchmarks/run.py: report / forward passes, the
-#      bytes copied device -> host during one report against the statistics' bytes,
-#      peak device memory for N and 2N images.
+#   3. runs the CUDA cases of benchmarks/run.py: the report (report / forward passes,
+#      the bytes copied device -> host during one report against the statistics'
+#      bytes, peak device memory for N and 2N images) and the dense algebra (eigh and
+#      svd on the device, copies included, against numpy on the host: whether a
+#      layer's algebra should move to the device).
 # Everything it prints is also written to $OUT/device-check.log ($OUT: the device
 # tool's folder of files to bring back; ./device-check when unset).
 set -uo pipefail
@@ -28,7 +30,7 @@ export PYTHONUNBUFFERED=1
     python3 -m pytest -q -p no:cacheprovider --no-header \
         tests/test_torch_moments.py tests/test_adapters_torch.py tests/test_adapters_onnx.py
     tests=$?
-    python3 benchmarks/run.py --case resnet-cuda
+    python3 benchmarks/run.py --case resnet-cuda --case algebra-cuda
     bench=$?
     echo "tests exit $tests, benchmark exit $bench"
     [ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]

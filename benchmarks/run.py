@@ -757,6 +757,68 @@ def _device_report(network, scale, repeats, device):
     return rows
 
 
+def case_algebra_cuda(scale, repeats):
+    """The dense algebra of a layer on a CUDA device against numpy on the host, for
+    the decision the issue leaves to measurement: float64 ``eigh`` and ``svd`` of the
+    sizes a report decomposes (a k × k covariance, a Gram matrix, a pooled moment),
+    the device's time including the copies both ways. Without CUDA: one row saying so."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return [
+            dict(
+                case="dense algebra on CUDA",
+                what="no CUDA device on this machine",
+                ours=None,
+                target="device time (copies included) vs numpy on the host",
+                ok=None,
+            )
+        ]
+    return _algebra_rows(torch.device("cuda"), repeats)
+
+
+def _algebra_rows(device, repeats):
+    """:func:`case_algebra_cuda` on ``device`` (runnable on the CPU, to check the code)."""
+    import torch
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in (256, 820, 2048):
+        X = rng.standard_normal((2 * n, n))
+        S, K = X.T @ X / (2 * n), rng.standard_normal((n, n))
+
+        def on_device(function, matrix):
+            def run():
+                out = function(torch.as_tensor(matrix, device=device))
+                [o.cpu().numpy() for o in out]
+                sync()
+
+            return run
+
+        pairs = (
+            ("eigh", np.linalg.eigh, torch.linalg.eigh, S),
+            ("svd", np.linalg.svd, torch.linalg.svd, K),
+        )
+        for name, host, torch_function, matrix in pairs:
+            on_device(torch_function, matrix)()  # warm-up: the solver's workspace, cuSOLVER
+            ours, base = interleaved_medians(
+                [on_device(torch_function, matrix), lambda h=host, m=matrix: h(m)],
+                max(repeats, 3),
+            )
+            rows.append(
+                dict(
+                    case=f"float64 {name} n={n:,}",
+                    what=f"{device.type} (copies included) vs numpy on the host",
+                    ours=ours,
+                    base=base,
+                    target="ratio < 1: the device is faster",
+                    ok=None,
+                )
+            )
+    return rows
+
+
 def _device_to_host_bytes(fn, device):
     """Bytes the CUDA profiler saw copied device → host while ``fn`` ran (0 on the CPU)."""
     from torch.profiler import ProfilerActivity, profile
@@ -790,6 +852,7 @@ CASES = {
     "vit": case_vit,
     "resnet-cuda": case_resnet_cuda,
     "resnet-device-path": case_resnet_device_path,
+    "algebra-cuda": case_algebra_cuda,
 }
 
 
