@@ -245,12 +245,12 @@ def _taken(a, indices):
     """A copy of the selected samples (all of them for ``None``), where ``a`` lives."""
     if isinstance(a, np.ndarray):
         return np.array(a, copy=True) if indices is None else a[np.asarray(indices)]
-    import torch
+    from ._torch import device_indices
 
     a = a.detach()
     if indices is None:
         return a.clone()
-    return a.index_select(0, torch.as_tensor(np.asarray(indices), device=a.device))
+    return a.index_select(0, device_indices(indices, a.device))
 
 
 def _torch_cat(parts):

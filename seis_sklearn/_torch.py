@@ -14,6 +14,7 @@ Imported only when a torch tensor is given (torch is then loaded already).
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
 import torch
@@ -44,6 +45,22 @@ def _as_rows(chunk, layout, matricization):
     elif layout in ("NCHW", "NCDHW"):  # channel mode: channels last
         chunk = torch.movedim(chunk, 1, -1)
     return chunk.reshape(n, rows, d)
+
+
+def device_indices(indices, device):
+    """``indices`` as a long tensor on ``device``, copied there once per distinct set.
+
+    A copy from the host is a synchronisation on a GPU; a report's batches select
+    their kept and held-out samples with a few patterns that repeat, so the tensors
+    of the last 64 distinct sets are kept.
+    """
+    indices = np.ascontiguousarray(indices, dtype=np.int64)
+    return _cached_indices(indices.tobytes(), str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_indices(data, device):
+    return torch.as_tensor(np.frombuffer(data, dtype=np.int64).copy(), device=device)
 
 
 @contextlib.contextmanager
@@ -142,7 +159,7 @@ class TorchAccumulator:
         synchronisation per batch, not one per chunk.
         """
         if indices is not None:
-            take = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=self.device)
+            take = device_indices(indices, self.device)
             tensors = [t.index_select(0, take) for t in tensors]
         n = tensors[0].shape[0]
         flags = torch.zeros((3, self.n_views), dtype=torch.bool, device=self.device)

@@ -234,3 +234,32 @@ def test_one_host_read_per_batch_whatever_its_chunks(rng, monkeypatch):
     acc.add(tensors)
     assert acc.n_samples == 256 and acc.step == 64  # four chunks
     assert len(reads) == 1, reads
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sample_indices_are_copied_to_the_device_once_per_pattern(device, rng, monkeypatch):
+    """A copy host → device synchronises on a GPU: the index sets of a stream's batches
+    (a few patterns that repeat) are copied once each, and select the right samples."""
+    from seis_sklearn import _torch
+
+    copies = []
+    real = torch.as_tensor
+
+    def spy(data, *args, **kwargs):
+        copies.append(kwargs.get("device"))
+        return real(data, *args, **kwargs)
+
+    _torch._cached_indices.cache_clear()
+    monkeypatch.setattr(torch, "as_tensor", spy)
+    A, B = _pair(rng, (20, 2, 3, 3), np.float64, "C")
+    tensors = [real(A).to(device), real(B).to(device)]
+    acc = accumulator(tensors, "NCHW", "spatial", names=("A", "B"))
+    patterns = [np.array([0, 2, 3]), np.array([1, 4]), np.array([0, 2, 3]), np.array([1, 4])]
+    for take in patterns:
+        acc.add(tensors, take)
+    assert sum(str(c).startswith(device) for c in copies) == 2  # two distinct patterns
+    want = accumulate(
+        [np.concatenate([A[p] for p in patterns]), np.concatenate([B[p] for p in patterns])],
+        "NCHW", "spatial", names=None,
+    )  # fmt: skip
+    np.testing.assert_allclose(acc.result().auto, want.auto, rtol=1e-12, atol=1e-12)
