@@ -263,3 +263,30 @@ def test_sample_indices_are_copied_to_the_device_once_per_pattern(device, rng, m
         "NCHW", "spatial", names=None,
     )  # fmt: skip
     np.testing.assert_allclose(acc.result().auto, want.auto, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_gram_extreme_scales_and_overflow(device, rng):
+    """The Gram pass rescales float32 columns by exact powers of two as the numpy pass
+    does; float64 products that overflow name the view (or raise NonFiniteError)."""
+    from seis_sklearn._accumulate import accumulate_gram
+    from seis_sklearn._moments import NonFiniteError
+
+    A = rng.normal(size=(12, 2, 5, 5))
+    B = np.roll(A, 1, axis=1) + 0.3 * rng.normal(size=A.shape)
+    for scale in (2.0**-100, 2.0**100):
+        pair = [(A * scale).astype(np.float32), (B * scale).astype(np.float32)]
+        want = accumulate_gram(pair, "NCHW", "flatten", names=("A", "B"))
+        got = accumulate_gram(
+            [torch.from_numpy(p).to(device) for p in pair], "NCHW", "flatten", names=("A", "B")
+        )
+        top = np.diagonal(want.gram).max()
+        assert np.isfinite(got.gram).all() and top > 0
+        d = A[0].size  # each entry sums d products: the bound of the Gram test above
+        assert np.abs(got.gram - want.gram).max() <= 2 * d * np.finfo(np.float32).eps * top
+    huge = [torch.from_numpy(A).to(device), torch.from_numpy(B * 1e200).to(device)]
+    with pytest.raises(ValueError, match=r"B has finite values whose sums overflow float64"):
+        accumulate_gram(huge, "NCHW", "flatten", names=("A", "B"))
+    with pytest.raises(NonFiniteError) as caught:
+        accumulate_gram(huge, "NCHW", "flatten", names=None)
+    assert caught.value.view == 1
