@@ -6,7 +6,12 @@ feature centred on a shift fixed by the first chunk (its per-feature means,
 rounded to the product dtype), float32 input multiplied in float32 over at most
 ``FLOAT32_PRODUCT_ROWS`` rows (rescaled by exact powers of two when out of range)
 and summed in float64, float64 input in float64, TF32 off — computed where the
-tensors are. Only the d × d statistics reach the host, in :meth:`result`.
+tensors are. Only the d × d statistics reach the host, in :meth:`result`; the
+checks for NaN and overflow are flags on the device, read once per batch.
+
+The Gram solver's passes over columns (:func:`accumulate_gram`,
+:func:`gram_components`) are here too, for the rows a streamed layer keeps as
+tensors: only the Gram matrix, the means and ``V_k`` reach the host.
 
 Imported only when a torch tensor is given (torch is then loaded already).
 """
