@@ -614,18 +614,25 @@ def case_resnet_cuda(scale, repeats):
     the peak device memory for N and 2N images. Without a CUDA device: one row saying so."""
     import torch
 
-    label = "resnet18 report on CUDA"
     if not torch.cuda.is_available():
-        return [
-            dict(
-                case=label,
-                what="no CUDA device on this machine",
-                ours=None,
-                target="ratio <= 1.3, device->host bytes <= the statistics'",
-                ok=None,
-            )
-        ]
+        return _no_cuda(
+            "resnet18 report on CUDA", "ratio <= 1.3, device->host bytes <= the statistics'"
+        )
     return _device_report("resnet18", scale, repeats, torch.device("cuda"))
+
+
+def _no_cuda(case, target):
+    """The one row of a CUDA case on a machine without CUDA."""
+    return [
+        dict(case=case, what="no CUDA device on this machine", ours=None, target=target, ok=None)
+    ]
+
+
+def _synchronise(device):
+    """A function that waits for ``device`` to finish its queued work (nothing on the CPU)."""
+    import torch
+
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
 def case_resnet_device_path(scale, repeats):
@@ -657,7 +664,7 @@ def _device_report(network, scale, repeats, device, memory=None):
     n = max(64, int(512 * scale))
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.standard_normal((2 * n, 3, 64, 64), dtype=np.float32)).to(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = _synchronise(device)
     copied = {"statistics": 0, "activations": 0}
     add, result = accumulate.RowsFirst.add, torch_moments.TorchAccumulator.result
 
@@ -790,15 +797,9 @@ def case_algebra_cuda(scale, repeats):
     import torch
 
     if not torch.cuda.is_available():
-        return [
-            dict(
-                case="dense algebra on CUDA",
-                what="no CUDA device on this machine",
-                ours=None,
-                target="device time (copies included) vs numpy on the host",
-                ok=None,
-            )
-        ]
+        return _no_cuda(
+            "dense algebra on CUDA", "device time (copies included) vs numpy on the host"
+        )
     return _algebra_rows(torch.device("cuda"), repeats)
 
 
@@ -806,7 +807,7 @@ def _algebra_rows(device, repeats):
     """:func:`case_algebra_cuda` on ``device`` (runnable on the CPU, to check the code)."""
     import torch
 
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = _synchronise(device)
     rng = np.random.default_rng(0)
     rows = []
     for n in (256, 820, 2048):

@@ -123,28 +123,26 @@ def accumulate_folds(arrays, layout, matricization, *, names, index_sets):
     ]
 
 
-def accumulate_gram(arrays, layout, matricization, *, names):
-    """The :class:`~seis_sklearn._gram.GramMoments` of views held in memory.
-
-    numpy arrays: :func:`seis_sklearn._gram.accumulate_gram`; torch tensors: its
-    twin :func:`seis_sklearn._torch.accumulate_gram` on the tensors' device (only
-    the Gram matrix and the means reach the host).
-    """
+def _gram_module(arrays):
+    """The module of the Gram passes for ``arrays``: torch tensors on their device in
+    :mod:`seis_sklearn._torch`, anything in memory on the host in :mod:`seis_sklearn._gram`."""
     if backend_of(arrays) == "torch":
         from . import _torch as module
     else:
         from . import _gram as module
-    return module.accumulate_gram(arrays, layout, matricization, names=names)
+    return module
+
+
+def accumulate_gram(arrays, layout, matricization, *, names):
+    """The :class:`~seis_sklearn._gram.GramMoments` of views held in memory (only the
+    Gram matrix and the means of torch tensors reach the host)."""
+    return _gram_module(arrays).accumulate_gram(arrays, layout, matricization, names=names)
 
 
 def gram_components(arrays, layout, matricization, basis, *, names):
     """``V_k`` (d × k) of a :class:`~seis_sklearn._gram.GramBasis`: one more pass over
     the views, where they are (as :func:`accumulate_gram`)."""
-    if backend_of(arrays) == "torch":
-        from . import _torch as module
-    else:
-        from . import _gram as module
-    return module.gram_components(arrays, layout, matricization, basis, names=names)
+    return _gram_module(arrays).gram_components(arrays, layout, matricization, basis, names=names)
 
 
 class RowsFirst:
@@ -184,7 +182,6 @@ class RowsFirst:
         self.budget = budget
         self._parts, self._nbytes, self._n = [], 0, 0
         self._acc = None
-        self._torch = backend_of(arrays) == "torch"
         if backend_of(arrays) not in ("numpy", "torch"):
             self._switch(arrays)
 
@@ -208,7 +205,7 @@ class RowsFirst:
         """Add the samples of a batch (all of them, or ``indices``, in that order)."""
         if self._acc is None:
             n = arrays[0].shape[0] if indices is None else len(indices)
-            size = n * sum(_sample_bytes(a) for a in arrays)
+            size = n * sum(a[:1].nbytes for a in arrays)  # numpy arrays and torch tensors
             if self._nbytes + size <= self.budget:
                 taken = [_taken(a, indices) for a in arrays]
                 self._parts.append(taken)
@@ -223,8 +220,7 @@ class RowsFirst:
         """The kept samples, one array per view (None once moments are accumulated)."""
         if self._acc is not None:
             return None
-        join = _torch_cat if self._torch else np.concatenate
-        return [join([p[g] for p in self._parts]) for g in range(len(self._parts[0]))]
+        return [_concatenate([p[g] for p in self._parts]) for g in range(len(self._parts[0]))]
 
     def result(self):
         """The :class:`~seis_sklearn._moments.Moments` of every sample added."""
@@ -232,13 +228,6 @@ class RowsFirst:
             return self._acc.result()
         views = self.rows()
         return accumulate(views, self.layout, self.matricization, names=self.names)
-
-
-def _sample_bytes(a):
-    """Bytes of one sample of a numpy array or a torch tensor."""
-    if isinstance(a, np.ndarray):
-        return a[:1].nbytes
-    return a[:1].numel() * a.element_size()
 
 
 def _taken(a, indices):
@@ -253,7 +242,10 @@ def _taken(a, indices):
     return a.index_select(0, device_indices(indices, a.device))
 
 
-def _torch_cat(parts):
+def _concatenate(parts):
+    """The parts joined along the samples, where they live."""
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
     import torch
 
     return torch.cat(parts)

@@ -58,10 +58,10 @@ class GramMoments:
         return self.n_rows // self.mean.shape[1]
 
 
-def _column_chunks(matrices, budget=CHUNK_BYTES * 4):
-    """Column ranges such that one chunk of every view stays near ``budget`` bytes."""
-    m, d = matrices[0].shape
-    step = max(1, budget // (8 * m * len(matrices)))
+def column_chunks(m, d, n_views):
+    """Column ranges of ``m × d`` views such that one chunk of all ``n_views`` stays
+    near ``4·CHUNK_BYTES`` bytes in float64 (also the torch twin's chunks)."""
+    step = max(1, (4 * CHUNK_BYTES) // (8 * m * n_views))
     return [(c, min(c + step, d)) for c in range(0, d, step)]
 
 
@@ -112,7 +112,7 @@ def accumulate_gram(arrays, layout, matricization, *, names):
     mean = np.empty((len(matrices), rows, d))
     release = _page_releaser(arrays)
     files = InputFiles(arrays)
-    for c0, c1 in _column_chunks(matrices):
+    for c0, c1 in column_chunks(*matrices[0].shape, len(matrices)):
         files.before_chunk()
         Z, means = _centred_chunk(matrices, rows, c0, c1, dtype, names, arrays)
         mean[:, :, c0:c1] = means
@@ -181,7 +181,7 @@ def gram_components(arrays, layout, matricization, basis, *, names):
     V = np.empty((d, basis.k))
     release = _page_releaser(arrays)
     files = InputFiles(arrays)
-    for c0, c1 in _column_chunks(matrices):
+    for c0, c1 in column_chunks(*matrices[0].shape, len(matrices)):
         files.before_chunk()
         Z, _ = _centred_chunk(matrices, rows, c0, c1, dtype, names, arrays)
         V[c0:c1] = Z.T @ coefficients  # float32 input: float32 products over 2m rows

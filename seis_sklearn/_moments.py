@@ -99,6 +99,15 @@ class Moments:
         return Moments(n, mean, auto, cross)
 
 
+def float32_centring_error(name):
+    """The error for finite float32 values whose distance from their means overflows."""
+    return ValueError(
+        f"{name} has float32 values so far from their means (near ±"
+        f"{float(np.finfo(np.float32).max):.3g}) that centring them overflows "
+        "float32; rescale it or pass float64"
+    )
+
+
 class NonFiniteError(ArithmeticError):
     """A view's sums came out NaN or infinite (``view`` is its index).
 
@@ -513,11 +522,7 @@ class ArrayAccumulator:
             raise exc
         name = self.names[exc.view]
         if exc.float32_centring:
-            raise ValueError(
-                f"{name} has float32 values so far from their means (near ±"
-                f"{float(np.finfo(np.float32).max):.3g}) that centring them overflows "
-                "float32; rescale it or pass float64"
-            ) from None
+            raise float32_centring_error(name) from None
         if arrays is None:  # pragma: no cover - rescaled float32 products stay finite
             raise ValueError(f"{name} has values whose sums overflow; rescale it") from None
         raise_nonfinite(arrays[exc.view], name)

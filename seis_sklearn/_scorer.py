@@ -283,18 +283,13 @@ class SEISScorer(BaseEstimator):
             else resolve_solver(params["solver"], X.shape, layout, mode, lazy=is_dask_array(X))
         )
         if solver == "gram":
-            gm = accumulate_gram([X, y], layout, mode, names=names)
-            basis, cca = _fit_gram(gm, params)
-            if store_components:  # held-out scoring needs V_k: one more pass
-                basis.components = gram_components([X, y], layout, mode, basis, names=names)
-            moments, n_rows, means = None, gm.n_rows, gm.mean[:2]
+            basis, cca, gm = _fit_gram_views([X, y], layout, mode, names, params, store_components)
+            moments, ccas, n_rows, means = None, [cca], gm.n_rows, gm.mean[:2]
         else:
             part = accumulate([X, *ys], layout, mode, names=view_names)
             moments = part if first else self._moments.merge(part)
             basis, ccas = _fit_orbit(moments, params)
             n_rows, means = moments.n_rows, moments.mean
-        if solver == "gram":
-            ccas = [cca]
         fitted = dict(layout=layout, mode=mode, label=label, shape=tuple(X.shape[1:]))
         return self._store(moments, basis, ccas, solver, n_rows, means, orbit, **fitted)
 
@@ -330,9 +325,7 @@ class SEISScorer(BaseEstimator):
         if solver == "moments":
             moments = accumulate(rows, layout, mode, names=names)
             return self._fit_from_moments(moments, layout, shape[1:], mode)
-        gm = accumulate_gram(rows, layout, mode, names=names)
-        basis, cca = _fit_gram(gm, params)
-        basis.components = gram_components(rows, layout, mode, basis, names=names)
+        basis, cca, gm = _fit_gram_views(rows, layout, mode, names, params)
         return self._store(
             None, basis, [cca], "gram", gm.n_rows, gm.mean[:2], False,
             layout=layout, mode=mode, label=mode, shape=shape[1:],
@@ -592,6 +585,17 @@ def _fit_gram(gm, params, view=1):
     basis = gram_basis(gm, params["n_components"], params["max_components"])
     covariances = gram_pair_covariances(gm, basis, view)
     return basis, fit_cca(*covariances, params["reg"], gm.n_rows)
+
+
+def _fit_gram_views(views, layout, mode, names, params, components=True):
+    """Basis, CCA and :class:`~seis_sklearn._gram.GramMoments` of a pair of views in
+    memory, by the Gram solver where the views are; ``components``: ``V_k`` too (one
+    more pass, which held-out scoring needs)."""
+    gm = accumulate_gram(views, layout, mode, names=names)
+    basis, cca = _fit_gram(gm, params)
+    if components:
+        basis.components = gram_components(views, layout, mode, basis, names=names)
+    return basis, cca, gm
 
 
 def _result(
@@ -880,8 +884,9 @@ def _seis_score(A, B, cv, params):
             fold = clone(scorer).set_params(solver="gram")
             fold._fit(A[train], B[train], names=("A", "B"), streaming=False, reset=True)
             folds.append(fold.scores(A[test], B[test]))
-        gm = accumulate_gram([A, B], layout, scorer.matricization, names=("A", "B"))
-        basis, cca = _fit_gram(gm, fit_params)
+        basis, cca, gm = _fit_gram_views(
+            [A, B], layout, scorer.matricization, ("A", "B"), fit_params, components=False
+        )
         full_rows = gm.n_rows
     else:
 

@@ -24,6 +24,7 @@ import functools
 import numpy as np
 import torch
 
+from ._gram import GramMoments, column_chunks
 from ._matricize import matrix_shape
 from ._moments import (
     _SAFE_EXPONENT,
@@ -31,6 +32,7 @@ from ._moments import (
     NonFiniteError,
     _float32_scale,
     check_moment_memory,
+    float32_centring_error,
     shifted_moments,
 )
 from ._validation import CHUNK_BYTES, _nonfinite_error
@@ -68,6 +70,12 @@ def _cached_indices(data, device):
     return torch.as_tensor(np.frombuffer(data, dtype=np.int64).copy(), device=device)
 
 
+def _product_dtype(dtype):
+    """float32 products for float32/float16/bfloat16 input, float64 for anything else."""
+    low = dtype in (torch.float32, torch.float16, torch.bfloat16)
+    return torch.float32 if low else torch.float64
+
+
 @contextlib.contextmanager
 def _exact_matmul():
     """TF32 off for the products (restored afterwards): float32 must mean float32."""
@@ -96,11 +104,7 @@ def raise_nonfinite_torch(tensor, name, float32_centring=False):
     centred float32 values overflowed (the message of the numpy path for that case).
     """
     if float32_centring:
-        raise ValueError(
-            f"{name} has float32 values so far from their means (near ±"
-            f"{float(np.finfo(np.float32).max):.3g}) that centring them overflows "
-            "float32; rescale it or pass float64"
-        )
+        raise float32_centring_error(name)
     if tensor.is_floating_point():
         n_nan = int(torch.isnan(tensor).sum())
         n_inf = int(torch.isinf(tensor).sum())
@@ -138,8 +142,7 @@ class TorchAccumulator:
         self.layout, self.matricization, self.names = layout, matricization, names
         self.n_views, self.device = n_views, torch.device(device)
         self.rows, d = matrix_shape((1, *shape), layout, matricization)
-        low = dtype in (torch.float32, torch.float16, torch.bfloat16)
-        self.dtype = torch.float32 if low else torch.float64
+        self.dtype = _product_dtype(dtype)
         self.projection = None
         if projection is not None:
             self.dtype, d = torch.float64, projection.shape[1]
@@ -253,17 +256,6 @@ def _raise_nonfinite(tensors, names, g):
     raise_nonfinite_torch(tensors[g], names[g])
 
 
-def _column_ranges(m, d, n_views):
-    """Column chunks of about ``4·CHUNK_BYTES`` for every view (as the numpy Gram pass)."""
-    step = max(1, (4 * CHUNK_BYTES) // (8 * m * n_views))
-    return [(c, min(c + step, d)) for c in range(0, d, step)]
-
-
-def _product_dtype(dtype):
-    low = dtype in (torch.float32, torch.float16, torch.bfloat16)
-    return torch.float32 if low else torch.float64
-
-
 def accumulate_gram(tensors, layout, matricization, *, names):
     """The :class:`~seis_sklearn._gram.GramMoments` of views held as torch tensors.
 
@@ -286,8 +278,6 @@ def accumulate_gram(tensors, layout, matricization, *, names):
     -------
     GramMoments
     """
-    from ._gram import GramMoments
-
     views = [_as_rows(t.detach(), layout, matricization) for t in tensors]
     n, rows, d = views[0].shape
     m, size = n * rows, len(views) * n * rows
@@ -295,7 +285,7 @@ def accumulate_gram(tensors, layout, matricization, *, names):
     gram = torch.zeros((size, size), dtype=torch.float64, device=device)
     mean = torch.empty((len(views), rows, d), dtype=torch.float64, device=device)
     with _exact_matmul():
-        for c0, c1 in _column_ranges(m, d, len(views)):
+        for c0, c1 in column_chunks(m, d, len(views)):
             Z, mean[:, :, c0:c1] = _centred_columns(views, c0, c1, dtype, names, tensors)
             if dtype == torch.float64:
                 gram += Z @ Z.T
@@ -322,7 +312,7 @@ def gram_components(tensors, layout, matricization, basis, *, names):
     coefficients = torch.as_tensor(basis.coefficients, device=device).to(dtype)
     V = torch.empty((d, basis.k), dtype=torch.float64, device=device)
     with _exact_matmul():
-        for c0, c1 in _column_ranges(n * rows, d, len(views)):
+        for c0, c1 in column_chunks(n * rows, d, len(views)):
             Z, _ = _centred_columns(views, c0, c1, dtype, names, tensors)
             V[c0:c1] = Z.T @ coefficients  # float32 input: float32 products over G·m rows
     return V.cpu().numpy()

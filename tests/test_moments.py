@@ -24,11 +24,17 @@ SHAPES = {
 }
 
 
+def centred_rows(a, layout, mode):
+    """The matricized rows of ``a`` in float64, each feature centred over the samples."""
+    a = np.asarray(a, dtype=np.float64)
+    return reference_matricize(a - a.mean(axis=0), layout, mode)
+
+
 def _direct(arrays, layout, mode):
     """Per-feature means (G, R, d) and the per-feature centred products (SPEC §2.1)."""
     arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
     means = [a.mean(axis=0) for a in arrays]
-    Pc = [reference_matricize(a - mu, layout, mode) for a, mu in zip(arrays, means, strict=True)]
+    Pc = [centred_rows(a, layout, mode) for a in arrays]
     return (
         np.stack([reference_matricize(mu[None], layout, mode) for mu in means]),
         np.stack([z.T @ z for z in Pc]),

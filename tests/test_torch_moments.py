@@ -9,11 +9,16 @@ torch = pytest.importorskip("torch")
 
 from seis_sklearn import SEISScorer  # noqa: E402
 from seis_sklearn._accumulate import accumulate, accumulator, backend_of  # noqa: E402
-from tests.test_moments import SHAPES, _pair  # noqa: E402
+from tests.test_moments import SHAPES, _pair, centred_rows  # noqa: E402
 from tests.tolerance import assert_scores_close, scorer_tolerance  # noqa: E402
 
 # CUDA only where there is one: no parameter stands in for a device that is absent
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _on(device, *arrays):
+    """The arrays as tensors on ``device``."""
+    return [torch.from_numpy(a).to(device) for a in arrays]
 
 
 @pytest.mark.parametrize("layout", list(SHAPES))
@@ -23,7 +28,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def test_torch_moments_equal_the_numpy_path(layout, mode, dtype, device, rng):
     A, B = _pair(rng, SHAPES[layout], dtype, "C")
     want = accumulate([A, B], layout, mode, names=("A", "B"))
-    tensors = [torch.from_numpy(A).to(device), torch.from_numpy(B).to(device)]
+    tensors = _on(device, A, B)
     assert backend_of(tensors) == "torch"
     got = accumulate(tensors, layout, mode, names=("A", "B"))
     # the same sums in another order: float64 to 1e-12, float32 products to their rounding
@@ -40,7 +45,7 @@ def test_torch_moments_equal_the_numpy_path(layout, mode, dtype, device, rng):
 @pytest.mark.parametrize("device", DEVICES)
 def test_batches_indices_projection_and_errors(device, rng):
     A, B = _pair(rng, (60, 3, 6, 6), np.float64, "C")
-    tensors = [torch.from_numpy(A).to(device), torch.from_numpy(B).to(device)]
+    tensors = _on(device, A, B)
     acc = accumulator(tensors, "NCHW", "spatial", names=("A", "B"))
     for lo, hi in ((0, 7), (7, 8), (8, 60)):  # batches of any size, merged exactly
         acc.add([t[lo:hi] for t in tensors])
@@ -73,7 +78,7 @@ def test_scores_from_torch_moments_equal_numpy_scores(dtype, device, rng):
     B = np.rot90(A, axes=(2, 3)) + 0.5 * rng.normal(size=A.shape)
     A, B = A.astype(dtype), B.astype(dtype)
     want = SEISScorer(n_components=0.95).fit(A, B)
-    tensors = [torch.from_numpy(A).to(device), torch.from_numpy(B).to(device)]
+    tensors = _on(device, A, B)
     moments = accumulate(tensors, "NCHW", "spatial", names=("A", "B"))
     got = SEISScorer(n_components=0.95)._fit_from_moments(moments, "NCHW", A.shape[1:])
     tol = scorer_tolerance(want, dtype=dtype) if dtype == np.float64 else 1e-4
@@ -97,7 +102,7 @@ def test_torch_gram_equals_the_numpy_gram(layout, mode, dtype, device, rng, monk
     monkeypatch.setattr(torch_module, "CHUNK_BYTES", 64)
     assert CHUNK_BYTES > 64
     want = accumulate_gram([A, B], layout, mode, names=("A", "B"))
-    tensors = [torch.from_numpy(A).to(device), torch.from_numpy(B).to(device)]
+    tensors = _on(device, A, B)
     got = accumulate_gram(tensors, layout, mode, names=("A", "B"))
     assert isinstance(got.gram, np.ndarray) and isinstance(got.mean, np.ndarray)
     assert got.n_rows == want.n_rows and got.gram.shape == want.gram.shape
@@ -115,18 +120,9 @@ def test_torch_gram_equals_the_numpy_gram(layout, mode, dtype, device, rng, monk
     V_numpy = gram_components([A, B], layout, mode, basis, names=("A", "B"))
     assert isinstance(V, np.ndarray) and V.shape == V_numpy.shape
     # each entry of V sums G·m products z·c: |error| <= 2·G·m·eps·(|Z|ᵀ|C|)
-    Z = np.concatenate([_centred_rows(a, layout, mode) for a in (A, B)])
+    Z = np.concatenate([centred_rows(a, layout, mode) for a in (A, B)])
     bound = 2 * Z.shape[0] * eps * (np.abs(Z).T @ np.abs(basis.coefficients))
     assert np.all(np.abs(V - V_numpy) <= bound)
-
-
-def _centred_rows(a, layout, mode):
-    """The matricized rows of ``a`` in float64, each feature centred over the samples."""
-    from seis_sklearn._matricize import matricize, matrix_shape
-
-    rows, d = matrix_shape(a.shape, layout, mode)
-    M = matricize(a.astype(np.float64), layout, mode).reshape(a.shape[0], rows, d)
-    return (M - M.mean(axis=0)).reshape(-1, d)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -135,7 +131,7 @@ def test_torch_gram_names_the_view_with_nan(device, rng):
 
     A, B = _pair(rng, (20, 3, 4, 4), np.float32, "C")
     B[3, 0, 1, 1] = np.inf
-    tensors = [torch.from_numpy(A).to(device), torch.from_numpy(B).to(device)]
+    tensors = _on(device, A, B)
     with pytest.raises(ValueError, match=r"B contains 0 NaN and 1 infinite"):
         accumulate_gram(tensors, "NCHW", "flatten", names=("A", "B"))
 
@@ -147,7 +143,7 @@ def test_rows_first_keeps_tensors_on_their_device(device, rng):
     from seis_sklearn._accumulate import RowsFirst
 
     A, B = _pair(rng, (30, 2, 8, 8), np.float32, "C")
-    tensors = [torch.from_numpy(A).to(device), torch.from_numpy(B).to(device)]
+    tensors = _on(device, A, B)
     acc = RowsFirst(tensors, "NCHW", "flatten", names=("A", "B"))
     acc.add([t[:10] for t in tensors], np.arange(0, 10, 2))
     acc.add([t[10:] for t in tensors])
@@ -179,7 +175,7 @@ def test_fit_on_kept_tensors_equals_the_fit_on_arrays(dtype, device, rng):
         A, B = _pair(rng, shape, dtype, "C")
         want = SEISScorer(n_components=0.9, matricization="flatten", layout="NCHW")
         want = want._fit_rows([A, B], ("A", "B"))
-        tensors = [torch.from_numpy(A).to(device), torch.from_numpy(B).to(device)]
+        tensors = _on(device, A, B)
         got = SEISScorer(n_components=0.9, matricization="flatten", layout="NCHW")
         got = got._fit_rows(tensors, ("A", "B"))
         assert got.solver_ == want.solver_ == solver
@@ -198,7 +194,7 @@ def test_torch_float32_extremes_and_overflows(device, rng):
     for scale in (2.0**-100, 2.0**-30, 2.0**40, 2.0**100):
         pair = [(A * scale).astype(np.float32), (B * scale).astype(np.float32)]
         want = accumulate(pair, "NCHW", "spatial", names=("A", "B"))
-        tensors = [torch.from_numpy(p).to(device) for p in pair]
+        tensors = _on(device, *pair)
         got = accumulate(tensors, "NCHW", "spatial", names=("A", "B"))
         top = np.abs(want.auto).max()
         assert np.isfinite(got.auto).all() and top > 0
@@ -208,7 +204,7 @@ def test_torch_float32_extremes_and_overflows(device, rng):
     X = rng.normal(size=(8, 2, 4, 4)).astype(np.float32)
     Y = X.copy()
     Y[:6, 0, 0, 0], Y[6:, 0, 0, 0] = big, -big  # mean 1.5e38: -big - mean overflows
-    tensors = [torch.from_numpy(X).to(device), torch.from_numpy(Y).to(device)]
+    tensors = _on(device, X, Y)
     with pytest.raises(ValueError, match=r"B has float32 values so far from their means"):
         accumulate(tensors, "NCHW", "spatial", names=("A", "B"))
     with pytest.raises(ValueError, match=r"A has finite values whose sums overflow float64"):
@@ -277,14 +273,12 @@ def test_torch_gram_extreme_scales_and_overflow(device, rng):
     for scale in (2.0**-100, 2.0**100):
         pair = [(A * scale).astype(np.float32), (B * scale).astype(np.float32)]
         want = accumulate_gram(pair, "NCHW", "flatten", names=("A", "B"))
-        got = accumulate_gram(
-            [torch.from_numpy(p).to(device) for p in pair], "NCHW", "flatten", names=("A", "B")
-        )
+        got = accumulate_gram(_on(device, *pair), "NCHW", "flatten", names=("A", "B"))
         top = np.diagonal(want.gram).max()
         assert np.isfinite(got.gram).all() and top > 0
         d = A[0].size  # each entry sums d products: the bound of the Gram test above
         assert np.abs(got.gram - want.gram).max() <= 2 * d * np.finfo(np.float32).eps * top
-    huge = [torch.from_numpy(A).to(device), torch.from_numpy(B * 1e200).to(device)]
+    huge = _on(device, A, B * 1e200)
     with pytest.raises(ValueError, match=r"B has finite values whose sums overflow float64"):
         accumulate_gram(huge, "NCHW", "flatten", names=("A", "B"))
     with pytest.raises(NonFiniteError) as caught:
