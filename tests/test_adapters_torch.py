@@ -9,7 +9,7 @@ from seis_sklearn.adapters.torch import extract_activations, find_layers  # noqa
 
 from seis_sklearn import seis_score  # noqa: E402
 from tests.test_torch_moments import DEVICES  # noqa: E402
-from tests.tolerance import assert_scores_close, scorer_tolerance  # noqa: E402
+from tests.tolerance import SCORES, assert_scores_close, scorer_tolerance  # noqa: E402
 
 
 class Net(torch.nn.Module):
@@ -309,6 +309,31 @@ def test_layerwise_report_schema_and_figure(net, tmp_path):
     csv_path, png_path = save_report(frame, tmp_path / "report")
     assert csv_path.read_text().splitlines()[0] == ",".join(COLUMNS)
     assert png_path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_reads_batches_from_lists_and_refuses_a_used_up_generator(net):
+    """Several transforms read the inputs once each: a list of batches gives the same
+    report as the array; a generator, which a second transform would find empty, is
+    refused before any forward pass (one transform may still stream from it)."""
+    from seis_sklearn.adapters.torch import layerwise_seis
+    from seis_sklearn.adapters.torch import transforms as TT
+
+    x = np.random.default_rng(3).normal(size=(40, 1, 7, 7)).astype(np.float32)
+    chosen = {"rot90": TT.rot90, "flip": TT.hflip}
+    kw = dict(layers=["conv1", "conv2"], batch_size=8, progress=False, n_components=0.95)
+    from_array = layerwise_seis(net, x, chosen, **kw)
+    batches = [x[i : i + 8] for i in range(0, 40, 8)]
+    from_list = layerwise_seis(net, batches, chosen, **kw)
+    scores = lambda frame: frame[list(SCORES)].to_numpy().tolist()  # noqa: E731
+    assert scores(from_list) == scores(from_array)
+    calls = []
+    net.register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(TypeError, match="inputs is a one-shot iterator .generator.*2 transforms"):
+        layerwise_seis(net, (b for b in batches), chosen, **kw)
+    assert calls == []
+    one = layerwise_seis(net, (b for b in batches), {"flip": TT.hflip}, **kw)
+    flipped = from_array[from_array["transform"] == "flip"].reset_index(drop=True)
+    assert scores(one) == scores(flipped)
 
 
 def test_layerwise_report_adds_metrics_and_statistics_columns(net):

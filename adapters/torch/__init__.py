@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -532,7 +532,9 @@ def layerwise_seis(
     ----------
     model : torch.nn.Module
     inputs : torch.Tensor, ndarray or iterable of batches
-        As in :func:`extract_activations`.
+        As in :func:`extract_activations`. The report reads them once per
+        transform, so with several transforms an iterable must be one that can
+        be iterated again (a ``DataLoader``, a list of batches), not a generator.
     transforms : dict of str → callable
         Name → a function of a batch of inputs (a tensor) giving the transformed
         batch, e.g. ``{"rot90": partial(transforms.rot90, k=1)}`` with
@@ -590,6 +592,12 @@ def layerwise_seis(
     metrics = check_report_metrics(metrics)
     if not isinstance(transforms, dict) or not transforms:
         raise TypeError("transforms must be a non-empty dict of name → callable")
+    if len(transforms) > 1 and isinstance(inputs, Iterator):
+        raise TypeError(
+            f"inputs is a one-shot iterator ({type(inputs).__name__}), and a report of "
+            f"{len(transforms)} transforms reads the inputs once per transform: pass a "
+            "tensor, an array, a list of batches or a DataLoader"
+        )
     n_prefix = check_tokens(tokens, n_prefix, prefix_tokens(model))
     seis_params = {**seis_params, "matricization": matricization}
     if layers is None:
