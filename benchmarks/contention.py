@@ -40,32 +40,24 @@ MODES = ("plain", "hooks", "blas", "sleep")
 
 def forward_seconds(model, layers, transforms, x, mode, chunk, product):
     """Seconds spent in the forward passes of one report's batches, under ``mode``."""
-    import torch
-
     modules = dict(model.named_modules())
     kept = []
     hook = lambda module, args, output: kept.append(output)  # noqa: E731
     handles = [modules[n].register_forward_hook(hook) for n in layers] if mode == "hooks" else []
-    seconds = 0.0
+
+    def between():
+        if mode == "blas":
+            for _ in range(3):
+                syrk_lower(chunk, product)
+        elif mode == "sleep":
+            time.sleep(0.05)
+        kept.clear()
+
     try:
-        with torch.inference_mode():
-            for transform in transforms.values():
-                for lo in range(0, len(x), 128):
-                    batch = torch.as_tensor(x[lo : lo + 128])
-                    start = time.perf_counter()
-                    model(batch)
-                    model(transform(batch))
-                    seconds += time.perf_counter() - start
-                    if mode == "blas":
-                        for _ in range(3):
-                            syrk_lower(chunk, product)
-                    elif mode == "sleep":
-                        time.sleep(0.05)
-                    kept.clear()
+        return R._forward_alone(model, x, transforms, 128, between)
     finally:
         for handle in handles:
             handle.remove()
-    return seconds
 
 
 def main(argv=None):

@@ -433,19 +433,25 @@ class _Stopwatch:
         setattr(owner, name, timed)
 
 
-def _forward_alone(model, x, transforms, batch_size):
-    """The forward passes a report makes (original and transformed, per transform);
-    ``x`` a numpy array, or a tensor already where the model is."""
+def _forward_alone(model, x, transforms, batch_size, between=None):
+    """Seconds of the forward passes a report makes (original and transformed, per
+    transform); ``x`` a numpy array, or a tensor already where the model is.
+    ``between``: called after each batch's passes, outside the timing
+    (``benchmarks/contention.py``)."""
     import torch
 
-    start = time.perf_counter()
+    seconds = 0.0
     with torch.inference_mode():
         for transform in transforms.values():
             for lo in range(0, len(x), batch_size):
+                start = time.perf_counter()
                 batch = torch.as_tensor(x[lo : lo + batch_size])
                 model(batch)
                 model(transform(batch))
-    return time.perf_counter() - start
+                seconds += time.perf_counter() - start
+                if between is not None:
+                    between()
+    return seconds
 
 
 def _network(network):
