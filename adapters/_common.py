@@ -87,6 +87,26 @@ def check_stream_args(held_out, transform):
         raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
 
 
+def batch_views(transform):
+    """The views a batch generator computes: view key → the transform of the inputs
+    that gives it (None: the inputs as they are).
+
+    ``transform`` is None (the original view only), a callable (``"original"`` and
+    ``"transformed"``: pair mode) or such a dict already (several transforms in one
+    pass, or one view alone).
+    """
+    if transform is None:
+        return {"original": None}
+    if isinstance(transform, dict):
+        for view, function in transform.items():
+            if function is not None and not callable(function):
+                raise TypeError(f"the transform of view {view!r} is not callable")
+        return dict(transform)
+    if not callable(transform):
+        raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
+    return {"original": None, "transformed": transform}
+
+
 def describe(transform):
     """A readable name of a transform callable (``rot90(k=1)``), or None."""
     if isinstance(transform, functools.partial):
@@ -156,8 +176,8 @@ def collect(batches, *, out, dtype, paired, module_of, transform_name=None):
     if n_total is not None and stop != n_total:
         raise ValueError(f"inputs gave {stop} samples, expected {n_total}")
     keys = list(dict.fromkeys(k for k, _ in storage))
-    if not paired:
-        return {k: storage[(k, "original")] for k in keys}
+    if not paired:  # one view: the original, or the transformed alone
+        return {k: array for (k, _), array in storage.items()}
     return {k: (storage[(k, "original")], storage[(k, "transformed")]) for k in keys}
 
 
@@ -226,22 +246,187 @@ def stream(batches, held_out, seis_params, *, dtype=None, deviation=None, n_pref
         activation shape, → the moments of all samples (for other metrics), and
         → how its matricization was chosen.
     """
+    deviations = {"transformed": deviation} if deviation is not None else None
+    return stream_views(
+        batches, ("transformed",), held_out, seis_params, dtype=dtype,
+        deviations=deviations, n_prefix=n_prefix,
+    )["transformed"]  # fmt: skip
+
+
+def stream_views(
+    batches, views, held_out, seis_params, *, dtype=None, deviations=None, n_prefix=0
+):
+    """:func:`stream` of several transforms in one pass over the batches.
+
+    Each batch holds the ``"original"`` view and one transformed view per entry
+    of ``views``; each transformed view is paired with the original and streamed
+    into accumulators of its own, so the original forward pass of a batch serves
+    every transform (T + 1 forward passes instead of 2T) while every transform's
+    statistics are held at once.
+
+    Parameters
+    ----------
+    batches : generator
+        A batch generator (see the module's docstring) with these views.
+    views : sequence
+        The keys of the transformed views.
+    held_out, seis_params, dtype, n_prefix
+        As in :func:`stream`.
+    deviations : dict, optional
+        View key → :class:`ChannelDeviation` (or None).
+
+    Returns
+    -------
+    dict
+        View key → what :func:`stream` returns for that transform.
+    """
     stored_only = sorted(set(seis_params) & STORED_ONLY)
     if stored_only:
         raise ValueError(
             f"{stored_only[0]} refits on stored activations: pass held_out=None "
             "(in-sample scores of stored activations) to use it"
         )
+    deviations = {v: d for v, d in (deviations or {}).items() if d is not None}
     every = int(round(1.0 / held_out))
-    layers, kept, held = {}, {}, {}
+    state = {view: ({}, {}, {}) for view in views}  # layer plans, kept, held
     next(batches)
     with contextlib.closing(batches):
         for rows, per_view in batches:
             per_view = _as_dtype(drop_tokens(per_view, n_prefix), dtype)
-            _stream_batch(per_view, np.arange(*rows) % every, layers, kept, held, seis_params)
-            if deviation is not None:
-                deviation.add(_on_host(per_view))
-            del per_view  # the next batch is computed while this name still holds one
+            phase = np.arange(*rows) % every
+            host = _on_host(per_view) if deviations else None
+            for view in views:
+                pair = {"original": per_view["original"], "transformed": per_view[view]}
+                _stream_batch(pair, phase, *state[view], seis_params)
+                if view in deviations:
+                    deviations[view].add({"original": host["original"], "transformed": host[view]})
+            del per_view, pair, host  # the next batch is computed while these names hold one
+    return {view: _fit_streamed(*state[view], held_out) for view in views}
+
+
+def pairs_by_transform(transforms, gather):
+    """(name, layer key → (original, transformed)) per transform, held in memory.
+
+    ``gather(views)`` runs the model over the inputs for the views of
+    :func:`batch_views` and collects them (:func:`collect`). One transform: both
+    views in one pass. Several: the original activations once and each
+    transform's beside them — T + 1 forward passes instead of 2T, never more than
+    two views held at once.
+    """
+    if len(transforms) == 1:
+        ((name, transform),) = transforms.items()
+        yield name, gather({"original": None, "transformed": transform})
+        return
+    originals = gather({"original": None})
+    for name, transform in transforms.items():
+        transformed = gather({"transformed": transform})
+        if list(transformed) != list(originals):
+            raise ValueError(
+                f"transform {name!r}: the model recorded layers {list(transformed)} for the "
+                f"transformed inputs and {list(originals)} for the original ones"
+            )
+        yield name, {k: (originals[k], transformed[k]) for k in originals}
+
+
+# transforms_per_pass="auto": as many transforms share a pass over the inputs as keep
+# the statistics held at once under this many bytes (at least one transform).
+AUTO_PASS_BYTES = 2 * 2**30
+
+
+def check_transforms_per_pass(value):
+    """``"auto"`` or an int >= 1, else a ValueError naming the argument."""
+    if value == "auto" or (
+        isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+    ):
+        return value
+    raise ValueError(f"transforms_per_pass must be 'auto' or an int >= 1; got {value!r}")
+
+
+def transform_groups(names, per_pass, layer_shapes, n_samples, seis_params, n_prefix=0):
+    """The transforms of a streamed report, in groups that each share one pass.
+
+    Parameters
+    ----------
+    names : sequence
+        The transforms, in the report's order.
+    per_pass : "auto" or int
+        Transforms per pass; ``"auto"``: as many as keep the statistics held at
+        once (:func:`statistics_bytes` of every layer, per transform) within
+        ``AUTO_PASS_BYTES``, at least one.
+    layer_shapes : callable
+        Returns layer key → (per-sample shape, itemsize) of the activations; called
+        only for ``"auto"`` with several transforms.
+    n_samples : int or None
+        Samples of the inputs, when known.
+    seis_params : dict
+        The SEIS parameters (``matricization`` may be ``"auto"``).
+    n_prefix : int
+        Leading tokens dropped from 3-D activations.
+
+    Returns
+    -------
+    list of list
+    """
+    names = list(names)
+    if per_pass == "auto":
+        per_pass = 1
+        if len(names) > 1:
+            each = sum(
+                statistics_bytes(shape, itemsize, n_samples, seis_params, n_prefix)
+                for shape, itemsize in layer_shapes().values()
+            )
+            per_pass = max(1, AUTO_PASS_BYTES // max(each, 1))
+    return [names[i : i + per_pass] for i in range(0, len(names), per_pass)]
+
+
+def statistics_bytes(shape, itemsize, n_samples, seis_params, n_prefix=0):
+    """Bytes that one transform's streamed statistics of a layer settle at, at most.
+
+    The kept and the held-out samples' accumulators
+    (:class:`~seis_sklearn._accumulate.RowsFirst`) together: the rows of both views
+    when ``n_samples`` is known and they take no more than the moments would;
+    else, for each accumulator, a moment accumulator — the ``(2d)²`` float64 sum
+    (and float32 product for inputs of 4 bytes or less), its buffer of centred rows
+    (4,096 rows of float32, or a chunk of float64) and the per-feature sums and shifts.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Per-sample shape of the layer's activations (before ``n_prefix`` tokens are
+        dropped).
+    itemsize : int
+        Bytes per value of the activations as streamed.
+    n_samples : int or None
+    seis_params : dict
+        ``matricization`` (``"auto"`` resolved here) and ``layout``.
+    n_prefix : int, default=0
+
+    Returns
+    -------
+    int
+    """
+    from seis_sklearn._matricize import matrix_shape, resolve_layout
+    from seis_sklearn._validation import CHUNK_BYTES
+
+    shape = tuple(shape)
+    if len(shape) == 2 and n_prefix:  # (L, D) tokens: the prefix is dropped
+        shape = (max(shape[0] - n_prefix, 0), shape[1])
+    params, _ = layer_params(seis_params, (1, *shape))
+    layout = resolve_layout(params.get("layout", "auto"), len(shape) + 1)
+    rows, d = matrix_shape((1, *shape), layout, params.get("matricization", "spatial"))
+    width = 2 * d  # the two views side by side
+    moments = width**2 * 8
+    if n_samples is not None and n_samples * rows * width * itemsize <= moments:
+        return n_samples * rows * width * itemsize
+    if itemsize <= 4:  # float32 products of at most 4,096 rows, summed in float64
+        each = width**2 * 12 + max(4096, rows) * width * 4
+    else:
+        each = moments + 2 * max(CHUNK_BYTES, rows * d * 8, 4096 * d * 8)
+    return 2 * (each + 2 * rows * width * 8)  # kept and held, with their sums and shifts
+
+
+def _fit_streamed(layers, kept, held, held_out):
+    """What :func:`stream` returns, from one transform's accumulators."""
     if not layers:
         raise ValueError("inputs gave no batches")
     results, shapes, moments, choices = {}, {}, {}, {}

@@ -16,6 +16,8 @@ run are compared: these machines are noisy.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import platform
@@ -414,6 +416,7 @@ class _Stopwatch:
 
     def __init__(self):
         self.seconds, self._depth = {}, 0
+        self.on = True  # False: calls are not counted
 
     def wrap(self, owner, name, label):
         function = getattr(owner, name)
@@ -426,32 +429,57 @@ class _Stopwatch:
                 return function(*args, **kwargs)
             finally:
                 self._depth = depth
-                if depth == 0:
+                if depth == 0 and self.on:
                     elapsed = time.perf_counter() - start
                     self.seconds[label] = self.seconds.get(label, 0.0) + elapsed
 
         setattr(owner, name, timed)
 
 
-def _forward_alone(model, x, transforms, batch_size, between=None):
-    """Seconds of the forward passes a report makes (original and transformed, per
-    transform); ``x`` a numpy array, or a tensor already where the model is.
-    ``between``: called after each batch's passes, outside the timing
-    (``benchmarks/contention.py``)."""
+def _forward_alone(model, x, transforms, batch_size, between=None, shared=True):
+    """Seconds of the forward passes a report makes; ``x`` a numpy array, or a tensor
+    already where the model is. ``shared``: each batch once as it is and once per
+    transform (T + 1 passes, the report's default); else original and transformed
+    per transform (2T, ``transforms_per_pass=1``). ``between``: called after each
+    batch's passes, outside the timing (``benchmarks/contention.py``)."""
     import torch
 
+    groups = [list(transforms.values())] if shared else [[t] for t in transforms.values()]
     seconds = 0.0
     with torch.inference_mode():
-        for transform in transforms.values():
+        for group in groups:
             for lo in range(0, len(x), batch_size):
                 start = time.perf_counter()
                 batch = torch.as_tensor(x[lo : lo + batch_size])
                 model(batch)
-                model(transform(batch))
+                for transform in group:
+                    model(transform(batch))
                 seconds += time.perf_counter() - start
                 if between is not None:
                     between()
     return seconds
+
+
+@contextlib.contextmanager
+def _as_many_images():
+    """Reports inside stream as one of many more images would: each layer into moments
+    from its first batch (rows never kept), and ``transforms_per_pass="auto"`` sizing
+    its passes by those moments."""
+    from seis_sklearn.adapters import _common
+
+    import seis_sklearn._accumulate as accumulate
+
+    rows_first, sized = accumulate.RowsFirst, _common.statistics_bytes
+
+    def as_moments(shape, itemsize, n_samples, seis_params, n_prefix=0):
+        return sized(shape, itemsize, None, seis_params, n_prefix)
+
+    accumulate.RowsFirst = functools.partial(rows_first, budget=0)
+    _common.statistics_bytes = as_moments
+    try:
+        yield
+    finally:
+        accumulate.RowsFirst, _common.statistics_bytes = rows_first, sized
 
 
 def _network(network):
@@ -485,10 +513,10 @@ def _model_report(network, scale, repeats, matricization="auto"):
     n = max(64, int(512 * scale))
     x = np.random.default_rng(0).standard_normal((n, 3, 64, 64), dtype=np.float32)
 
-    def report(count):
+    def report(count, per_pass="auto"):
         return layerwise_seis(
             model, x[:count], transforms, layers=layers, progress=False, batch_size=128,
-            matricization=matricization, **options,
+            matricization=matricization, transforms_per_pass=per_pass, **options,
         )  # fmt: skip
 
     report(64)  # compile and warm up outside the measurements
@@ -516,12 +544,19 @@ def _model_report(network, scale, repeats, matricization="auto"):
     model.register_forward_hook(forward_ended)
 
     def timed_report():
-        hook["on"] = True
+        hook["on"] = watch.on = True
         report(n)
-        hook["on"] = False
+        hook["on"] = watch.on = False
 
-    forward, total = interleaved_medians(
-        [lambda: _forward_alone(model, x, transforms, 128), timed_report], repeats
+    watch.on = False  # the breakdown is the default report's
+    forward, total, forward_2t, one_by_one = interleaved_medians(
+        [
+            lambda: _forward_alone(model, x, transforms, 128),
+            timed_report,
+            lambda: _forward_alone(model, x, transforms, 128, shared=False),
+            lambda: report(n, per_pass=1),
+        ],
+        repeats,
     )
     parts = {k: v / repeats for k, v in {"forward (hooks)": hook["t"], **watch.seconds}.items()}
     # peak RSS in fresh processes (an allocator's history would blur it), N and 2N images;
@@ -534,12 +569,28 @@ def _model_report(network, scale, repeats, matricization="auto"):
     return [
         dict(
             case=label,
-            what="report / the same forward passes alone",
+            what="report / the same forward passes alone (T + 1 per batch)",
             ours=total,
             base=forward,
             target="ratio <= 1.5",
             ok=total / forward <= 1.5,
             note=breakdown,
+        ),
+        dict(
+            case=label,
+            what="transforms_per_pass=1 / its forward passes alone (2T per batch)",
+            ours=one_by_one,
+            base=forward_2t,
+            target="ratio <= 1.5",
+            ok=one_by_one / forward_2t <= 1.5,
+        ),
+        dict(
+            case=label,
+            what="report / the same report one transform at a time",
+            ours=total,
+            base=one_by_one,
+            target="informational (< 1: shared passes pay)",
+            ok=True,
         ),
         dict(
             case=label,
@@ -579,19 +630,15 @@ def _probe(spec):
     from seis_sklearn.adapters.torch import layerwise_seis
 
     network, count, matricization, keep = spec.split(":")
-    if keep == "moments":  # rows never kept: every layer's moments from its first batch
-        import functools
-
-        import seis_sklearn._accumulate as accumulate
-
-        accumulate.RowsFirst = functools.partial(accumulate.RowsFirst, budget=0)
     model, layers, options, transforms = _network(network)
     x = np.random.default_rng(0).standard_normal((int(count), 3, 64, 64), dtype=np.float32)
     kwargs = dict(layers=layers, progress=False, batch_size=128, matricization=matricization)
-    layerwise_seis(model, x[:64], transforms, **kwargs, **options)  # imports, compilation
-    before = current_rss()
-    reset_peak()
-    layerwise_seis(model, x, transforms, **kwargs, **options)
+    # "moments": as a report of many more images streams
+    with _as_many_images() if keep == "moments" else contextlib.nullcontext():
+        layerwise_seis(model, x[:64], transforms, **kwargs, **options)  # imports, compilation
+        before = current_rss()
+        reset_peak()
+        layerwise_seis(model, x, transforms, **kwargs, **options)
     print(peak_rss() - before)
 
 
@@ -657,7 +704,6 @@ def _device_report(network, scale, repeats, device, memory=None):
 
     ``memory``: measure the peak device memory (default: on CUDA only; a dry run on
     the CPU passes True with ``torch.cuda``'s two memory functions replaced)."""
-    import functools
 
     import torch
     from seis_sklearn.adapters.torch import layerwise_seis
@@ -725,10 +771,8 @@ def _device_report(network, scale, repeats, device, memory=None):
     peaks = {}
     if device.type == "cuda" if memory is None else memory:  # as run, then moments only
         peaks["kept"] = peak(2 * n)
-        rows_first = accumulate.RowsFirst
-        accumulate.RowsFirst = functools.partial(rows_first, budget=0)
-        peaks["moments"] = [peak(n), peak(2 * n)]
-        accumulate.RowsFirst = rows_first
+        with _as_many_images():
+            peaks["moments"] = [peak(n), peak(2 * n)]
     label = f"{network} report N={n} {device.type}"
     bound = 1.3 if device.type == "cuda" else 1.5  # the GPU target; on CPU tensors the CPU one
     rows = [

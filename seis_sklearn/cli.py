@@ -843,30 +843,37 @@ def _report_model(args, settings, done, adapter, model, layers, inputs, transfor
         where = {"providers": _providers(args.device)}
     else:
         where = {"device": args.device}
+    index, pending = {}, {}
     for t, (spec, transform) in enumerate(zip(settings["transforms"], transforms, strict=True)):
         if any(k.startswith(f"t{t:03d}-") for k in done):
             continue  # every layer of a transform finishes in the same pass
-        frame = adapter.layerwise_seis(
-            model,
-            inputs,
-            {spec: lambda x, f=transform: f(x, layout=args.input_layout)},
-            layers=layers,
-            held_out=settings["held_out"],
-            batch_size=args.batch_size,
-            progress=_progress(not args.quiet),
-            metrics=settings["metrics"],
-            tokens=settings["tokens"][0],
-            n_prefix=settings["tokens"][1],
-            **where,
-            **settings["statistics"],
-            **settings["seis"],
-        )
-        for row in frame.to_dict("records"):
-            key = f"t{t:03d}-l{int(row['depth']):04d}"
+        index[spec] = t
+        pending[spec] = lambda x, f=transform: f(x, layout=args.input_layout)
+    if not pending:
+        return
+    # the unfinished transforms together: their passes share the original inputs' runs
+    frame = adapter.layerwise_seis(
+        model,
+        inputs,
+        pending,
+        layers=layers,
+        held_out=settings["held_out"],
+        batch_size=args.batch_size,
+        progress=_progress(not args.quiet),
+        metrics=settings["metrics"],
+        tokens=settings["tokens"][0],
+        n_prefix=settings["tokens"][1],
+        **where,
+        **settings["statistics"],
+        **settings["seis"],
+    )
+    for spec, rows in frame.groupby("transform", sort=False):
+        for row in rows.to_dict("records"):
+            key = f"t{index[spec]:03d}-l{int(row['depth']):04d}"
             row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
             _write_row(args.out, key, row)
             done[key] = row
-        _say(args, f"{spec}: {len(frame)} layers scored")
+        _say(args, f"{spec}: {len(rows)} layers scored")
 
 
 def _providers(device):

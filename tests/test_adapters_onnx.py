@@ -161,6 +161,36 @@ def test_layerwise_report_equals_torch_within_1e5(cnn, images):
         np.testing.assert_allclose(onnx_frame[score], torch_frame[score], atol=1e-5)
 
 
+def test_transforms_share_the_original_run(cnn, images, monkeypatch):
+    """As in the torch adapter: T transforms cost T + 1 session runs per batch (not
+    2T), streamed or stored, with the same table as one transform at a time."""
+    _, proto = cnn
+    chosen = {"rot90": partial(T.rot90, k=1), "flip": T.hflip, "vflip": T.vflip}
+    kwargs = dict(layers=[_tensor_of(proto, k) for k in ("block2", "head")], batch_size=40,
+                  progress=False)  # fmt: skip
+    sizes = []
+    real_run = OA._Runner.run
+
+    def counted(self, feeds, on_device=False):
+        sizes.append(next(iter(feeds.values())).shape[0])
+        return real_run(self, feeds, on_device=on_device)
+
+    monkeypatch.setattr(OA._Runner, "run", counted)
+    for held_out in (0.2, None):
+        sizes.clear()
+        alone = OA.layerwise_seis(proto, images, chosen, held_out=held_out,
+                                  transforms_per_pass=1, **kwargs)  # fmt: skip
+        runs_alone = sizes.count(40)
+        sizes.clear()
+        shared = OA.layerwise_seis(proto, images, chosen, held_out=held_out, **kwargs)
+        # 3 batches; stored: the original activations once, whatever transforms_per_pass
+        expected = (3 * 6, 3 * 4) if held_out else (3 * 4, 3 * 4)
+        assert (runs_alone, sizes.count(40)) == expected
+        assert shared.equals(alone)
+    with pytest.raises(ValueError, match="transforms_per_pass must be 'auto' or an int >= 1"):
+        OA.layerwise_seis(proto, images, chosen, transforms_per_pass=0, **kwargs)
+
+
 def test_op_type_and_glob_selection(cnn):
     _, proto = cnn
     chosen = OA.find_tensors(proto, op_types=["Conv", "Relu"])

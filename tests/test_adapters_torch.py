@@ -336,6 +336,64 @@ def test_report_reads_batches_from_lists_and_refuses_a_used_up_generator(net):
     assert scores(one) == scores(flipped)
 
 
+def test_transforms_share_the_original_forward_pass(net, monkeypatch):
+    """A report of T transforms runs each batch once as it is and once per transform
+    (T + 1 forward passes, not 2T) — streamed, grouped by ``transforms_per_pass``
+    or by the memory its statistics need, and stored (``held_out=None``) — and
+    every way gives the very same table as one transform at a time."""
+    from seis_sklearn.adapters import _common
+    from seis_sklearn.adapters.torch import layerwise_seis
+    from seis_sklearn.adapters.torch import transforms as TT
+
+    x = np.random.default_rng(4).normal(size=(40, 1, 7, 7)).astype(np.float32)
+    chosen = {"rot90": TT.rot90, "flip": TT.hflip, "vflip": TT.vflip}
+    kw = dict(layers=["conv1", "conv2", "head"], batch_size=8, progress=False)
+    calls = []
+    net.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+
+    def report(**options):
+        calls.clear()
+        frame = layerwise_seis(net, x, chosen, **kw, **options)
+        return frame, calls.count(8) // 5  # forward passes per batch of 8 (5 batches)
+
+    alone, passes = report(transforms_per_pass=1)
+    assert passes == 6  # 2T
+    assert sorted(alone["transform"]) == sorted(t for t in chosen for _ in range(3))
+    shared, passes = report()  # "auto": these statistics are far below 2 GiB
+    assert passes == 4 and calls.count(2) == 1  # T + 1, and two samples sized the pass
+    assert shared.equals(alone)
+    grouped, passes = report(transforms_per_pass=2)
+    assert passes == 5 and grouped.equals(alone)  # (rot90, flip) then (vflip,)
+    # "auto" groups by the statistics one transform holds: a budget of exactly two
+    # transforms' worth gives groups of two, one byte less groups of one
+    probe = extract_activations(net, x[:2], kw["layers"], progress=False)
+    shapes = {k: (a.shape[1:], 4) for k, a in probe.items()}
+    params = {"matricization": "auto"}
+    each = sum(_common.statistics_bytes(s, i, 40, params) for s, i in shapes.values())
+    for budget, expected in ((2 * each, 5), (2 * each - 1, 6)):
+        monkeypatch.setattr(_common, "AUTO_PASS_BYTES", budget)
+        frame, passes = report()
+        assert passes == expected and frame.equals(alone)
+    # stored activations: the original ones once, each transform's beside them
+    stored_alone = pd_concat(
+        layerwise_seis(net, x, {name: chosen[name]}, **kw, held_out=None)
+        for name in sorted(chosen)
+    )
+    calls.clear()
+    stored = layerwise_seis(net, x, chosen, **kw, held_out=None)
+    assert calls.count(8) // 5 == 4
+    assert stored.equals(stored_alone)
+    for bad in (0, -1, True, 1.5, "all", None):
+        with pytest.raises(ValueError, match="transforms_per_pass must be 'auto' or an int >= 1"):
+            layerwise_seis(net, x, chosen, **kw, transforms_per_pass=bad)
+
+
+def pd_concat(frames):
+    import pandas as pd
+
+    return pd.concat(list(frames), ignore_index=True)
+
+
 def test_layerwise_report_adds_metrics_and_statistics_columns(net):
     from seis_sklearn.adapters.torch import layerwise_seis
     from seis_sklearn.adapters.torch import transforms as TT

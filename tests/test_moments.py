@@ -372,6 +372,60 @@ def test_rows_first_keeps_rows_until_their_moments_are_smaller(rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "shape, params",
+    [
+        ((8, 6, 6), {"matricization": "auto"}),  # spatial: d = 36
+        ((300,), {"matricization": "auto"}),  # vectors: flatten, d = 300
+        ((5, 2, 2), {"matricization": "auto"}),  # a 2×2 map: auto takes flatten, d = 20
+        ((17, 12), {"matricization": "spatial", "layout": "NLD"}),  # tokens, 2 dropped
+    ],
+)
+def test_statistics_bytes_bound_what_a_streamed_layer_holds(rng, dtype, shape, params):
+    """What a report's memory budget (``transforms_per_pass="auto"``) counts for one
+    transform of a layer is at least what its kept and held-out accumulators hold:
+    the rows while they are kept, the moment accumulator's arrays after."""
+    from seis_sklearn.adapters._common import statistics_bytes
+
+    from seis_sklearn._accumulate import RowsFirst
+    from seis_sklearn._matricize import matrix_shape
+
+    n_prefix = 2 if params.get("layout") == "NLD" else 0
+    kept_shape = (shape[0] - n_prefix, *shape[1:]) if n_prefix else shape
+    mode = "spatial" if len(shape) == 3 and shape[1] > 2 else "flatten"
+    mode = params["matricization"] if params["matricization"] != "auto" else mode
+    layout = params.get("layout", {3: "NCHW", 1: "ND"}.get(len(shape)))
+    for n in (6, 2000):  # rows kept, then (2000 samples) moments
+        A, B = (rng.normal(size=(n, *kept_shape)).astype(dtype) for _ in range(2))
+        held = np.arange(n) % 5 == 0
+        accs = [RowsFirst([A, B], layout, mode, names=None) for _ in range(2)]
+        for acc, part in zip(accs, (~held, held), strict=True):
+            for start in range(0, n, 128):  # batches of 128, as a report streams them
+                idx = np.flatnonzero(part[start : start + 128]) + start
+                if idx.size:
+                    acc.add([A, B], idx)
+        held_bytes = 0
+        for acc in accs:
+            if acc.kept:
+                held_bytes += sum(p.nbytes for part in acc._parts for p in part)
+            else:
+                m = acc._acc._acc
+                held_bytes += sum(
+                    x.nbytes for x in (m.joint, m._scratch, m._buffer, m.sums, m.shift)
+                    if x is not None
+                )  # fmt: skip
+        bound = statistics_bytes(shape, np.dtype(dtype).itemsize, n, params, n_prefix)
+        assert held_bytes <= bound
+        assert held_bytes <= statistics_bytes(shape, np.dtype(dtype).itemsize, None, params,
+                                              n_prefix)  # fmt: skip
+    # few samples: the bound is their rows, both views, exactly
+    rows, d = matrix_shape((1, *kept_shape), layout, mode)
+    assert statistics_bytes(shape, np.dtype(dtype).itemsize, 2, params, n_prefix) == (
+        2 * rows * 2 * d * np.dtype(dtype).itemsize
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("rows", [slice(None), slice(None, None, 3)])
 @pytest.mark.parametrize("beta", [0.0, 1.0])
 def test_syrk_lower_writes_the_lower_triangle_of_the_product(rng, dtype, rows, beta):

@@ -30,6 +30,7 @@ array([[0. , 0.5, 2. ],
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import os
@@ -42,15 +43,20 @@ from seis_sklearn._validation import first_line
 from seis_sklearn.metrics import check_report_metrics
 
 from .._common import (
+    batch_views,
     check_stream_args,
     check_tokens,
+    check_transforms_per_pass,
     collect,
     describe,
     deviation_for,
     in_sample,
     layerwise_rows,
+    pairs_by_transform,
     progress_bar,
     stream,
+    stream_views,
+    transform_groups,
 )
 
 __all__ = [
@@ -442,15 +448,13 @@ def _forward_batches(
     ``on_device``: outputs may stay on the session's CUDA device (:meth:`_Runner.run`)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
-    if transform is not None and not callable(transform):
-        raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
+    views = batch_views(transform)
     # a prepared session (layerwise_seis reuses one across transforms)
     runner = model if isinstance(model, _Runner) else _Runner(model, layers, op_types, providers)
     feeds, n_total = _feeds(runner, inputs)
     fixed = runner.check(feeds)
     step = fixed if fixed is not None else batch_size
     yield runner, n_total
-    views = ("original", "transformed") if transform is not None else ("original",)
     wanted = {spec.name: _input_dtype(spec) for spec in runner.inputs}
     bar = progress_bar(n_total, progress)
     try:
@@ -458,10 +462,10 @@ def _forward_batches(
             stop = min(start + step, n_total)
             batch = {k: np.array(v[start:stop], order="C") for k, v in feeds.items()}
             per_view = {}
-            for view in views:
+            for view, function in views.items():
                 fed = batch
-                if view == "transformed":
-                    fed = {k: np.asarray(transform(v)) for k, v in batch.items()}
+                if function is not None:
+                    fed = {k: np.asarray(function(v)) for k, v in batch.items()}
                     for k, v in fed.items():
                         if v.shape != batch[k].shape:
                             raise ValueError(
@@ -625,6 +629,7 @@ def layerwise_seis(
     matricization="auto",
     tokens="all",
     n_prefix=None,
+    transforms_per_pass="auto",
     **seis_params,
 ):
     """SEIS of every chosen tensor under every transform, as one table.
@@ -648,6 +653,9 @@ def layerwise_seis(
     n_prefix : int, optional
         Tokens before the patches, for ``tokens="patch"`` (an ONNX graph does
         not say: give it).
+    transforms_per_pass : "auto" or int, default="auto"
+        As in :func:`seis_sklearn.adapters.torch.layerwise_seis`: transforms that
+        share each batch's original run (T + 1 runs per batch instead of 2T).
     **seis_params
         Parameters of :class:`~seis_sklearn.SEISScorer` (and, with
         ``held_out=None``, the statistics of :func:`~seis_sklearn.seis_score`).
@@ -665,30 +673,66 @@ def layerwise_seis(
         raise TypeError("transforms must be a non-empty dict of name → callable")
     n_prefix = check_tokens(tokens, n_prefix, None)
     seis_params = {**seis_params, "matricization": matricization}
-    rows = []
-    # one session for every transform
+    per_pass = check_transforms_per_pass(transforms_per_pass)
+    # one session for every pass
     model = _Runner(model, layers, op_types, providers, default_op_types=DEFAULT_OP_TYPES)
-    for name, transform in transforms.items():
-        deviation = deviation_for(metrics, transform, seis_params)
-        streamed = held_out is not None
-        if streamed:
-            check_stream_args(held_out, transform)
-        batches, runner = _started(
-            model, inputs, layers, op_types, transform, batch_size, providers, progress,
-            on_device=streamed,
-        )  # fmt: skip
-        if streamed:
-            results, shapes, moments, choices = stream(
-                batches, held_out, seis_params, deviation=deviation, n_prefix=n_prefix
-            )
-        else:
-            pairs = collect(
-                batches, out=None, dtype=np.float32, paired=True, module_of=runner.op_type.get
-            )
+
+    def run(views, on_device=False, inputs=inputs, progress=progress):
+        return _started(
+            model, inputs, layers, op_types, views, batch_size, providers, progress,
+            on_device=on_device,
+        )[0]  # fmt: skip
+
+    rows = []
+    if held_out is None:
+
+        def gather(views):
+            return collect(
+                run(views), out=None, dtype=np.float32, paired=len(views) == 2,
+                module_of=model.op_type.get,
+            )  # fmt: skip
+
+        for name, pairs in pairs_by_transform(transforms, gather):
+            deviation = deviation_for(metrics, transforms[name], seis_params)
             results, shapes, moments, choices = in_sample(
                 pairs, seis_params, metrics, deviation, n_prefix=n_prefix
             )
-        rows += layerwise_rows(
-            results, shapes, runner.op_type.__getitem__, name, moments, metrics, deviation, choices
-        )
+            rows += layerwise_rows(
+                results, shapes, model.op_type.__getitem__, name, moments, metrics,
+                deviation, choices,
+            )  # fmt: skip
+        return report_frame(rows)
+    for transform in transforms.values():
+        check_stream_args(held_out, transform)
+    groups = transform_groups(
+        transforms, per_pass, lambda: _layer_shapes(run, inputs),
+        _feeds(model, inputs)[1], seis_params, n_prefix,
+    )  # fmt: skip
+    for group in groups:
+        views = {("transformed", name): transforms[name] for name in group}
+        deviations = {
+            view: deviation_for(metrics, function, seis_params) for view, function in views.items()
+        }
+        streamed = stream_views(
+            run({"original": None, **views}, on_device=True), list(views), held_out,
+            seis_params, deviations=deviations, n_prefix=n_prefix,
+        )  # fmt: skip
+        for view, (results, shapes, moments, choices) in streamed.items():
+            rows += layerwise_rows(
+                results, shapes, model.op_type.__getitem__, view[1], moments, metrics,
+                deviations[view], choices,
+            )  # fmt: skip
     return report_frame(rows)
+
+
+def _layer_shapes(run, inputs):
+    """Tensor name → (per-sample shape, itemsize), from the inputs' first two samples."""
+    if isinstance(inputs, dict):
+        probe = {k: v[:2] for k, v in inputs.items()}
+    else:
+        probe = inputs[:2]
+    batches = run(None, inputs=probe, progress=False)
+    next(batches)
+    with contextlib.closing(batches):
+        _, per_view = next(batches)
+    return {k: (tuple(a.shape[1:]), a.dtype.itemsize) for k, a in per_view["original"].items()}

@@ -18,6 +18,7 @@ Importable as ``seis_sklearn.adapters.torch`` (the source lives in the top-level
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 from collections.abc import Iterable, Iterator
@@ -27,15 +28,20 @@ import numpy as np
 from seis_sklearn.metrics import check_report_metrics
 
 from .._common import (
+    batch_views,
     check_stream_args,
     check_tokens,
+    check_transforms_per_pass,
     collect,
     describe,
     deviation_for,
     in_sample,
     layerwise_rows,
+    pairs_by_transform,
     progress_bar,
     stream,
+    stream_views,
+    transform_groups,
 )
 from ._families import default_layers, prefix_tokens
 from ._monitor import SEISMonitor
@@ -397,15 +403,13 @@ def _forward_batches(
     names, modules = _check_layers(model, layers)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
-    if transform is not None and not callable(transform):
-        raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
+    views = batch_views(transform)
     device = torch.device(
         device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     )
     keep = tensors and statistics_on_device(device)
     batches, n_total = _batches(inputs, batch_size, torch)
     yield n_total
-    views = ("original", "transformed") if transform is not None else ("original",)
     if isinstance(model, torch.jit.ScriptModule):  # no hooks: record from a private copy
         recorder = ScriptRecorder(model, names, selector(select), torch)
         runner = recorder.model
@@ -428,8 +432,8 @@ def _forward_batches(
                     batch = batch.to(floating)  # float64 arrays into a float32 model
                 stop = start + batch.shape[0]
                 per_view = {}
-                for view in views:
-                    runner(batch if view == "original" else transform(batch))
+                for view, function in views.items():
+                    runner(batch if function is None else function(batch))
                     per_view[view] = {}
                     for key, tensor in recorder.take().items():
                         array = tensor.detach() if keep else tensor.detach().to("cpu").numpy()
@@ -524,6 +528,7 @@ def layerwise_seis(
     matricization="auto",
     tokens="all",
     n_prefix=None,
+    transforms_per_pass="auto",
     **seis_params,
 ):
     """SEIS of every chosen layer under every transform, as one table.
@@ -532,9 +537,10 @@ def layerwise_seis(
     ----------
     model : torch.nn.Module
     inputs : torch.Tensor, ndarray or iterable of batches
-        As in :func:`extract_activations`. The report reads them once per
-        transform, so with several transforms an iterable must be one that can
-        be iterated again (a ``DataLoader``, a list of batches), not a generator.
+        As in :func:`extract_activations`. With several transforms the report
+        reads them more than once (a first sample to size the passes, one pass
+        per group of transforms), so an iterable must be one that can be
+        iterated again (a ``DataLoader``, a list of batches), not a generator.
     transforms : dict of str → callable
         Name → a function of a batch of inputs (a tensor) giving the transformed
         batch, e.g. ``{"rot90": partial(transforms.rot90, k=1)}`` with
@@ -568,6 +574,16 @@ def layerwise_seis(
     n_prefix : int, optional
         Tokens before the patches; default: the model's ``num_prefix_tokens``
         (timm models have it).
+    transforms_per_pass : "auto" or int, default="auto"
+        How many transforms share one pass over the inputs (streamed reports):
+        each batch's original forward pass then serves all of them — T + 1
+        forward passes per batch instead of 2T — while their statistics are held
+        at once. ``"auto"``: as many as keep those statistics within 2 GiB
+        (estimated from a forward pass of two samples: per layer, its rows or its
+        moments, whichever are smaller), at least one; ``1``: one transform at a
+        time (the least memory). The scores do not depend on it. With
+        ``held_out=None`` the original activations are computed once and kept
+        while each transform's are computed beside them.
     **seis_params
         Parameters of :class:`~seis_sklearn.SEISScorer`; with ``held_out=None``
         also the statistics of :func:`~seis_sklearn.seis_score`
@@ -607,32 +623,66 @@ def layerwise_seis(
                 "layers: found no block and no Conv1d/2d/3d or Linear module; name the layers"
             )
     modules = dict(model.named_modules())
+    module_of = lambda key: module_type(modules[key.split("#")[0]])  # noqa: E731
+    per_pass = check_transforms_per_pass(transforms_per_pass)
+
+    def run(transform, tensors=False, inputs=inputs, progress=progress):
+        return _forward_batches(
+            model, inputs, layers, transform, batch_size, device, None, progress, tensors
+        )
+
     rows = []
-    for name, transform in transforms.items():
-        deviation = deviation_for(metrics, _numpy_action(transform), seis_params)
-        if held_out is None:
-            pairs = extract_activations(
-                model,
-                inputs,
-                layers,
-                transform=transform,
-                batch_size=batch_size,
-                device=device,
-                progress=progress,
-            )
+    if held_out is None:
+
+        def gather(views):
+            return collect(
+                run(views), out=None, dtype=np.float32, paired=len(views) == 2,
+                module_of=module_of,
+            )  # fmt: skip
+
+        for name, pairs in pairs_by_transform(transforms, gather):
+            deviation = deviation_for(metrics, _numpy_action(transforms[name]), seis_params)
             results, shapes, moments, choices = in_sample(
                 pairs, seis_params, metrics, deviation, n_prefix=n_prefix
             )
-        else:
-            check_stream_args(held_out, transform)
-            batches = _forward_batches(
-                model, inputs, layers, transform, batch_size, device, None, progress, True
+            rows += layerwise_rows(
+                results, shapes, module_of, name, moments, metrics, deviation, choices
             )
-            results, shapes, moments, choices = stream(
-                batches, held_out, seis_params, deviation=deviation, n_prefix=n_prefix
+        return report_frame(rows)
+    for transform in transforms.values():
+        check_stream_args(held_out, transform)
+    groups = transform_groups(
+        transforms, per_pass, lambda: _layer_shapes(run, inputs, batch_size),
+        _batches(inputs, batch_size, _import_torch())[1], seis_params, n_prefix,
+    )  # fmt: skip
+    for group in groups:
+        views = {("transformed", name): transforms[name] for name in group}
+        deviations = {
+            view: deviation_for(metrics, _numpy_action(function), seis_params)
+            for view, function in views.items()
+        }
+        batches = run({"original": None, **views}, tensors=True)
+        streamed = stream_views(
+            batches, list(views), held_out, seis_params, deviations=deviations,
+            n_prefix=n_prefix,
+        )  # fmt: skip
+        for view, (results, shapes, moments, choices) in streamed.items():
+            rows += layerwise_rows(
+                results, shapes, module_of, view[1], moments, metrics, deviations[view], choices
             )
-        module_of = lambda key: module_type(modules[key.split("#")[0]])  # noqa: E731
-        rows += layerwise_rows(
-            results, shapes, module_of, name, moments, metrics, deviation, choices
-        )
     return report_frame(rows)
+
+
+def _layer_shapes(run, inputs, batch_size):
+    """Layer key → (per-sample shape, itemsize) of the activations, from a forward pass
+    of the inputs' first two samples."""
+    batches, _ = _batches(inputs, batch_size, _import_torch())
+    with contextlib.closing(batches):
+        first = next(batches, None)
+    if first is None:
+        return {}
+    probe = run(None, inputs=first[:2], progress=False)
+    next(probe)
+    with contextlib.closing(probe):
+        _, per_view = next(probe)
+    return {k: (tuple(a.shape[1:]), a.dtype.itemsize) for k, a in per_view["original"].items()}
