@@ -3,7 +3,8 @@
 An adapter turns a model and its inputs into a *batch generator*: it yields first
 the number of samples (or ``None`` when unknown), then, per batch,
 ``((start, stop), {view: {layer key: ndarray}})`` with the views ``"original"``
-and, in pair mode, ``"transformed"``. The functions here consume it:
+and, in pair mode, ``"transformed"`` (:func:`batch_views`; with several transformed
+views a batch comes in parts, :func:`yields_in_parts`). The functions here consume it:
 :func:`collect` into arrays or memory maps, :func:`stream` into held-out SEIS
 statistics, :func:`layerwise_frame` into the report table. Nothing here imports a
 framework.
@@ -105,6 +106,14 @@ def batch_views(transform):
     if not callable(transform):
         raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
     return {"original": None, "transformed": transform}
+
+
+def yields_in_parts(views):
+    """Whether a batch generator yields each batch in parts: with the untransformed
+    view and more than one transformed view, each transformed view is yielded with
+    the original as soon as it is computed (the same rows again), so that a batch
+    never holds more than two views' activations at once."""
+    return "original" in views and views["original"] is None and len(views) > 2
 
 
 def describe(transform):
@@ -259,10 +268,11 @@ def stream_views(
     """:func:`stream` of several transforms in one pass over the batches.
 
     Each batch holds the ``"original"`` view and one transformed view per entry
-    of ``views``; each transformed view is paired with the original and streamed
-    into accumulators of its own, so the original forward pass of a batch serves
-    every transform (T + 1 forward passes instead of 2T) while every transform's
-    statistics are held at once.
+    of ``views`` (or comes in parts, each with the original and some of them:
+    :func:`yields_in_parts`); each transformed view is paired with the original
+    and streamed into accumulators of its own, so the original forward pass of a
+    batch serves every transform (T + 1 forward passes instead of 2T) while every
+    transform's statistics are held at once.
 
     Parameters
     ----------
@@ -295,7 +305,7 @@ def stream_views(
             per_view = _as_dtype(drop_tokens(per_view, n_prefix), dtype)
             phase = np.arange(*rows) % every
             host = _on_host(per_view) if deviations else None
-            for view in views:
+            for view in (v for v in views if v in per_view):  # the batch, or a part of it
                 pair = {"original": per_view["original"], "transformed": per_view[view]}
                 _stream_batch(pair, phase, *state[view], seis_params)
                 if view in deviations:

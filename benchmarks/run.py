@@ -778,7 +778,7 @@ def _device_report(network, scale, repeats, device, memory=None):
     rows = [
         dict(
             case=label,
-            what="report / the same forward passes alone",
+            what="report / the same forward passes alone (T + 1 per batch)",
             ours=total,
             base=forward,
             target=f"ratio <= {bound}",

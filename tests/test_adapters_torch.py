@@ -386,6 +386,15 @@ def test_transforms_share_the_original_forward_pass(net, monkeypatch):
     for bad in (0, -1, True, 1.5, "all", None):
         with pytest.raises(ValueError, match="transforms_per_pass must be 'auto' or an int >= 1"):
             layerwise_seis(net, x, chosen, **kw, transforms_per_pass=bad)
+    # a batch of several transformed views comes in parts: never more than two views alive
+    from seis_sklearn.adapters.torch import _forward_batches
+
+    views = {"original": None, "a": TT.rot90, "b": TT.hflip}
+    batches = _forward_batches(net, x, ["conv1"], views, 8, None, None, False, True)
+    assert next(batches) == 40
+    parts = [(rows, sorted(per_view)) for rows, per_view in batches]
+    assert len(parts) == 10
+    assert parts[:2] == [((0, 8), ["a", "original"]), ((0, 8), ["b", "original"])]
 
 
 def pd_concat(frames):

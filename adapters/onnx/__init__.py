@@ -57,6 +57,7 @@ from .._common import (
     stream,
     stream_views,
     transform_groups,
+    yields_in_parts,
 )
 
 __all__ = [
@@ -449,6 +450,7 @@ def _forward_batches(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
     views = batch_views(transform)
+    parts = yields_in_parts(views)
     # a prepared session (layerwise_seis reuses one across transforms)
     runner = model if isinstance(model, _Runner) else _Runner(model, layers, op_types, providers)
     feeds, n_total = _feeds(runner, inputs)
@@ -486,7 +488,14 @@ def _forward_batches(
                             f"tensor {key!r} does not keep samples first (shape "
                             f"{array.shape} for a batch of {stop - start})"
                         )
-            yield (start, stop), per_view
+                if parts and function is not None:  # this view with the original, now
+                    yield (
+                        (start, stop),
+                        {"original": per_view["original"], view: per_view.pop(view)},
+                    )
+            if not parts:
+                yield (start, stop), per_view
+            del per_view
             if bar is not None:
                 bar.update(stop - start)
     finally:

@@ -42,6 +42,7 @@ from .._common import (
     stream,
     stream_views,
     transform_groups,
+    yields_in_parts,
 )
 from ._families import default_layers, prefix_tokens
 from ._monitor import SEISMonitor
@@ -404,6 +405,7 @@ def _forward_batches(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
     views = batch_views(transform)
+    parts = yields_in_parts(views)
     device = torch.device(
         device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     )
@@ -443,7 +445,14 @@ def _forward_batches(
                                 f"{batch.shape[0]} samples: activations must keep samples first"
                             )
                         per_view[view][key] = array
-                yield (start, stop), per_view
+                    if parts and function is not None:  # this view with the original, now
+                        yield (
+                            (start, stop),
+                            {"original": per_view["original"], view: per_view.pop(view)},
+                        )
+                if not parts:
+                    yield (start, stop), per_view
+                del per_view
                 start = stop
                 if bar is not None:
                     bar.update(batch.shape[0])
