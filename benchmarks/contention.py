@@ -2,9 +2,10 @@
 
 Usage: ``python benchmarks/contention.py [--repeats 5]`` (add
 ``OPENBLAS_THREAD_TIMEOUT=4`` in front to compare). Runs the ResNet-18 report's
-forward passes (512 images, batches of 128, 2 transforms, original and
-transformed) four ways, in turn, and prints the median time of the forward passes
-alone in each — whatever runs between the batches is not timed:
+forward passes (512 images, batches of 128, 2 transforms: each batch as it is and
+transformed by each, as the report shares the original pass) four ways, in turn,
+and prints the median time of the forward passes alone in each — whatever runs
+between the batches is not timed:
 
 - ``plain``: nothing between the batches;
 - ``hooks``: the report's capture hooks on its 10 layers (outputs kept per batch);

@@ -209,7 +209,7 @@ def test_statistics_on_the_device_equal_the_host_path(net, monkeypatch, where):
     from seis_sklearn import _torch
 
     x = np.random.default_rng(4).normal(size=(80, 1, 7, 7)).astype(np.float32)
-    chosen = {"rot90": TT.rot90}
+    chosen = {"rot90": TT.rot90, "flip": TT.hflip}  # sharing the original forward pass
     host = layerwise_seis(net, x, chosen, progress=False, metrics=["cka"], device="cpu")
     seen = []
     original_add = _torch.TorchAccumulator.add
@@ -226,6 +226,15 @@ def test_statistics_on_the_device_equal_the_host_path(net, monkeypatch, where):
     for name in ("equivariance", "invariance", "equivariance_weighted", "cka"):
         np.testing.assert_allclose(device[name], host[name], atol=1e-4)  # float32 products
     assert (device["n_components"] == host["n_components"]).all()
+    # one transform at a time on the device: the same accumulations, in the same order
+    one_by_one = layerwise_seis(
+        net, x, chosen, progress=False, metrics=["cka"], device=where, transforms_per_pass=1
+    )
+    for name in ("equivariance", "invariance", "equivariance_weighted", "cka"):
+        if where == "cpu":
+            assert (one_by_one[name] == device[name]).all()
+        else:  # a GPU's kernels may sum in another order from one call to the next
+            np.testing.assert_allclose(one_by_one[name], device[name], atol=1e-4)
 
 
 @pytest.mark.parametrize("where", DEVICES)
