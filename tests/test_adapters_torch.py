@@ -356,7 +356,8 @@ def test_transforms_share_the_original_forward_pass(net, monkeypatch):
 
     x = np.random.default_rng(4).normal(size=(40, 1, 7, 7)).astype(np.float32)
     chosen = {"rot90": TT.rot90, "flip": TT.hflip, "vflip": TT.vflip}
-    kw = dict(layers=["conv1", "conv2", "head"], batch_size=8, progress=False)
+    kw = dict(layers=["conv1", "conv2", "head"], batch_size=8, progress=False,
+              metrics=["cka", "channel_eed"])  # fmt: skip
     calls = []
     net.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
 
@@ -367,6 +368,7 @@ def test_transforms_share_the_original_forward_pass(net, monkeypatch):
 
     alone, passes = report(transforms_per_pass=1)
     assert passes == 6  # 2T
+    assert alone["channel_eed"].notna().sum() == 6  # conv1 and conv2 (head: no spatial axes)
     assert sorted(alone["transform"]) == sorted(t for t in chosen for _ in range(3))
     shared, passes = report()  # "auto": these statistics are far below 2 GiB
     assert passes == 4 and calls.count(2) == 1  # T + 1, and two samples sized the pass

@@ -8,9 +8,10 @@ class SEISMonitor:
 
     Call :meth:`update` from a training loop (or let
     :class:`seis_sklearn.adapters.lightning.SEISCallback` call it): each call
-    streams the probe inputs through the model once per transform
-    (:func:`~seis_sklearn.adapters.torch.layerwise_seis`: activations are never
-    stored, the model's train/eval modes are restored) and keeps the table.
+    streams the probe inputs through the model — each batch once as it is and
+    once per transform (:func:`~seis_sklearn.adapters.torch.layerwise_seis`:
+    activations are never stored, the model's train/eval modes are restored) —
+    and keeps the table.
 
     Parameters
     ----------
