@@ -116,6 +116,31 @@ def yields_in_parts(views):
     return "original" in views and views["original"] is None and len(views) > 2
 
 
+def batch_items(rows, views, record):
+    """What a batch generator yields for one batch: its views, whole or in parts
+    (:func:`yields_in_parts`).
+
+    Parameters
+    ----------
+    rows : (int, int)
+        The batch's samples, ``(start, stop)``.
+    views : dict
+        :func:`batch_views`, in the order the views are computed.
+    record : callable
+        ``record(function)`` runs the model on the batch transformed by
+        ``function`` (None: as it is) and returns layer key → activations.
+    """
+    parts = yields_in_parts(views)
+    per_view = {}
+    for view, function in views.items():
+        if parts and function is not None:  # this view with the original, at once
+            yield rows, {"original": per_view["original"], view: record(function)}
+        else:
+            per_view[view] = record(function)
+    if not parts:
+        yield rows, per_view
+
+
 def describe(transform):
     """A readable name of a transform callable (``rot90(k=1)``), or None."""
     if isinstance(transform, functools.partial):
@@ -314,15 +339,20 @@ def stream_views(
     return {view: _fit_streamed(*state[view], held_out) for view in views}
 
 
-def pairs_by_transform(transforms, gather):
+def pairs_by_transform(transforms, run):
     """(name, layer key → (original, transformed)) per transform, held in memory.
 
-    ``gather(views)`` runs the model over the inputs for the views of
-    :func:`batch_views` and collects them (:func:`collect`). One transform: both
-    views in one pass. Several: the original activations once and each
-    transform's beside them — T + 1 forward passes instead of 2T, never more than
-    two views held at once.
+    ``run(views)`` is the adapter's batch generator over the inputs for the views
+    of :func:`batch_views`. One transform: both views in one pass. Several: the
+    original activations once and each transform's beside them — T + 1 forward
+    passes instead of 2T, never more than two views held at once.
     """
+
+    def gather(views):
+        return collect(
+            run(views), out=None, dtype=np.float32, paired=len(views) == 2, module_of=None
+        )
+
     if len(transforms) == 1:
         ((name, transform),) = transforms.items()
         yield name, gather({"original": None, "transformed": transform})
@@ -336,6 +366,80 @@ def pairs_by_transform(transforms, gather):
                 f"transformed inputs and {list(originals)} for the original ones"
             )
         yield name, {k: (originals[k], transformed[k]) for k in originals}
+
+
+def report_rows(
+    transforms, run, *, held_out, per_pass, n_samples, layer_shapes, module_of, action,
+    seis_params, metrics, n_prefix,
+):  # fmt: skip
+    """The rows of a layerwise report (:func:`layerwise_rows`), every transform.
+
+    Streamed (``held_out``): the transforms in groups of :func:`transform_groups`,
+    each group in one pass (:func:`stream_views`). Stored (``held_out=None``):
+    :func:`pairs_by_transform` and :func:`in_sample`.
+
+    Parameters
+    ----------
+    transforms : dict of str → callable
+    run : callable
+        ``run(views, streamed=False)``: the adapter's batch generator over the inputs
+        for the views of :func:`batch_views`; ``streamed``: the activations may stay
+        where the model computed them.
+    held_out : float or None
+    per_pass : "auto" or int
+        Checked (:func:`check_transforms_per_pass`).
+    n_samples : int or None
+    layer_shapes : callable
+        As in :func:`transform_groups`.
+    module_of : callable
+        Layer key → its module's name for the ``module`` column.
+    action : callable
+        A transform → its action on activations (numpy arrays), for ``channel_eed``.
+    seis_params, metrics, n_prefix
+        As the adapters' ``layerwise_seis`` resolved them.
+
+    Returns
+    -------
+    list of dict
+    """
+    rows = []
+    if held_out is None:
+        for name, pairs in pairs_by_transform(transforms, run):
+            deviation = deviation_for(metrics, action(transforms[name]), seis_params)
+            results, shapes, moments, choices = in_sample(
+                pairs, seis_params, metrics, deviation, n_prefix=n_prefix
+            )
+            rows += layerwise_rows(
+                results, shapes, module_of, name, moments, metrics, deviation, choices
+            )
+        return rows
+    for transform in transforms.values():
+        check_stream_args(held_out, transform)
+    groups = transform_groups(transforms, per_pass, layer_shapes, n_samples, seis_params, n_prefix)
+    for group in groups:
+        views = {("transformed", name): transforms[name] for name in group}
+        deviations = {
+            view: deviation_for(metrics, action(function), seis_params)
+            for view, function in views.items()
+        }
+        streamed = stream_views(
+            run({"original": None, **views}, True), list(views), held_out, seis_params,
+            deviations=deviations, n_prefix=n_prefix,
+        )  # fmt: skip
+        for view, (results, shapes, moments, choices) in streamed.items():
+            rows += layerwise_rows(
+                results, shapes, module_of, view[1], moments, metrics, deviations[view], choices
+            )
+    return rows
+
+
+def first_batch_shapes(batches):
+    """Layer key → (per-sample shape, itemsize) of the original view of a batch
+    generator's first batch (the generator is closed after it)."""
+    next(batches)
+    with contextlib.closing(batches):
+        _, per_view = next(batches)
+    return {k: (tuple(a.shape[1:]), a.dtype.itemsize) for k, a in per_view["original"].items()}
 
 
 # transforms_per_pass="auto": as many transforms share a pass over the inputs as keep

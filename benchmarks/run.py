@@ -84,6 +84,14 @@ def interleaved_medians(fns, repeats):
     return [float(np.median(t)) for t in times]
 
 
+def ratio_row(case, what, ours, base, limit, **extra):
+    """A result row whose target is ``ours / base <= limit``."""
+    return dict(
+        case=case, what=what, ours=ours, base=base, target=f"ratio <= {limit}",
+        ok=ours / base <= limit, **extra,
+    )  # fmt: skip
+
+
 def smooth_activations(n, c, h, w, seed=0, out=None):
     """Spatially correlated float32 activations, generated 256 samples at a time."""
     rng = np.random.default_rng(seed)
@@ -152,16 +160,7 @@ def case_spatial(scale, repeats):
             ok=extra <= bound,
         )
     ]
-    rows.append(
-        dict(
-            case=label,
-            what="one BLAS product [P Q]^T[P Q] (f32)",
-            ours=ours,
-            base=base,
-            target="ratio <= 1.25",
-            ok=ours / base <= 1.25,
-        )
-    )
+    rows.append(ratio_row(label, "one BLAS product [P Q]^T[P Q] (f32)", ours, base, 1.25))
     direct = median_time(lambda: direct_seis(A, B), 1)
     rows.append(
         dict(
@@ -359,22 +358,8 @@ def case_dask(scale, repeats):
             p.unlink()
         folder.rmdir()
     return [
-        dict(
-            case=label,
-            what="LocalCluster (2 processes) vs in memory",
-            ours=distributed,
-            base=in_memory,
-            target="ratio <= 1.5",
-            ok=distributed / in_memory <= 1.5,
-        ),
-        dict(
-            case=label,
-            what="threaded scheduler vs in memory",
-            ours=threads,
-            base=in_memory,
-            target="ratio <= 1.5",
-            ok=threads / in_memory <= 1.5,
-        ),
+        ratio_row(label, "LocalCluster (2 processes) vs in memory", distributed, in_memory, 1.5),
+        ratio_row(label, "threaded scheduler vs in memory", threads, in_memory, 1.5),
     ]
 
 
@@ -567,22 +552,20 @@ def _model_report(network, scale, repeats, matricization="auto"):
     breakdown = ", ".join(f"{k} {v:.2f} s" for k, v in parts.items())
     label = f"{network} report N={n}" + ("" if matricization == "auto" else f" {matricization}")
     return [
-        dict(
-            case=label,
-            what="report / the same forward passes alone (T + 1 per batch)",
-            ours=total,
-            base=forward,
-            target="ratio <= 1.5",
-            ok=total / forward <= 1.5,
+        ratio_row(
+            label,
+            "report / the same forward passes alone (T + 1 per batch)",
+            total,
+            forward,
+            1.5,
             note=breakdown,
         ),
-        dict(
-            case=label,
-            what="transforms_per_pass=1 / its forward passes alone (2T per batch)",
-            ours=one_by_one,
-            base=forward_2t,
-            target="ratio <= 1.5",
-            ok=one_by_one / forward_2t <= 1.5,
+        ratio_row(
+            label,
+            "transforms_per_pass=1 / its forward passes alone (2T per batch)",
+            one_by_one,
+            forward_2t,
+            1.5,
         ),
         dict(
             case=label,
@@ -776,13 +759,12 @@ def _device_report(network, scale, repeats, device, memory=None):
     label = f"{network} report N={n} {device.type}"
     bound = 1.3 if device.type == "cuda" else 1.5  # the GPU target; on CPU tensors the CPU one
     rows = [
-        dict(
-            case=label,
-            what="report / the same forward passes alone (T + 1 per batch)",
-            ours=total,
-            base=forward,
-            target=f"ratio <= {bound}",
-            ok=total / forward <= bound,
+        ratio_row(
+            label,
+            "report / the same forward passes alone (T + 1 per batch)",
+            total,
+            forward,
+            bound,
         ),
     ]
     if device.type == "cuda":

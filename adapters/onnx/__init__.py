@@ -30,7 +30,6 @@ array([[0. , 0.5, 2. ],
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import fnmatch
 import os
@@ -43,21 +42,17 @@ from seis_sklearn._validation import first_line
 from seis_sklearn.metrics import check_report_metrics
 
 from .._common import (
+    batch_items,
     batch_views,
     check_stream_args,
     check_tokens,
     check_transforms_per_pass,
     collect,
     describe,
-    deviation_for,
-    in_sample,
-    layerwise_rows,
-    pairs_by_transform,
+    first_batch_shapes,
     progress_bar,
+    report_rows,
     stream,
-    stream_views,
-    transform_groups,
-    yields_in_parts,
 )
 
 __all__ = [
@@ -450,7 +445,6 @@ def _forward_batches(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
     views = batch_views(transform)
-    parts = yields_in_parts(views)
     # a prepared session (layerwise_seis reuses one across transforms)
     runner = model if isinstance(model, _Runner) else _Runner(model, layers, op_types, providers)
     feeds, n_total = _feeds(runner, inputs)
@@ -458,44 +452,36 @@ def _forward_batches(
     step = fixed if fixed is not None else batch_size
     yield runner, n_total
     wanted = {spec.name: _input_dtype(spec) for spec in runner.inputs}
+
+    def record(function):  # the current batch, transformed by function
+        fed = batch
+        if function is not None:
+            fed = {k: np.asarray(function(v)) for k, v in batch.items()}
+            for k, v in fed.items():
+                if v.shape != batch[k].shape:
+                    raise ValueError(
+                        f"transform changed the shape of input {k!r}: {batch[k].shape} → {v.shape}"
+                    )
+        fed = {
+            k: v if wanted[k] is None else v.astype(wanted[k], copy=False) for k, v in fed.items()
+        }
+        if stop - start < step and fixed is not None:  # pad a fixed-size last batch
+            fed = {k: _pad(v, step) for k, v in fed.items()}
+        recorded = {k: v[: stop - start] for k, v in runner.run(fed, on_device=on_device).items()}
+        for key, array in recorded.items():
+            if array.ndim == 0 or array.shape[0] != stop - start:
+                raise ValueError(
+                    f"tensor {key!r} does not keep samples first (shape "
+                    f"{array.shape} for a batch of {stop - start})"
+                )
+        return recorded
+
     bar = progress_bar(n_total, progress)
     try:
         for start in range(0, n_total, step):
             stop = min(start + step, n_total)
             batch = {k: np.array(v[start:stop], order="C") for k, v in feeds.items()}
-            per_view = {}
-            for view, function in views.items():
-                fed = batch
-                if function is not None:
-                    fed = {k: np.asarray(function(v)) for k, v in batch.items()}
-                    for k, v in fed.items():
-                        if v.shape != batch[k].shape:
-                            raise ValueError(
-                                f"transform changed the shape of input {k!r}: "
-                                f"{batch[k].shape} → {v.shape}"
-                            )
-                fed = {
-                    k: v if wanted[k] is None else v.astype(wanted[k], copy=False)
-                    for k, v in fed.items()
-                }
-                if stop - start < step and fixed is not None:  # pad a fixed-size last batch
-                    fed = {k: _pad(v, step) for k, v in fed.items()}
-                recorded = runner.run(fed, on_device=on_device)
-                per_view[view] = {k: v[: stop - start] for k, v in recorded.items()}
-                for key, array in per_view[view].items():
-                    if array.ndim == 0 or array.shape[0] != stop - start:
-                        raise ValueError(
-                            f"tensor {key!r} does not keep samples first (shape "
-                            f"{array.shape} for a batch of {stop - start})"
-                        )
-                if parts and function is not None:  # this view with the original, now
-                    yield (
-                        (start, stop),
-                        {"original": per_view["original"], view: per_view.pop(view)},
-                    )
-            if not parts:
-                yield (start, stop), per_view
-            del per_view
+            yield from batch_items((start, stop), views, record)
             if bar is not None:
                 bar.update(stop - start)
     finally:
@@ -686,51 +672,18 @@ def layerwise_seis(
     # one session for every pass
     model = _Runner(model, layers, op_types, providers, default_op_types=DEFAULT_OP_TYPES)
 
-    def run(views, on_device=False, inputs=inputs, progress=progress):
+    def run(views, streamed=False, inputs=inputs, progress=progress):
         return _started(
             model, inputs, layers, op_types, views, batch_size, providers, progress,
-            on_device=on_device,
+            on_device=streamed,
         )[0]  # fmt: skip
 
-    rows = []
-    if held_out is None:
-
-        def gather(views):
-            return collect(
-                run(views), out=None, dtype=np.float32, paired=len(views) == 2,
-                module_of=model.op_type.get,
-            )  # fmt: skip
-
-        for name, pairs in pairs_by_transform(transforms, gather):
-            deviation = deviation_for(metrics, transforms[name], seis_params)
-            results, shapes, moments, choices = in_sample(
-                pairs, seis_params, metrics, deviation, n_prefix=n_prefix
-            )
-            rows += layerwise_rows(
-                results, shapes, model.op_type.__getitem__, name, moments, metrics,
-                deviation, choices,
-            )  # fmt: skip
-        return report_frame(rows)
-    for transform in transforms.values():
-        check_stream_args(held_out, transform)
-    groups = transform_groups(
-        transforms, per_pass, lambda: _layer_shapes(run, inputs),
-        _feeds(model, inputs)[1], seis_params, n_prefix,
+    rows = report_rows(
+        transforms, run, held_out=held_out, per_pass=per_pass,
+        n_samples=_feeds(model, inputs)[1], layer_shapes=lambda: _layer_shapes(run, inputs),
+        module_of=model.op_type.__getitem__, action=lambda transform: transform,
+        seis_params=seis_params, metrics=metrics, n_prefix=n_prefix,
     )  # fmt: skip
-    for group in groups:
-        views = {("transformed", name): transforms[name] for name in group}
-        deviations = {
-            view: deviation_for(metrics, function, seis_params) for view, function in views.items()
-        }
-        streamed = stream_views(
-            run({"original": None, **views}, on_device=True), list(views), held_out,
-            seis_params, deviations=deviations, n_prefix=n_prefix,
-        )  # fmt: skip
-        for view, (results, shapes, moments, choices) in streamed.items():
-            rows += layerwise_rows(
-                results, shapes, model.op_type.__getitem__, view[1], moments, metrics,
-                deviations[view], choices,
-            )  # fmt: skip
     return report_frame(rows)
 
 
@@ -740,8 +693,4 @@ def _layer_shapes(run, inputs):
         probe = {k: v[:2] for k, v in inputs.items()}
     else:
         probe = inputs[:2]
-    batches = run(None, inputs=probe, progress=False)
-    next(batches)
-    with contextlib.closing(batches):
-        _, per_view = next(batches)
-    return {k: (tuple(a.shape[1:]), a.dtype.itemsize) for k, a in per_view["original"].items()}
+    return first_batch_shapes(run(None, inputs=probe, progress=False))

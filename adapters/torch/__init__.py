@@ -28,21 +28,17 @@ import numpy as np
 from seis_sklearn.metrics import check_report_metrics
 
 from .._common import (
+    batch_items,
     batch_views,
     check_stream_args,
     check_tokens,
     check_transforms_per_pass,
     collect,
     describe,
-    deviation_for,
-    in_sample,
-    layerwise_rows,
-    pairs_by_transform,
+    first_batch_shapes,
     progress_bar,
+    report_rows,
     stream,
-    stream_views,
-    transform_groups,
-    yields_in_parts,
 )
 from ._families import default_layers, prefix_tokens
 from ._monitor import SEISMonitor
@@ -405,7 +401,6 @@ def _forward_batches(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
     views = batch_views(transform)
-    parts = yields_in_parts(views)
     device = torch.device(
         device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     )
@@ -426,6 +421,20 @@ def _forward_batches(
         runner.eval()
         runner.to(device)
         floating = next((p.dtype for p in runner.parameters() if p.is_floating_point()), None)
+
+        def record(function):  # the current batch, transformed by function
+            runner(batch if function is None else function(batch))
+            recorded = {}
+            for key, tensor in recorder.take().items():
+                array = tensor.detach() if keep else tensor.detach().to("cpu").numpy()
+                if array.shape[0] != batch.shape[0]:
+                    raise ValueError(
+                        f"layer {key!r} returned {array.shape[0]} rows for a batch of "
+                        f"{batch.shape[0]} samples: activations must keep samples first"
+                    )
+                recorded[key] = array
+            return recorded
+
         start = 0
         with torch.inference_mode():
             for batch in batches:
@@ -433,26 +442,7 @@ def _forward_batches(
                 if floating is not None and batch.is_floating_point():
                     batch = batch.to(floating)  # float64 arrays into a float32 model
                 stop = start + batch.shape[0]
-                per_view = {}
-                for view, function in views.items():
-                    runner(batch if function is None else function(batch))
-                    per_view[view] = {}
-                    for key, tensor in recorder.take().items():
-                        array = tensor.detach() if keep else tensor.detach().to("cpu").numpy()
-                        if array.shape[0] != batch.shape[0]:
-                            raise ValueError(
-                                f"layer {key!r} returned {array.shape[0]} rows for a batch of "
-                                f"{batch.shape[0]} samples: activations must keep samples first"
-                            )
-                        per_view[view][key] = array
-                    if parts and function is not None:  # this view with the original, now
-                        yield (
-                            (start, stop),
-                            {"original": per_view["original"], view: per_view.pop(view)},
-                        )
-                if not parts:
-                    yield (start, stop), per_view
-                del per_view
+                yield from batch_items((start, stop), views, record)
                 start = stop
                 if bar is not None:
                     bar.update(batch.shape[0])
@@ -620,7 +610,7 @@ def layerwise_seis(
     if len(transforms) > 1 and isinstance(inputs, Iterator):
         raise TypeError(
             f"inputs is a one-shot iterator ({type(inputs).__name__}), and a report of "
-            f"{len(transforms)} transforms reads the inputs once per transform: pass a "
+            f"{len(transforms)} transforms reads the inputs more than once: pass a "
             "tensor, an array, a list of batches or a DataLoader"
         )
     n_prefix = check_tokens(tokens, n_prefix, prefix_tokens(model))
@@ -632,53 +622,20 @@ def layerwise_seis(
                 "layers: found no block and no Conv1d/2d/3d or Linear module; name the layers"
             )
     modules = dict(model.named_modules())
-    module_of = lambda key: module_type(modules[key.split("#")[0]])  # noqa: E731
     per_pass = check_transforms_per_pass(transforms_per_pass)
 
-    def run(transform, tensors=False, inputs=inputs, progress=progress):
+    def run(views, streamed=False, inputs=inputs, progress=progress):
         return _forward_batches(
-            model, inputs, layers, transform, batch_size, device, None, progress, tensors
+            model, inputs, layers, views, batch_size, device, None, progress, streamed
         )
 
-    rows = []
-    if held_out is None:
-
-        def gather(views):
-            return collect(
-                run(views), out=None, dtype=np.float32, paired=len(views) == 2,
-                module_of=module_of,
-            )  # fmt: skip
-
-        for name, pairs in pairs_by_transform(transforms, gather):
-            deviation = deviation_for(metrics, _numpy_action(transforms[name]), seis_params)
-            results, shapes, moments, choices = in_sample(
-                pairs, seis_params, metrics, deviation, n_prefix=n_prefix
-            )
-            rows += layerwise_rows(
-                results, shapes, module_of, name, moments, metrics, deviation, choices
-            )
-        return report_frame(rows)
-    for transform in transforms.values():
-        check_stream_args(held_out, transform)
-    groups = transform_groups(
-        transforms, per_pass, lambda: _layer_shapes(run, inputs, batch_size),
-        _batches(inputs, batch_size, _import_torch())[1], seis_params, n_prefix,
+    rows = report_rows(
+        transforms, run, held_out=held_out, per_pass=per_pass,
+        n_samples=_batches(inputs, batch_size, _import_torch())[1],
+        layer_shapes=lambda: _layer_shapes(run, inputs, batch_size),
+        module_of=lambda key: module_type(modules[key.split("#")[0]]),
+        action=_numpy_action, seis_params=seis_params, metrics=metrics, n_prefix=n_prefix,
     )  # fmt: skip
-    for group in groups:
-        views = {("transformed", name): transforms[name] for name in group}
-        deviations = {
-            view: deviation_for(metrics, _numpy_action(function), seis_params)
-            for view, function in views.items()
-        }
-        batches = run({"original": None, **views}, tensors=True)
-        streamed = stream_views(
-            batches, list(views), held_out, seis_params, deviations=deviations,
-            n_prefix=n_prefix,
-        )  # fmt: skip
-        for view, (results, shapes, moments, choices) in streamed.items():
-            rows += layerwise_rows(
-                results, shapes, module_of, view[1], moments, metrics, deviations[view], choices
-            )
     return report_frame(rows)
 
 
@@ -690,8 +647,4 @@ def _layer_shapes(run, inputs, batch_size):
         first = next(batches, None)
     if first is None:
         return {}
-    probe = run(None, inputs=first[:2], progress=False)
-    next(probe)
-    with contextlib.closing(probe):
-        _, per_view = next(probe)
-    return {k: (tuple(a.shape[1:]), a.dtype.itemsize) for k, a in per_view["original"].items()}
+    return first_batch_shapes(run(None, inputs=first[:2], progress=False))
