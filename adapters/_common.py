@@ -84,6 +84,10 @@ def check_stream_args(held_out, transform):
     """The checks of held-out streaming, before any model is run."""
     if not (isinstance(held_out, float) and 0.0 < held_out <= 0.5):
         raise ValueError(f"held_out must be a float in (0, 0.5]; got {held_out!r}")
+    _check_transform(transform)
+
+
+def _check_transform(transform):
     if transform is None or not callable(transform):
         raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
 
@@ -103,8 +107,7 @@ def batch_views(transform):
             if function is not None and not callable(function):
                 raise TypeError(f"the transform of view {view!r} is not callable")
         return dict(transform)
-    if not callable(transform):
-        raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
+    _check_transform(transform)
     return {"original": None, "transformed": transform}
 
 

@@ -632,17 +632,17 @@ def layerwise_seis(
     rows = report_rows(
         transforms, run, held_out=held_out, per_pass=per_pass,
         n_samples=_batches(inputs, batch_size, _import_torch())[1],
-        layer_shapes=lambda: _layer_shapes(run, inputs, batch_size),
+        layer_shapes=lambda: _layer_shapes(run, inputs),
         module_of=lambda key: module_type(modules[key.split("#")[0]]),
         action=_numpy_action, seis_params=seis_params, metrics=metrics, n_prefix=n_prefix,
     )  # fmt: skip
     return report_frame(rows)
 
 
-def _layer_shapes(run, inputs, batch_size):
+def _layer_shapes(run, inputs):
     """Layer key → (per-sample shape, itemsize) of the activations, from a forward pass
-    of the inputs' first two samples."""
-    batches, _ = _batches(inputs, batch_size, _import_torch())
+    of the inputs' first two samples (an array's or tensor's first two only are read)."""
+    batches, _ = _batches(inputs, 2, _import_torch())
     with contextlib.closing(batches):
         first = next(batches, None)
     if first is None:
