@@ -118,21 +118,53 @@ def select_k(eigenvalues, n_components, *, dof, max_components=None):
     return k
 
 
-def inverse_sqrt(sigma, reg):
-    """``R(Σ) = (Σ + reg·λ_min(Σ)·I)^(-1/2)`` of a symmetric PSD matrix.
+# Eigenvalues of a k × k covariance of m rows below ROUNDING_FLOOR·(k + √m)·u times its
+# largest are rounding — the error of sums over m rows and of a k × k decomposition (a
+# direction along which the view has no variance: a dead channel, or high frequencies
+# of smooth maps that only the other view's noise puts in the shared basis). They are
+# set to zero, so that rounding noise never reaches the whitening or the energy
+# weights; zeroing λ moves that direction's whitening by at most λ/(2·ridge), a
+# relative 1e-6·(k + √m)·k/ε at most.
+ROUNDING_FLOOR = 16.0
 
-    The ridge is tied to the matrix's own smallest eigenvalue, so it scales with
-    the view: ``R(c²Σ) = R(Σ)/c`` exactly, and no direction is damped by more
-    than a factor ``1 + reg``. Directions with no variance (to machine
-    precision) get a zero, as in a pseudo-inverse.
-    """
+
+def spectrum(sigma, n_rows=0):
+    """Eigenvalues (ascending, rounding-level ones set to zero) and eigenvectors of a
+    symmetric PSD k × k covariance of ``n_rows`` rows."""
     w, V = np.linalg.eigh(0.5 * (sigma + sigma.T))
-    top = max(float(w.max()), 0.0)
+    top = max(float(w.max(initial=0.0)), 0.0)
+    floor = ROUNDING_FLOOR * (w.size + np.sqrt(n_rows)) * _EPS * top
+    return np.where(w > floor, w, 0.0), V
+
+
+def inverse_sqrt(eigenvalues, reg):
+    """``R(Σ) = (Σ + reg·(tr Σ/k)·I)^(-1/2)`` in Σ's eigenbasis (SPEC §2.3 step 5).
+
+    The ridge is tied to the matrix's own *mean* variance ``tr Σ/k``: it scales
+    with the view (``R(c²Σ) = R(Σ)/c`` exactly) and bounds the condition number
+    of ``Σ + ridge`` by ``1 + k/reg``, so rounding in ``Σ`` cannot move the
+    result by more than that factor times itself. A direction is dropped (a zero,
+    as in a pseudo-inverse) only where the *ridged* variance is at the rounding
+    floor — decided after the ridge is added, so with ``reg > 0`` only when the
+    matrix has no variance at all.
+
+    Parameters
+    ----------
+    eigenvalues : ndarray of shape (k,)
+        Of ``Σ``, as :func:`spectrum` returns them.
+    reg : float
+
+    Returns
+    -------
+    ndarray of shape (k,)
+        ``1/√(λ_j + ridge)``, or 0 for a dropped direction: ``R = V diag(·) Vᵀ``.
+    """
+    w = eigenvalues + reg * float(eigenvalues.sum()) / max(eigenvalues.size, 1)
+    top = float(w.max()) if w.size else 0.0
     keep = w > top * w.size * _EPS
-    w = w + reg * max(float(w.min()), 0.0)
     inv = np.zeros_like(w)
     inv[keep] = 1.0 / np.sqrt(w[keep])
-    return (V * inv) @ V.T
+    return inv
 
 
 def degenerate_reason(k, n_columns, fit_rows):
@@ -187,17 +219,63 @@ class Basis:
         return float(self.eigenvalues[: self.k].sum() / total) if total > 0 else 0.0
 
 
+# A view whose total variance is below this fraction of the squares of its values
+# (``(ROUNDING_VARIANCE·eps)²·N·Σ μ²``) varies only by the rounding of its centring:
+# it is constant, and has no weight in the pooled basis.
+ROUNDING_VARIANCE = 64.0
+
+
+def view_traces(traces, mean, n_samples):
+    """Each view's total variance ``tr(P̃_gᵀP̃_g)``, zero for a view that is constant to
+    rounding (its variance at the level the centring of its values leaves).
+
+    Parameters
+    ----------
+    traces : ndarray of shape (G,)
+        The traces of the views' centred second moments.
+    mean : ndarray of shape (G, R, d)
+        Per-feature means.
+    n_samples : int
+
+    Returns
+    -------
+    ndarray of shape (G,)
+    """
+    traces = np.asarray(traces, dtype=np.float64).copy()
+    level = n_samples * np.einsum("grd,grd->g", mean, mean)
+    constant = ~(traces > (ROUNDING_VARIANCE * _EPS) ** 2 * level) | ~np.isfinite(traces)
+    traces[constant] = 0.0
+    return traces
+
+
+def variance_weighted_sum(blocks, traces):
+    """``(1/G) Σ_g blocks[g] / traces[g]`` (SPEC §2.2 step 2), views without variance
+    (a zero trace) left out.
+
+    Dividing the entries (not multiplying by ``1/tr``) keeps a view of extreme
+    scale in range: every entry of a Gram or moment block is at most its trace.
+    """
+    total = np.zeros(blocks[0].shape)
+    for block, trace in zip(blocks, traces, strict=True):
+        if trace > 0:
+            total += block / trace
+    return total / len(traces)
+
+
 def pooled_basis(moments, n_components, max_components=None):
     """The basis from the second moment pooled over every view (SPEC §2.2, §2.5).
 
-    ``S = Σ_g P̃_gᵀ P̃_g / (G·m)``; for a pair this is ``(P̃ᵀP̃ + Q̃ᵀQ̃) / (2m)``.
+    ``S = (1/G) Σ_g P̃_gᵀ P̃_g / tr(P̃_gᵀ P̃_g)``: each view weighted by its own total
+    variance, so that rescaling one view changes neither the basis nor k. For a pair,
+    ``½ (P̃ᵀP̃/tr(P̃ᵀP̃) + Q̃ᵀQ̃/tr(Q̃ᵀQ̃))``; its eigenvalues sum to 1.
 
     Raises
     ------
     ValueError
         If every view is constant (no variance to keep).
     """
-    S = moments.auto.sum(axis=0) / (moments.n_views * moments.n_rows)
+    traces = view_traces(np.einsum("gii->g", moments.auto), moments.mean, moments.n_samples)
+    S = variance_weighted_sum(moments.auto, traces)
     dof = moments.n_rows - moments.rows_per_sample
     # each view's centred rows span at most dof dimensions: S has rank <= G·dof
     eigenvalues, V = descending_eigh(S, rank=moments.n_views * dof)
@@ -217,12 +295,10 @@ class CCAFit:
     ----------
     sigma_xx, sigma_yy, sigma_xy : ndarray of shape (k, k)
         Covariances of the views in the shared basis.
-    whiten_x, whiten_y : ndarray of shape (k, k)
-        ``R(Σ_xx)`` and ``R(Σ_yy)``, each up to a positive factor (an exact
-        power of two that keeps extreme scales in range; correlations and
-        energy weights do not depend on it).
-    U, W : ndarray of shape (k, k)
-        Singular vectors of ``K`` (columns).
+    directions_x, directions_y : ndarray of shape (k, k)
+        The canonical directions ``R(Σ_xx) u_i`` and ``R(Σ_yy) w_i`` (columns), each
+        up to a positive factor (an exact power of two that keeps extreme scales in
+        range; correlations and energy weights do not depend on it).
     rho_raw : ndarray of shape (k,)
         Singular values of ``K``, unclipped.
     canonical_correlations : ndarray of shape (k,)
@@ -231,19 +307,21 @@ class CCAFit:
         ``α_i = u_i · w_i``.
     weights : ndarray of shape (k,)
         Energy weights ``ω_i`` of step 9.
+    null : ndarray of bool, shape (k,)
+        Pairs whose correlation is zero to rounding: their directions are an
+        arbitrary basis of K's null spaces, so they count as 0 held-out.
     """
 
     sigma_xx: np.ndarray
     sigma_yy: np.ndarray
     sigma_xy: np.ndarray
-    whiten_x: np.ndarray
-    whiten_y: np.ndarray
-    U: np.ndarray
-    W: np.ndarray
+    directions_x: np.ndarray
+    directions_y: np.ndarray
     rho_raw: np.ndarray
     canonical_correlations: np.ndarray
     alignments: np.ndarray
     weights: np.ndarray
+    null: np.ndarray
 
 
 def project(C, V):
@@ -251,16 +329,39 @@ def project(C, V):
     return V.T @ C @ V
 
 
-def _energy(sigma, directions, n_rows):
-    """``m·vᵀΣ²v / vᵀΣv`` for each column v of ``directions``; 0 where vᵀΣv vanishes."""
-    sv = sigma @ directions
-    num = n_rows * np.einsum("ij,ij->j", sv, sv)
-    den = np.einsum("ij,ij->j", directions, sv)
-    tol = _EPS * max(float(np.trace(sigma)), 0.0) * np.einsum("ij,ij->j", directions, directions)
+def _energy_share(eigenvalues, coefficients):
+    """Each direction's share of its view's energy (SPEC §2.3 step 9), per column v of
+    ``coefficients`` (directions in Σ's eigenbasis): ``vᵀΣ²v / (vᵀΣv · tr Σ)`` —
+    ``‖Xᵀx‖²/‖x‖²/tr(XᵀX)`` for the variate ``x = Xv``; scale-free in the view and in
+    v. 0 where vᵀΣv vanishes."""
+    w = eigenvalues
+    c2 = coefficients**2
+    num = w**2 @ c2
+    den = w @ c2
+    total = float(w.sum())
+    tol = _EPS * total * c2.sum(axis=0)
     out = np.zeros_like(den)
     ok = den > tol
-    out[ok] = num[ok] / den[ok]
+    out[ok] = num[ok] / (den[ok] * total)
     return out
+
+
+def _block_energy_share(eigenvalues, coefficients):
+    """The summed :func:`_energy_share` of a block of directions, independent of the
+    basis chosen in their span: ``tr((MᵀΣM)⁺ MᵀΣ²M) / tr Σ`` for ``M = coefficients``
+    (the sum of the generalized Rayleigh quotients over a Σ-orthogonal basis of the
+    span)."""
+    w, C = eigenvalues, coefficients
+    total = float(w.sum())
+    root = np.sqrt(w)[:, None] * C  # Σ^½ M in the eigenbasis: MᵀΣM = rootᵀroot
+    g, Q = np.linalg.eigh(root.T @ root)
+    # the rounding floor of MᵀΣM: directions along which the view has no variance
+    floor = ROUNDING_FLOOR * w.size * _EPS * float(w.max(initial=0.0)) * float((C**2).sum())
+    keep = g > floor
+    if total == 0.0 or not keep.any():
+        return 0.0
+    projected = w[:, None] * (C @ Q[:, keep])  # Σ M q for each Σ-orthogonal direction q
+    return float(np.sum(np.einsum("ij,ij->j", projected, projected) / g[keep]) / total)
 
 
 def pair_covariances(moments, basis, view=1):
@@ -290,10 +391,10 @@ def fit_cca(sigma_xx, sigma_yy, sigma_xy, reg, n_rows):
     sigma_xx, sigma_yy, sigma_xy : ndarray of shape (k, k)
         Covariances in the shared basis.
     reg : float
-        ``ε``: each covariance gets the ridge ``ε·λ_min`` of its own spectrum
-        (:func:`inverse_sqrt`), so rescaling one view changes nothing.
+        ``ε``: each covariance gets the ridge ``ε·tr Σ/k`` of its own mean
+        variance (:func:`inverse_sqrt`), so rescaling one view changes nothing.
     n_rows : int
-        ``m``, which scales the energy weights.
+        ``m``, the rows the covariances were summed over (their rounding floor).
 
     Returns
     -------
@@ -303,25 +404,45 @@ def fit_cca(sigma_xx, sigma_yy, sigma_xy, reg, n_rows):
     # CCA does not depend on the scale of either view (the ridges follow it), and
     # a view of scale 1e-160 beside one of scale 1 must not under- or overflow.
     scale_x, scale_y = _power_of_four(sigma_xx), _power_of_four(sigma_yy)
-    whiten_x = inverse_sqrt(sigma_xx / scale_x, reg)
-    whiten_y = inverse_sqrt(sigma_yy / scale_y, reg)
-    K = whiten_x @ (sigma_xy / np.sqrt(scale_x * scale_y)) @ whiten_y
-    U, rho, Wt = np.linalg.svd(K)
-    W = Wt.T
+    w_x, V_x = spectrum(sigma_xx / scale_x, n_rows)
+    w_y, V_y = spectrum(sigma_yy / scale_y, n_rows)
+    inv_x, inv_y = inverse_sqrt(w_x, reg), inverse_sqrt(w_y, reg)
+    # K = R_x Σ_xy R_y in the eigenbases, V_xᵀ K V_y = diag(a) V_xᵀΣ_xyV_y diag(b), where a
+    # view has no variance (an eigenvalue zero to rounding) its rows of Σ_xy are rounding
+    # too, and are left out: a = R_x's eigenvalues there, 0 along such directions
+    a, b = np.where(w_x > 0, inv_x, 0.0), np.where(w_y > 0, inv_y, 0.0)
+    cross = V_x.T @ (sigma_xy / np.sqrt(scale_x * scale_y)) @ V_y
+    inner = a[:, None] * cross * b[None, :]
+    U_e, rho, Wt_e = np.linalg.svd(inner)
+    W_e = Wt_e.T
+    U, W = V_x @ U_e, V_y @ W_e  # singular vectors of K
     alignments = np.clip(np.einsum("ij,ij->j", U, W), -1.0, 1.0)
-    weights = _energy(sigma_xx, whiten_x @ U, n_rows) + _energy(sigma_yy, whiten_y @ W, n_rows)
+    coef_x, coef_y = inv_x[:, None] * U_e, inv_y[:, None] * W_e  # R U, R W in the eigenbases
+    weights = _energy_share(w_x, coef_x) + _energy_share(w_y, coef_y)
+    # Pairs whose correlation is zero to rounding (K's rounding error: k·u·‖a‖‖Σ_xy‖‖b‖)
+    # span K's null spaces, in which the SVD picks an arbitrary basis on each side —
+    # they appear where one view has no variance along directions of the shared basis
+    # (dead channels, k beyond a view's rank). Their weights are set from the spans
+    # alone (the block's energy shared equally), and held-out they count as 0.
+    k = rho.size
+    floor = ROUNDING_FLOOR * k * _EPS * a.max(initial=0.0) * b.max(initial=0.0)
+    null = rho <= floor * float(np.linalg.norm(cross))
+    if null.sum() > 1:
+        block = _block_energy_share(w_x, coef_x[:, null]) + _block_energy_share(
+            w_y, coef_y[:, null]
+        )
+        weights[null] = block / null.sum()
     return CCAFit(
         sigma_xx=sigma_xx,
         sigma_yy=sigma_yy,
         sigma_xy=sigma_xy,
-        whiten_x=whiten_x,
-        whiten_y=whiten_y,
-        U=U,
-        W=W,
+        directions_x=V_x @ coef_x,
+        directions_y=V_y @ coef_y,
         rho_raw=rho,
         canonical_correlations=np.clip(rho, 0.0, 1.0),
         alignments=alignments,
         weights=weights,
+        null=null,
     )
 
 
@@ -383,15 +504,14 @@ def held_out_scores(cca, projected, invariance="trace", view=1):
     rho : ndarray of shape (k,)
         Held-out correlations ``ρ′_i`` of the fitted canonical variates.
     """
-    dir_x = cca.whiten_x @ cca.U
-    dir_y = cca.whiten_y @ cca.W
+    dir_x, dir_y = cca.directions_x, cca.directions_y
     c_xx, c_yy, c_xy = projected.auto[0], projected.auto[view], projected.cross[view - 1]
     cov = np.einsum("ij,ij->j", dir_x, c_xy @ dir_y)
     var_x = np.einsum("ij,ij->j", dir_x, c_xx @ dir_x)
     var_y = np.einsum("ij,ij->j", dir_y, c_yy @ dir_y)
     den = np.sqrt(np.maximum(var_x, 0.0) * np.maximum(var_y, 0.0))
     rho = np.zeros_like(cov)
-    ok = den > 0
+    ok = (den > 0) & ~cca.null
     rho[ok] = cov[ok] / den[ok]
     rho = np.clip(rho, -1.0, 1.0)
     agreement = _trace_agreement(c_xy, c_xx, c_yy)

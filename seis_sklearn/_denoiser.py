@@ -48,7 +48,8 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         original and transformed views (:func:`seis_sklearn.pair`), or an
         orbit's G views. The shared basis of SPEC §2.2 (§2.5 for an orbit) is
         fitted on the second moment pooled over the views, each centred by its
-        own mean, and ``transform`` returns every view's coordinates in it:
+        own mean and weighted by its own total variance (so that rescaling one
+        view changes nothing), and ``transform`` returns every view's coordinates in it:
         ``(n_samples, G, k)``, or ``(n_samples, G, rows, k)`` when the
         matricization has several rows per sample (a
         :class:`~seis_sklearn.DenoisedStack`, which remembers what it holds).
@@ -184,13 +185,12 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         moments = part if first else self._moments.merge(part)
         basis = pooled_basis(moments, n_components, max_components)
         k = basis.k
-        m = moments.n_rows
         self._moments = moments
-        self.n_samples_seen_ = m
+        self.n_samples_seen_ = moments.n_rows
         self.mean_ = moments.mean[0, 0].copy()
         self.components_ = basis.components.T.copy()
         self.n_components_ = k
-        self.explained_variance_ = basis.eigenvalues[:k] * (m / (m - 1))
+        self.explained_variance_ = _explained_variance(basis, moments)
         self.explained_variance_ratio_ = basis.eigenvalues[:k] / basis.eigenvalues.sum()
         return self
 
@@ -220,7 +220,7 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         part = accumulate(views, layout, self.matricization, names=names)
         moments = part if first else self._moments.merge(part)
         basis = pooled_basis(moments, n_components, max_components)
-        k, m = basis.k, moments.n_rows
+        k = basis.k
         self._moments = moments
         self.layout_ = layout
         self.stack_shape_ = tuple(stack.shape[1:])
@@ -231,7 +231,7 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         self.mean_ = moments.mean.copy()  # (G, R, d): each view's per-feature means
         self.components_ = basis.components.T.copy()
         self.n_components_ = k
-        self.explained_variance_ = basis.eigenvalues[:k] * (m / (m - 1))
+        self.explained_variance_ = _explained_variance(basis, moments)
         self.explained_variance_ratio_ = basis.eigenvalues[:k] / basis.eigenvalues.sum()
         return self
 
@@ -370,6 +370,20 @@ def _naming_x():
         if message.startswith("X") or " X " in f" {message} ":
             raise
         raise type(exc)(f"X: {message}") from exc
+
+
+def _explained_variance(basis, moments):
+    """Variance along each kept axis (``ddof=1``, as in PCA).
+
+    The basis's eigenvalues are those of the pooled moment with each view
+    divided by its total variance (SPEC §2.2 step 2; for one view, the fraction
+    of its variance). Multiplied by the views' mean total variance over ``m − 1``,
+    they are PCA's variances for one view, and for views of equal total variance
+    the variances of the pooled views.
+    """
+    m = moments.n_rows
+    mean_total = float(np.einsum("gii->g", moments.auto).mean())
+    return basis.eigenvalues[: basis.k] * (mean_total / (m - 1))
 
 
 def _project(block, mean, components):

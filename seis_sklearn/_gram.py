@@ -3,12 +3,15 @@
 When the number of columns ``d`` is large against the number of rows ``m``
 (flatten matricization of big feature maps: N = 2,000 samples, d = C·H·W =
 262,144), the d × d moments of :mod:`seis_sklearn._moments` do not fit in memory.
-The pooled second moment ``S = ZᵀZ/(G·m)`` of the stacked centred views
-``Z = [P̃_0; …; P̃_{G-1}]`` has the same non-zero eigenvalues as the
-``G·m × G·m`` Gram matrix ``ZZᵀ/(G·m) = U diag(s²/(G·m)) Uᵀ``, and its
-eigenvectors are ``V = Zᵀ U / s``. Hence
+The pooled second moment ``S = ZᵀZ/G`` of the stacked centred views, each
+divided by the square root of its total variance (SPEC §2.2 step 2),
+``Z = [P̃_0/√t_0; …; P̃_{G-1}/√t_{G-1}]``, has the same non-zero eigenvalues as
+the ``G·m × G·m`` matrix ``ZZᵀ/G = U diag(s²/G) Uᵀ``, and its eigenvectors are
+``V = Zᵀ U / s``. Hence
 
-``X_g = P̃_g V_k = (ZZᵀ)[rows of g, :] U_k / s_k``,
+``X_g = P̃_g V_k = (Z₀Z₀ᵀ)[rows of g, :] D U_k / s_k``
+
+(``Z₀`` the unweighted stack, ``D`` the weights ``1/√t_g`` of its rows),
 
 so the k × k covariances of SPEC §2.3 come from the Gram matrix alone. The
 Gram is accumulated in one pass over chunks of *columns*: each column chunk
@@ -23,7 +26,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._cca import Basis, descending_eigh, deterministic_signs, no_variance_error, select_k
+from ._cca import (
+    Basis,
+    descending_eigh,
+    deterministic_signs,
+    no_variance_error,
+    select_k,
+    view_traces,
+)
 from ._matricize import matricize, matrix_shape
 from ._moments import InputFiles, _float32_scale, _page_releaser, product_dtype
 from ._validation import CHUNK_BYTES, check_finite, raise_nonfinite
@@ -148,17 +158,29 @@ class GramBasis(Basis):
 
 
 def gram_basis(gm, n_components, max_components=None):
-    """The shared basis of SPEC §2.2 from the Gram matrix (eigen-decomposition of ZZᵀ)."""
-    total_rows = gm.n_views * gm.n_rows
-    w, U = descending_eigh(gm.gram)
-    eigenvalues = w / total_rows
+    """The shared basis of SPEC §2.2 from the Gram matrix.
+
+    The pooled moment ``S = (1/G) Σ_g P̃_gᵀP̃_g / t_g`` (``t_g`` the trace of view g's
+    diagonal block: its total variance) is ``Z_wᵀZ_w / G`` for the stacked rows
+    ``Z_w = D Z`` with ``D`` = ``1/√t_g`` on the rows of view g, so its eigenvectors
+    come from ``D (ZZᵀ) D = U diag(s²) Uᵀ``: ``V = Zᵀ D U / s``.
+    """
+    m, G = gm.n_rows, gm.n_views
+    diagonal = np.diagonal(gm.gram)
+    traces = view_traces(diagonal.reshape(G, m).sum(axis=1), gm.mean, gm.n_samples)
+    scale = np.zeros(G * m)
+    for g, trace in enumerate(traces):
+        if trace > 0:
+            scale[g * m : (g + 1) * m] = 1.0 / np.sqrt(trace)
+    w, U = descending_eigh(gm.gram * scale[:, None] * scale[None, :])
+    eigenvalues = w / G
     if n_components is None:  # no denoising: every direction the rows allow
         n_components = eigenvalues.size
-    dof = gm.n_rows - gm.mean.shape[1]
+    dof = m - gm.mean.shape[1]
     k = select_k(eigenvalues, n_components, dof=dof, max_components=max_components)
     if k == 0:
         raise no_variance_error()
-    coefficients = deterministic_signs(U[:, :k]) / np.sqrt(w[:k])
+    coefficients = scale[:, None] * deterministic_signs(U[:, :k]) / np.sqrt(w[:k])
     return GramBasis(None, eigenvalues, k, gm.mean.shape[-1], coefficients)
 
 

@@ -71,8 +71,9 @@ class SEISScorer(BaseEstimator):
         3-D → NLD, 2-D → ND.
     reg : float, default=1e-6
         Ridge ``ε``: each view's covariance in the shared basis is regularised
-        by ``ε·λ_min·I`` with ``λ_min`` its own smallest eigenvalue (SPEC §2.3
-        step 5), so rescaling one view changes nothing.
+        by ``ε·(tr Σ/k)·I``, its own mean variance (SPEC §2.3 step 5), so
+        rescaling one view changes nothing and rounding cannot move a score
+        (the condition number stays below ``1 + k/ε``).
     max_components : int, default=None
         Upper bound on ``k``.
     invariance : {"trace", "abs"}, default="trace"

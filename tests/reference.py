@@ -2,9 +2,11 @@
 
 It shares no code with the package: each view centred per feature over the
 samples (``A − A.mean(axis=0)``, SPEC §2.1) before matricization by explicit
-axis moves, the basis from the SVD of the stacked centred rows, ``R(Σ)`` by
-``scipy.linalg.fractional_matrix_power``, the weights from the canonical
-variates themselves and held-out correlations with ``np.corrcoef``.
+axis moves, the basis from the SVD of the stacked centred rows, each view
+divided by the square root of its total variance (SPEC §2.2 step 2), ``R(Σ)``
+by ``scipy.linalg.fractional_matrix_power`` with the mean-variance ridge (step
+5), the weights from the canonical variates themselves (step 9) and held-out
+correlations with ``np.corrcoef``.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ def reference_k(lam, n_components, dof, max_components=None):
 
 
 def inv_sqrt(S, reg):
-    """``(S + reg·λ_min(S)·I)^(-1/2)``: the ridge tied to the view's own spectrum."""
-    ridge = reg * max(np.linalg.eigvalsh(S).min(), 0.0)
+    """``(S + reg·(tr S/k)·I)^(-1/2)``: the ridge tied to the view's mean variance."""
+    ridge = reg * np.trace(S) / len(S)
     return np.real(linalg.fractional_matrix_power(S + ridge * np.eye(len(S)), -0.5))
 
 
@@ -63,9 +65,12 @@ def reference_fit(
     Pc = reference_matricize(A - mu_p, layout, matricization)
     Qc = reference_matricize(B - mu_q, layout, matricization)
     m = Pc.shape[0]
-    _, s, Vt = np.linalg.svd(np.vstack([Pc, Qc]), full_matrices=True)
+    # S = ½ (P̃ᵀP̃/tr(P̃ᵀP̃) + Q̃ᵀQ̃/tr(Q̃ᵀQ̃)) = ZᵀZ/2, Z the stack of the views
+    # each divided by its Frobenius norm
+    Z = np.vstack([Pc / np.linalg.norm(Pc), Qc / np.linalg.norm(Qc)])
+    _, s, Vt = np.linalg.svd(Z, full_matrices=True)
     lam = np.zeros(Pc.shape[1])
-    lam[: s.size] = s**2 / (2 * m)
+    lam[: s.size] = s**2 / 2
     k = reference_k(lam, n_components, m - m // A.shape[0], max_components)
     Vk = Vt[:k].T
     X, Y = Pc @ Vk, Qc @ Vk
@@ -76,10 +81,10 @@ def reference_fit(
     W = Wt.T
     alpha = np.sum(U * W, axis=0)
     xv, yv = X @ Rx @ U, Y @ Ry @ W  # canonical variates, columns
-    omega = np.array(
+    omega = np.array(  # each view's share of its own energy
         [
-            np.sum((X.T @ xv[:, i]) ** 2) / np.sum(xv[:, i] ** 2)
-            + np.sum((Y.T @ yv[:, i]) ** 2) / np.sum(yv[:, i] ** 2)
+            np.sum((X.T @ xv[:, i]) ** 2) / np.sum(xv[:, i] ** 2) / np.sum(X**2)
+            + np.sum((Y.T @ yv[:, i]) ** 2) / np.sum(yv[:, i] ** 2) / np.sum(Y**2)
             for i in range(k)
         ]
     )

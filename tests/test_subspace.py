@@ -52,7 +52,7 @@ def test_exact_c4_symmetry_needs_whole_eigenvalue_clusters():
     A = np.concatenate([np.rot90(fields, r, axes=(2, 3)) for r in range(4)])  # closed under C4
     B = np.rot90(A, axes=(2, 3))
     whole = seis_score(A, B, n_components=0.9)
-    assert whole.equivariance == pytest.approx(1, abs=1e-6)
+    assert whole.equivariance == pytest.approx(1, abs=1e-5)  # SPEC §2.6: the ridge's cost
     eigenvalues = SEISScorer(n_components=0.9).fit(A, B).eigenvalues_
     k = whole.n_components
     assert eigenvalues[k - 1] > (1 + 1e-6) * eigenvalues[k]  # the cut sits in a gap
@@ -68,7 +68,7 @@ def test_refitting_starts_afresh(rng):
     A, B = rng.normal(size=(30, 6)), rng.normal(size=(30, 6))
     scorer = SEISScorer(n_components=6).fit(A, B)
     scorer.fit(A, A)
-    assert scorer.n_rows_ == 30 and scorer.result_.equivariance == pytest.approx(1, abs=1e-6)
+    assert scorer.n_rows_ == 30 and scorer.result_.equivariance == pytest.approx(1, abs=1e-5)
     denoiser = SubspaceDenoiser(n_components=2).fit(A)
     assert denoiser.fit(B).n_samples_seen_ == 30
     assert denoiser.get_feature_names_out().tolist() == ["subspacedenoiser0", "subspacedenoiser1"]

@@ -46,10 +46,11 @@ def unit_roundoff(dtype):
 
 
 def _kappa(sigma, reg):
-    w = np.linalg.eigvalsh(0.5 * (sigma + sigma.T))
-    ridge = reg * max(float(w.min()), 0.0)
+    """Condition number of ``Σ + ε·(tr Σ/k)·I`` (SPEC §2.3 step 5): at most ``1 + k/ε``."""
+    w = np.maximum(np.linalg.eigvalsh(0.5 * (sigma + sigma.T)), 0.0)
+    ridge = reg * float(w.sum()) / max(w.size, 1)
     top = float(w.max()) + ridge
-    keep = w > top * w.size * np.finfo(np.float64).eps
+    keep = w + ridge > top * w.size * np.finfo(np.float64).eps
     return top / (float(w[keep].min()) + ridge) if keep.any() else 1.0
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "activation_shapes",
     "correlated",
     "exact_pairs",
+    "ill_conditioned_pairs",
     "modes",
     "orbits",
     "reencoded_pairs",
@@ -128,6 +129,53 @@ def exact_pairs(draw, layouts=("NCHW", "NHWC", "NCDHW", "NLD"), min_samples=12, 
     A = correlated(rng, shape)
     name = draw(st.sampled_from(sorted(_exact(layout))))
     return layout, name, A, np.ascontiguousarray(_exact(layout)[name](A))
+
+
+def _smooth(rng, shape, sigma):
+    """Gaussian fields blurred over the last two axes (periodic), by FFT."""
+    x = rng.normal(size=shape)
+    h, w = shape[-2:]
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    gain = np.exp(-2.0 * (np.pi * sigma) ** 2 * (fy**2 + fx**2))
+    return np.fft.ifft2(np.fft.fft2(x) * gain).real
+
+
+@st.composite
+def ill_conditioned_pairs(draw, min_samples=6, max_samples=80):
+    """``("NCHW", A, B)``: pairs whose second moments are badly conditioned, as real
+    layers' are.
+
+    One of
+
+    * ``"smooth"`` — smooth fields (blur σ 1–2.5 px): A's variance falls by many
+      orders of magnitude along its high frequencies, which only B's added noise
+      fills (B = A shifted by a few pixels, plus noise);
+    * ``"dead"`` — some channels of A, or of B, are zero (dead units);
+    * ``"wide"`` — few samples against many features, so that the kept ``k`` comes
+      close to the rows (in flatten mode) or the columns.
+    """
+    kind = draw(st.sampled_from(["smooth", "dead", "wide"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    c = draw(st.integers(1, 6))
+    size = draw(st.integers(3, 8))
+    if kind == "wide":
+        n = draw(st.integers(min_samples, max(min_samples, 12)))
+    else:
+        n = draw(st.integers(max(min_samples, 12), max_samples))
+    shape = (n, c, size, size)
+    A = _smooth(rng, shape, draw(st.floats(1.0, 2.5)))
+    shift = draw(st.integers(0, size - 1))
+    noise = draw(st.sampled_from([1e-3, 0.03, 0.3]))
+    B = np.roll(A, shift, axis=-1) + noise * A.std() * rng.normal(size=shape)
+    if kind == "dead":
+        dead = rng.random(c) < 0.5
+        if dead.all():
+            dead[0] = False
+        if draw(st.booleans()):
+            A[:, dead] = 0.0
+        else:
+            B[:, dead] = 0.0
+    return "NCHW", A, B
 
 
 @st.composite
