@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CONSTRAINTS := requirements/constraints.txt
 DEMO_OUT ?= demo-output
 
-.PHONY: setup demo demo-synthetic paper test test-oldest docs lint bench clean
+.PHONY: setup demo demo-synthetic paper test test-oldest test-zoo docs lint bench clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@$(PYTHON) -c 'import sys; sys.exit("seis-sklearn needs Python >= 3.10, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
@@ -49,15 +49,29 @@ $(OLD_VENV)/.installed-stamp: pyproject.toml requirements/oldest.txt
 test-oldest: $(OLD_VENV)/.installed-stamp
 	$(TEST_THREADS) $(OLD_VENV)/bin/python -m pytest -n 2 -q -p no:cacheprovider
 
+# The layerwise reports against the real model zoo (torchvision, timm, Hugging Face):
+# its own environment, since PyPI's torchvision does not import beside the CPU build of
+# torch 2.13.0 that .venv keeps light; torch 2.14.1 + torchvision 0.29.1 come from this
+# machine's disk (a CUDA build, ~5.5 GB, run on the CPU). requirements/zoo.txt pins it.
+ZOO_VENV := .venv-zoo
+ZOO_PACKAGES := torch==2.14.1 torchvision==0.29.1 timm transformers pytest
+$(ZOO_VENV)/.installed-stamp: pyproject.toml requirements/zoo.txt
+	test -x $(ZOO_VENV)/bin/python || $(PYTHON) -m venv $(ZOO_VENV)
+	$(ZOO_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c requirements/zoo.txt $(ZOO_PACKAGES) -e ".[torch,plot,onnx]"
+	touch $@
+
+test-zoo: $(ZOO_VENV)/.installed-stamp
+	$(TEST_THREADS) $(ZOO_VENV)/bin/python -m pytest -q -p no:cacheprovider -o addopts="" tests_zoo
+
 docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check seis_sklearn adapters tests benchmarks docs examples
-	$(VENV)/bin/ruff format --check seis_sklearn adapters tests benchmarks docs examples
+	$(VENV)/bin/ruff check seis_sklearn adapters tests tests_zoo benchmarks docs examples
+	$(VENV)/bin/ruff format --check seis_sklearn adapters tests tests_zoo benchmarks docs examples
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) $(OLD_VENV) docs/_build $(DEMO_OUT) $(PAPER_OUT) .coverage
+	rm -rf $(VENV) $(OLD_VENV) $(ZOO_VENV) docs/_build $(DEMO_OUT) $(PAPER_OUT) .coverage

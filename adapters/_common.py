@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from seis_sklearn._files import safe_stem
+from seis_sklearn._validation import first_line
 
 VIEWS = ("original", "transformed")
 
@@ -27,13 +28,21 @@ VIEWS = ("original", "transformed")
 TOKENS = ("all", "patch")
 
 
-def check_tokens(tokens, n_prefix, model_prefix=None):
-    """How many leading tokens of (N, L, D) activations to drop (0 for ``"all"``).
+def check_tokens(tokens, n_prefix, model_prefix=None, *, required=False):
+    """The prefix-token count of (N, L, D) activations to read layers with.
 
-    ``tokens="patch"`` drops the first ``n_prefix`` tokens (class and register
-    tokens), so that spatial mode sees only the patch grid a transform permutes;
+    ``tokens="patch"`` drops the leading tokens (class and register tokens) of each
+    token layer, so that spatial mode sees only the patch grid a transform permutes;
     ``n_prefix=None`` takes ``model_prefix`` (what the model says, e.g. timm's
-    ``num_prefix_tokens``).
+    ``num_prefix_tokens``), and where neither says, each layer's count is the one
+    that leaves a grid of patches (:func:`~seis_sklearn.adapters._layout.read_layers`).
+
+    Returns
+    -------
+    int or None
+        0 for ``"all"``; for ``"patch"`` the count given or said by the model, or
+        None (found per layer). ``required=True`` (saved pairs, which have no input
+        grid) refuses None.
     """
     if tokens not in TOKENS:
         raise ValueError(f"tokens must be 'all' or 'patch'; got {tokens!r}")
@@ -43,27 +52,38 @@ def check_tokens(tokens, n_prefix, model_prefix=None):
         return 0
     n = n_prefix if n_prefix is not None else model_prefix
     if n is None:
-        raise ValueError(
-            "tokens='patch' needs n_prefix= (the number of class/register tokens before "
-            "the patches): the model does not say (no num_prefix_tokens attribute)"
-        )
+        if required:
+            raise ValueError(
+                "tokens='patch' needs n_prefix= (the number of class/register tokens before "
+                "the patches): the activations do not say"
+            )
+        return None
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n_prefix must be an int >= 0; got {n!r}")
     return int(n)
 
 
-def drop_tokens(per_view, n_prefix):
-    """The activations of a batch without their first ``n_prefix`` tokens (3-D ones)."""
-    if not n_prefix:
+def drop_tokens(per_view, readings):
+    """The activations of a batch without the prefix tokens of each layer's
+    :class:`~seis_sklearn.adapters._layout.Reading` (``readings``: layer key → reading,
+    or None: nothing dropped)."""
+    if not readings or not any(r.n_prefix for r in readings.values()):
         return per_view
     return {
-        view: {k: (a[:, n_prefix:] if a.ndim == 3 else a) for k, a in recorded.items()}
+        view: {k: _without_prefix(a, readings.get(k)) for k, a in recorded.items()}
         for view, recorded in per_view.items()
     }
 
 
-def layer_params(seis_params, shape):
-    """The SEIS parameters of one layer, ``matricization="auto"`` resolved for its shape.
+def _without_prefix(array, reading):
+    if reading is None or not reading.n_prefix or array.ndim != 3:
+        return array
+    return array[:, reading.n_prefix :]
+
+
+def layer_params(seis_params, shape, reading=None):
+    """The SEIS parameters of one layer: its layout (from its ``reading``, when the
+    report read the layer) and ``matricization="auto"`` resolved for its shape.
 
     Returns
     -------
@@ -73,6 +93,8 @@ def layer_params(seis_params, shape):
     """
     from seis_sklearn._matricize import auto_matricization
 
+    if reading is not None:
+        seis_params = {**seis_params, "layout": reading.layout}
     mode = seis_params.get("matricization", "spatial")
     if mode != "auto":
         return dict(seis_params), "given"
@@ -165,12 +187,14 @@ def progress_bar(total, enabled, desc="activations"):
     return tqdm(total=total, unit="sample", desc=desc, leave=False)
 
 
-def collect(batches, *, out, dtype, paired, module_of, transform_name=None):
+def collect(batches, *, out, dtype, paired, module_of, transform_name=None, layouts=None):
     """Gather a batch generator's activations into arrays, or memory maps in ``out``.
 
     Memory maps are written under temporary names and renamed when the whole run
     has finished (deleted after an error); in pair mode ``out`` becomes a
-    saved-pairs folder with its manifest (:mod:`seis_sklearn.io`).
+    saved-pairs folder with its manifest (:mod:`seis_sklearn.io`), which records the
+    layout of each layer ``layouts`` (layer key → per-sample shape → layout or None)
+    gives.
 
     Returns
     -------
@@ -205,7 +229,9 @@ def collect(batches, *, out, dtype, paired, module_of, transform_name=None):
     finally:
         _finish_files(storage, keep=finished)
     if out is not None and paired and storage:
-        _write_manifest(out, storage, module_of, transform_name)
+        shapes = {k: tuple(a.shape[1:]) for (k, view), a in storage.items() if view == VIEWS[0]}
+        found = layouts(shapes) if layouts is not None else None
+        _write_manifest(out, storage, module_of, transform_name, found)
     if not storage and not pieces:
         raise ValueError("inputs gave no batches")
     if pieces:  # unknown length: concatenate what was collected
@@ -227,8 +253,8 @@ class ChannelDeviation:
     be applied to (no spatial axes, or a changed shape) get NaN.
     """
 
-    def __init__(self, action, layout="auto"):
-        self.action, self.layout = action, layout
+    def __init__(self, action, layout="auto", readings=None):
+        self.action, self.layout, self.readings = action, layout, readings or {}
         self.sums, self.counts, self.failed = {}, {}, set()
 
     def add(self, per_view):
@@ -247,7 +273,8 @@ class ChannelDeviation:
             except Exception:  # noqa: BLE001 - any failure: this layer has no value
                 self.failed.add(key)
                 continue
-            layout = resolve_layout(self.layout, fx.ndim)
+            reading = self.readings.get(key)
+            layout = reading.layout if reading else resolve_layout(self.layout, fx.ndim)
             fgx = per_view["transformed"][key]
             cos = _channel_cosines(
                 _channels_last_flat(fgx, layout), _channels_last_flat(moved, layout)
@@ -260,7 +287,7 @@ class ChannelDeviation:
         return {k: (np.nan if k in self.failed else -self.sums[k] / self.counts[k]) for k in keys}
 
 
-def stream(batches, held_out, seis_params, *, dtype=None, deviation=None, n_prefix=0):
+def stream(batches, held_out, seis_params, *, dtype=None, deviation=None, readings=None):
     """Held-out SEIS of every layer of a pair-mode batch generator, never storing it.
 
     Every ``round(1 / held_out)``-th sample (by index) is held out. Each batch's
@@ -272,9 +299,10 @@ def stream(batches, held_out, seis_params, *, dtype=None, deviation=None, n_pref
     (:class:`~seis_sklearn._accumulate.RowsFirst`) and is fitted on them like
     stored activations (the Gram solver where it is cheaper); its moments for
     other metrics are then computed only when read.
-    ``matricization="auto"`` is resolved per layer (:func:`layer_params`); 3-D
-    activations lose their first ``n_prefix`` tokens; ``dtype`` (optional)
-    converts each batch first.
+    ``matricization="auto"`` is resolved per layer (:func:`layer_params`); a layer
+    of ``readings`` (layer key → :class:`~seis_sklearn.adapters._layout.Reading`) is
+    read in its layout and loses its prefix tokens; ``dtype`` (optional) converts
+    each batch first.
 
     Returns
     -------
@@ -286,12 +314,12 @@ def stream(batches, held_out, seis_params, *, dtype=None, deviation=None, n_pref
     deviations = {"transformed": deviation} if deviation is not None else None
     return stream_views(
         batches, ("transformed",), held_out, seis_params, dtype=dtype,
-        deviations=deviations, n_prefix=n_prefix,
+        deviations=deviations, readings=readings,
     )["transformed"]  # fmt: skip
 
 
 def stream_views(
-    batches, views, held_out, seis_params, *, dtype=None, deviations=None, n_prefix=0
+    batches, views, held_out, seis_params, *, dtype=None, deviations=None, readings=None
 ):
     """:func:`stream` of several transforms in one pass over the batches.
 
@@ -308,7 +336,7 @@ def stream_views(
         A batch generator (see the module's docstring) with these views.
     views : sequence
         The keys of the transformed views.
-    held_out, seis_params, dtype, n_prefix
+    held_out, seis_params, dtype, readings
         As in :func:`stream`.
     deviations : dict, optional
         View key → :class:`ChannelDeviation` (or None).
@@ -330,12 +358,12 @@ def stream_views(
     next(batches)
     with contextlib.closing(batches):
         for rows, per_view in batches:
-            per_view = _as_dtype(drop_tokens(per_view, n_prefix), dtype)
+            per_view = _as_dtype(drop_tokens(per_view, readings), dtype)
             phase = np.arange(*rows) % every
             host = _on_host(per_view) if deviations else None
             for view in (v for v in views if v in per_view):  # the batch, or a part of it
                 pair = {"original": per_view["original"], "transformed": per_view[view]}
-                _stream_batch(pair, phase, *state[view], seis_params)
+                _stream_batch(pair, phase, *state[view], seis_params, readings)
                 if view in deviations:
                     deviations[view].add({"original": host["original"], "transformed": host[view]})
             del per_view, pair, host  # the next batch is computed while these names hold one
@@ -373,7 +401,7 @@ def pairs_by_transform(transforms, run):
 
 def report_rows(
     transforms, run, *, held_out, per_pass, n_samples, layer_shapes, module_of, action,
-    seis_params, metrics, n_prefix,
+    seis_params, metrics, readings, expected=(),
 ):  # fmt: skip
     """The rows of a layerwise report (:func:`layerwise_rows`), every transform.
 
@@ -398,8 +426,14 @@ def report_rows(
         Layer key → its module's name for the ``module`` column.
     action : callable
         A transform → its action on activations (numpy arrays), for ``channel_eed``.
-    seis_params, metrics, n_prefix
+    seis_params, metrics
         As the adapters' ``layerwise_seis`` resolved them.
+    readings : dict
+        Layer key → :class:`~seis_sklearn.adapters._layout.Reading`, decided before
+        the pass.
+    expected : sequence of str
+        The layers asked for: one that recorded nothing gets a row saying so
+        (:func:`never_ran_rows`).
 
     Returns
     -------
@@ -408,32 +442,102 @@ def report_rows(
     rows = []
     if held_out is None:
         for name, pairs in pairs_by_transform(transforms, run):
-            deviation = deviation_for(metrics, action(transforms[name]), seis_params)
+            deviation = deviation_for(metrics, action(transforms[name]), seis_params, readings)
             results, shapes, moments, choices = in_sample(
-                pairs, seis_params, metrics, deviation, n_prefix=n_prefix
+                pairs, seis_params, metrics, deviation, readings=readings
             )
             rows += layerwise_rows(
-                results, shapes, module_of, name, moments, metrics, deviation, choices
+                results, shapes, module_of, name, moments, metrics, deviation, choices, readings
             )
-        return rows
+        return rows + never_ran_rows(expected, rows, module_of)
     for transform in transforms.values():
         check_stream_args(held_out, transform)
-    groups = transform_groups(transforms, per_pass, layer_shapes, n_samples, seis_params, n_prefix)
+    groups = transform_groups(transforms, per_pass, layer_shapes, n_samples, seis_params, readings)
     for group in groups:
         views = {("transformed", name): transforms[name] for name in group}
         deviations = {
-            view: deviation_for(metrics, action(function), seis_params)
+            view: deviation_for(metrics, action(function), seis_params, readings)
             for view, function in views.items()
         }
         streamed = stream_views(
             run({"original": None, **views}, True), list(views), held_out, seis_params,
-            deviations=deviations, n_prefix=n_prefix,
+            deviations=deviations, readings=readings,
         )  # fmt: skip
         for view, (results, shapes, moments, choices) in streamed.items():
             rows += layerwise_rows(
-                results, shapes, module_of, view[1], moments, metrics, deviations[view], choices
-            )
-    return rows
+                results, shapes, module_of, view[1], moments, metrics, deviations[view], choices,
+                readings,
+            )  # fmt: skip
+    return rows + never_ran_rows(expected, rows, module_of)
+
+
+def probe_readings(probe, input_shape, change, *, layout, tokens, model_prefix):
+    """Every layer's activation shape and :class:`~seis_sklearn.adapters._layout.Reading`,
+    from forward passes of two samples, before the report's pass.
+
+    Parameters
+    ----------
+    probe : callable
+        ``probe(views)`` → ``{view: {layer key: array}}`` of the two samples for the
+        views of :func:`batch_views` (``None``: the original only); None when the
+        inputs are empty.
+    input_shape : tuple of int or None
+        Shape of the two-sample input batch.
+    change : callable
+        A batch → the batch with its lower-right quadrant replaced (the layout probe,
+        run only where a layer's layout is ambiguous).
+    layout, tokens, model_prefix
+        As :func:`~seis_sklearn.adapters._layout.read_layers` takes them.
+
+    Returns
+    -------
+    shapes : dict
+        Layer key → (per-sample shape, itemsize).
+    readings : dict
+        Layer key → :class:`~seis_sklearn.adapters._layout.Reading`.
+    """
+    from ._layout import input_grid, read_layers
+
+    recorded = probe(None) if input_shape is not None else None
+    if recorded is None:
+        return {}, {}
+    shapes = {k: (tuple(a.shape[1:]), a.dtype.itemsize) for k, a in recorded["original"].items()}
+
+    def changed():
+        both = probe({"original": None, "transformed": change})
+        return {k: (_host(a), _host(both["transformed"][k])) for k, a in both["original"].items()}
+
+    readings = read_layers(
+        {k: shape for k, (shape, _) in shapes.items()}, input_grid(input_shape),
+        layout=layout, tokens=tokens, model_prefix=model_prefix, probe=changed,
+    )  # fmt: skip
+    return shapes, readings
+
+
+def _host(a):
+    return a if isinstance(a, np.ndarray) else a.cpu().numpy()
+
+
+def never_ran_rows(expected, rows, module_of):
+    """Rows for requested layers that recorded nothing (their ``forward`` never ran):
+    NaN scores and the reason, after the layers that ran, for every transform."""
+    seen = {row["layer"].split("#")[0] for row in rows}
+    missing = [name for name in expected if name not in seen]
+    if not missing:
+        return []
+    from seis_sklearn.report import result_row
+
+    out = []
+    for transform in dict.fromkeys(row["transform"] for row in rows):
+        depth = 1 + max((r["depth"] for r in rows if r["transform"] == transform), default=-1)
+        for offset, name in enumerate(missing):
+            result = unscored(name, "its forward never ran (no output recorded)", "",
+                              {}, rows[0]["evaluation"] if rows else "")  # fmt: skip
+            out.append(result_row(
+                result, layer=name, depth=depth + offset, module=module_of(name), shape=(),
+                transform=transform, layout_choice="",
+            ))  # fmt: skip
+    return out
 
 
 def first_batch_shapes(batches):
@@ -459,7 +563,7 @@ def check_transforms_per_pass(value):
     raise ValueError(f"transforms_per_pass must be 'auto' or an int >= 1; got {value!r}")
 
 
-def transform_groups(names, per_pass, layer_shapes, n_samples, seis_params, n_prefix=0):
+def transform_groups(names, per_pass, layer_shapes, n_samples, seis_params, readings=None):
     """The transforms of a streamed report, in groups that each share one pass.
 
     Parameters
@@ -477,8 +581,8 @@ def transform_groups(names, per_pass, layer_shapes, n_samples, seis_params, n_pr
         Samples of the inputs, when known.
     seis_params : dict
         The SEIS parameters (``matricization`` may be ``"auto"``).
-    n_prefix : int
-        Leading tokens dropped from 3-D activations.
+    readings : dict, optional
+        Layer key → :class:`~seis_sklearn.adapters._layout.Reading`.
 
     Returns
     -------
@@ -489,14 +593,14 @@ def transform_groups(names, per_pass, layer_shapes, n_samples, seis_params, n_pr
         per_pass = 1
         if len(names) > 1:
             each = sum(
-                statistics_bytes(shape, itemsize, n_samples, seis_params, n_prefix)
-                for shape, itemsize in layer_shapes().values()
+                statistics_bytes(shape, itemsize, n_samples, seis_params, (readings or {}).get(k))
+                for k, (shape, itemsize) in layer_shapes().items()
             )
             per_pass = max(1, AUTO_PASS_BYTES // max(each, 1))
     return [names[i : i + per_pass] for i in range(0, len(names), per_pass)]
 
 
-def statistics_bytes(shape, itemsize, n_samples, seis_params, n_prefix=0):
+def statistics_bytes(shape, itemsize, n_samples, seis_params, reading=None):
     """Bytes that one transform's streamed statistics of a layer settle at, at most.
 
     The kept and the held-out samples' accumulators
@@ -509,14 +613,15 @@ def statistics_bytes(shape, itemsize, n_samples, seis_params, n_prefix=0):
     Parameters
     ----------
     shape : tuple of int
-        Per-sample shape of the layer's activations (before ``n_prefix`` tokens are
+        Per-sample shape of the layer's activations (before its prefix tokens are
         dropped).
     itemsize : int
         Bytes per value of the activations as streamed.
     n_samples : int or None
     seis_params : dict
         ``matricization`` (``"auto"`` resolved here) and ``layout``.
-    n_prefix : int, default=0
+    reading : Reading, optional
+        The layer's layout and prefix tokens.
 
     Returns
     -------
@@ -526,9 +631,9 @@ def statistics_bytes(shape, itemsize, n_samples, seis_params, n_prefix=0):
     from seis_sklearn._validation import CHUNK_BYTES
 
     shape = tuple(shape)
-    if len(shape) == 2 and n_prefix:  # (L, D) tokens: the prefix is dropped
-        shape = (max(shape[0] - n_prefix, 0), shape[1])
-    params, _ = layer_params(seis_params, (1, *shape))
+    if len(shape) == 2 and reading is not None and reading.n_prefix:  # tokens: prefix dropped
+        shape = (max(shape[0] - reading.n_prefix, 0), shape[1])
+    params, _ = layer_params(seis_params, (1, *shape), reading)
     layout = resolve_layout(params.get("layout", "auto"), len(shape) + 1)
     rows, d = matrix_shape((1, *shape), layout, params.get("matricization", "spatial"))
     width = 2 * d  # the two views side by side
@@ -548,20 +653,58 @@ def _fit_streamed(layers, kept, held, held_out):
         raise ValueError("inputs gave no batches")
     results, shapes, moments, choices = {}, {}, {}, {}
     for key, plan in layers.items():
-        if key not in kept or kept[key].n_samples < 2 or key not in held:
+        shapes[key], choices[key] = plan["shape"], plan["choice"]
+        if not plan.get("failed") and (
+            key not in kept or kept[key].n_samples < 2 or key not in held
+        ):
             raise ValueError(
                 f"held_out={held_out} leaves layer {key!r} too few samples to fit and to "
                 "score: give more inputs"
             )
-        scorer = _fit_layer(kept[key], plan)
-        rows = held[key].rows()
-        if rows is None:
-            results[key] = scorer._score_moments(held[key].result())
-        else:
-            results[key] = scorer._score_rows(rows, plan["names"])
-        shapes[key], choices[key] = plan["shape"], plan["choice"]
-        moments[key] = functools.partial(_all_moments, kept[key], held[key])
+        if not plan.get("failed"):
+            try:
+                scorer = _fit_layer(kept[key], plan)
+                rows = held[key].rows()
+                if rows is None:
+                    results[key] = scorer._score_moments(held[key].result())
+                else:
+                    results[key] = scorer._score_rows(rows, plan["names"])
+                moments[key] = functools.partial(_all_moments, kept[key], held[key])
+                continue
+            except ValueError as exc:  # no variance, …: a row that says so
+                plan["failed"] = first_line(exc)
+        results[key] = unscored(key, plan["failed"], plan["layout"], plan["params"], "held-out")
     return results, shapes, LazyMoments(moments), choices
+
+
+def _failed_plan(original, seis_params, reading, exc):
+    """The plan of a layer that cannot be read (its row says why)."""
+    layout = reading.layout if reading is not None else seis_params.get("layout", "auto")
+    params = {**seis_params, "matricization": seis_params.get("matricization", "spatial")}
+    return dict(
+        params=params, choice="", layout=layout, shape=tuple(original.shape[1:]),
+        failed=first_line(exc),
+    )  # fmt: skip
+
+
+def unscored(key, reason, layout, params, evaluation):
+    """The result of a layer that cannot be scored: NaN scores, the reason in
+    ``degenerate_reason``; warns (the report goes on, SPEC §3)."""
+    import warnings
+
+    from seis_sklearn import SEISResult
+
+    warnings.warn(f"layer {key!r} not scored: {reason}", LayerNotScoredWarning, stacklevel=3)
+    empty = np.empty(0)
+    return SEISResult(
+        np.nan, np.nan, np.nan, np.nan, empty, empty, empty, 0, 0, np.nan,
+        matricization=params.get("matricization", "spatial"), layout=layout,
+        evaluation=evaluation, degenerate=True, degenerate_reason=f"not scored: {reason}",
+    )  # fmt: skip
+
+
+class LayerNotScoredWarning(UserWarning):
+    """A layer of a report could not be scored; its row has NaN scores and the reason."""
 
 
 def _fit_layer(kept, plan):
@@ -599,32 +742,44 @@ class LazyMoments(dict):
         return value
 
 
-def _stream_batch(per_view, phase, layers, kept, held, seis_params):
+def _stream_batch(per_view, phase, layers, kept, held, seis_params, readings=None):
     """One batch of every layer into its kept (phase ≠ 0) and held-out (0) accumulators."""
     for key, original in per_view["original"].items():
         pair = [original, per_view["transformed"][key]]
         if key not in layers:
-            layers[key] = _layer_plan(key, original, seis_params)
+            reading = (readings or {}).get(key)
+            try:
+                layers[key] = _layer_plan(key, original, seis_params, reading)
+            except ValueError as exc:  # e.g. a layout that does not fit: this layer only
+                layers[key] = _failed_plan(original, seis_params, reading, exc)
         plan = layers[key]
+        if plan.get("failed"):
+            continue
         if tuple(original.shape[1:]) != plan["shape"]:
             raise ValueError(
                 f"layer {key!r} changed shape between batches: {plan['shape']} then "
                 f"{tuple(original.shape[1:])}"
             )
-        for store, part in ((kept, phase != 0), (held, phase == 0)):
-            if part.any():
-                if key not in store:
-                    store[key] = plan["accumulator"](pair)
-                store[key].add(pair, np.flatnonzero(part))
+        try:
+            for store, part in ((kept, phase != 0), (held, phase == 0)):
+                if part.any():
+                    if key not in store:
+                        store[key] = plan["accumulator"](pair)
+                    store[key].add(pair, np.flatnonzero(part))
+        except ValueError as exc:  # NaN/inf activations of this layer: the others go on
+            plan["failed"] = first_line(exc)
+            kept.pop(key, None)
+            held.pop(key, None)
 
 
-def _layer_plan(key, original, seis_params):
-    """Parameters, layout and accumulator factory of one layer, from its first batch."""
+def _layer_plan(key, original, seis_params, reading=None):
+    """Parameters, layout and accumulator factory of one layer, from its first batch
+    (and its ``reading``, when the report read the layer before the pass)."""
     from seis_sklearn import SEISScorer
     from seis_sklearn._accumulate import RowsFirst
     from seis_sklearn._matricize import check_matricization, resolve_layout
 
-    params, choice = layer_params(seis_params, original.shape)
+    params, choice = layer_params(seis_params, original.shape, reading)
     scorer = SEISScorer(**params)
     scorer._checked_params()
     layout = resolve_layout(scorer.layout, original.ndim, name=key)
@@ -674,10 +829,12 @@ def layerwise_rows(
     metrics=(),
     deviation=None,
     choices=None,
+    readings=None,
 ):
     """Report rows (:func:`seis_sklearn.report.result_row`) in the layers' order,
     with the columns of ``metrics`` computed from each layer's ``moments`` (and
-    ``channel_eed`` from ``deviation``) and how each matricization was chosen."""
+    ``channel_eed`` from ``deviation``), how each matricization was chosen and how
+    each layer's layout was read (``readings``)."""
     from seis_sklearn.metrics import REPORT_METRICS
     from seis_sklearn.report import result_row
 
@@ -688,6 +845,8 @@ def layerwise_rows(
         for name in metrics:
             if name == "channel_eed":
                 values[name] = eed.get(key, np.nan)
+            elif key not in moments:  # a layer that was not scored
+                values[name] = np.nan
             else:
                 values[name] = REPORT_METRICS[name](moments[key])
         rows.append(
@@ -700,22 +859,28 @@ def layerwise_rows(
                 transform=transform_name,
                 metrics=values,
                 matricization_choice=(choices or {}).get(key, "given"),
+                layout_choice=_layout_choice(readings, key),
             )
         )
     return rows
 
 
-def deviation_for(metrics, action, seis_params):
+def _layout_choice(readings, key):
+    reading = (readings or {}).get(key)
+    return reading.choice if reading is not None else "given"
+
+
+def deviation_for(metrics, action, seis_params, readings=None):
     """A :class:`ChannelDeviation` when ``metrics`` asks for ``channel_eed``, else None."""
     if "channel_eed" not in metrics:
         return None
-    return ChannelDeviation(action, seis_params.get("layout", "auto"))
+    return ChannelDeviation(action, seis_params.get("layout", "auto"), readings)
 
 
-def in_sample(pairs, seis_params, metrics=(), deviation=None, n_prefix=0):
+def in_sample(pairs, seis_params, metrics=(), deviation=None, readings=None):
     """In-sample results, shapes, moments (when ``metrics`` need them) and matricization
-    choices of pairs (``matricization="auto"`` resolved per layer; 3-D activations
-    lose their first ``n_prefix`` tokens).
+    choices of pairs (``matricization="auto"`` resolved per layer; a layer of
+    ``readings`` is read in its layout and loses its prefix tokens).
 
     The moments come from the SEIS fit itself (one pass over each pair); only
     the Gram solver and the statistics, which keep none, need a pass of their own.
@@ -727,23 +892,30 @@ def in_sample(pairs, seis_params, metrics=(), deviation=None, n_prefix=0):
     need_moments = bool(set(metrics) - {"channel_eed"})
     results, shapes, moments, choices = {}, {}, {}, {}
     for k, (a, b) in pairs.items():
-        kept = drop_tokens({"original": {k: a}, "transformed": {k: b}}, n_prefix)
-        a, b = kept["original"][k], kept["transformed"][k]
+        reading = (readings or {}).get(k)
+        a, b = _without_prefix(a, reading), _without_prefix(b, reading)
         shapes[k] = a.shape[1:]
-        params, choices[k] = layer_params(seis_params, a.shape)
-        if set(params) & STORED_ONLY:
-            results[k] = seis_score(a, b, **params)
-        else:  # what seis_score(a, b) does, keeping the scorer's moments
-            scorer = SEISScorer(**params)._fit(
-                a, b, names=("A", "B"), streaming=False, store_components=False
-            )
-            results[k], moments[k] = scorer.result_, scorer._moments
+        params, choices[k] = layer_params(seis_params, a.shape, reading)
+        names = (f"{k} (original)", f"{k} (transformed)")
+        try:
+            if set(params) & STORED_ONLY:
+                results[k] = seis_score(a, b, **params)
+            else:  # what seis_score(a, b) does, keeping the scorer's moments
+                scorer = SEISScorer(**params)._fit(
+                    a, b, names=names, streaming=False, store_components=False
+                )
+                results[k], moments[k] = scorer.result_, scorer._moments
+            if need_moments and moments.get(k) is None:
+                layout = resolve_layout(params.get("layout", "auto"), a.ndim)
+                mode = params.get("matricization", "spatial")
+                moments[k] = accumulate([a, b], layout, mode, names=names)
+        except ValueError as exc:  # no variance, NaN, a layout that does not fit: this layer
+            layout = params.get("layout", "auto")
+            results[k] = unscored(k, first_line(exc), layout, params, "in-sample")
+            moments.pop(k, None)
+            continue
         if deviation is not None:
             deviation.add({"original": {k: a}, "transformed": {k: b}})
-        if need_moments and moments.get(k) is None:
-            layout = resolve_layout(params.get("layout", "auto"), a.ndim)
-            mode = params.get("matricization", "spatial")
-            moments[k] = accumulate([a, b], layout, mode, names=(f"{k} (original)", k))
     return results, shapes, moments, choices
 
 
@@ -793,10 +965,14 @@ def _finish_files(storage, keep):
             partial.unlink(missing_ok=True)
 
 
-def _write_manifest(out, storage, module_of, transform_name):
-    """The saved-pairs manifest (:mod:`seis_sklearn.io`): layers in execution order."""
+def _write_manifest(out, storage, module_of, transform_name, layouts=None):
+    """The saved-pairs manifest (:mod:`seis_sklearn.io`): layers in execution order,
+    with the layout of each layer that ``layouts`` (key → layout) names."""
     from seis_sklearn.io import write_manifest
 
     keys = list(dict.fromkeys(k for k, _ in storage))
     layers = [{"name": k, "file": safe_stem(k), "module": module_of(k)} for k in keys]
+    for layer in layers:
+        if (layouts or {}).get(layer["name"]) is not None:
+            layer["layout"] = layouts[layer["name"]]
     write_manifest(out, layers, transform=transform_name)

@@ -161,7 +161,17 @@ def _seis_options(parser, report=False):
         group.add_argument(
             "--matricization", choices=MATRICIZATIONS, default="spatial", help="default: spatial"
         )
-    group.add_argument("--layout", choices=LAYOUTS, default="auto", help="default: auto")
+    if report:
+        group.add_argument(
+            "--layout",
+            action="append",
+            metavar="[LAYER=]LAYOUT",
+            help="how to read a layer's activations: LAYER=NHWC for one layer (repeatable), or "
+            "one layout for every layer with that many axes; default: recognised per layer "
+            "(channels last, prefix tokens) from the input's grid",
+        )
+    else:
+        group.add_argument("--layout", choices=LAYOUTS, default="auto", help="default: auto")
     if report:
         group.add_argument(
             "--tokens",
@@ -218,11 +228,40 @@ def _statistics_params(args):
     return params
 
 
+def _layout_option(values):
+    """``--layout`` of a report: one layout (str), or LAYER=LAYOUT entries (a dict)."""
+    if not values:
+        return "auto"
+    named = [v for v in values if "=" in v]
+    bare = [v for v in values if "=" not in v]
+    if named and bare or len(bare) > 1:
+        raise CommandError(
+            "--layout: give one layout for every layer, or LAYER=LAYOUT for some layers, "
+            f"not both; got {' '.join(values)}"
+        )
+    if bare:
+        if bare[0] not in LAYOUTS:
+            raise CommandError(f"--layout {bare[0]}: not one of {', '.join(LAYOUTS)}")
+        return bare[0]
+    layouts = {}
+    for value in named:
+        layer, _, layout = value.rpartition("=")
+        if layout not in LAYOUTS or not layer:
+            raise CommandError(
+                f"--layout {value}: expected LAYER=LAYOUT with LAYOUT one of {', '.join(LAYOUTS)}"
+            )
+        layouts[layer] = layout
+    return layouts
+
+
 def _seis_params(args):
+    layout = args.layout
+    if isinstance(layout, list) or layout is None:
+        layout = _layout_option(layout)
     return {
         "n_components": args.n_components,
         "matricization": args.matricization,
-        "layout": args.layout,
+        "layout": layout,
         "reg": args.reg,
         "max_components": args.max_components,
         "invariance": args.invariance,
@@ -302,6 +341,12 @@ def build_parser():
     )
     source.add_argument("--onnx", metavar="FILE", help="an ONNX model (run with onnxruntime)")
     source.add_argument("--torchscript", metavar="FILE", help="a TorchScript model (torch.jit)")
+    source.add_argument(
+        "--exported",
+        metavar="FILE",
+        help="a torch.export program (torch.export.save, .pt2; exported with a dynamic "
+        "batch dimension)",
+    )
     source.add_argument(
         "--model",
         metavar="MODULE:FUNCTION",
@@ -540,10 +585,11 @@ def _report_settings(args):
     params = _seis_params(args)
     if args.prefix_tokens is not None and args.tokens != "patch":
         raise CommandError("--prefix-tokens goes with --tokens patch")
-    if args.tokens == "patch" and args.prefix_tokens is None and (args.pairs or args.onnx):
+    if args.tokens == "patch" and args.prefix_tokens is None and args.pairs:
         raise CommandError(
-            "--tokens patch needs --prefix-tokens N here: saved pairs and ONNX graphs do not "
-            "say how many class/register tokens come before the patches"
+            "--tokens patch needs --prefix-tokens N here: saved pairs do not say how many "
+            "class/register tokens come before the patches (a model's report finds them "
+            "from the input's grid)"
         )
     settings = {
         "seis": params,
@@ -553,7 +599,7 @@ def _report_settings(args):
         "in_sample": args.in_sample,
         "layers": args.layers,
     }
-    model_given = [a for a in ("onnx", "torchscript", "model") if getattr(args, a)]
+    model_given = [a for a in ("onnx", "torchscript", "exported", "model") if getattr(args, a)]
     if args.pairs and model_given:
         raise CommandError("give either --pairs folders or a model, not both")
     if args.pairs:
@@ -570,12 +616,15 @@ def _report_settings(args):
         return settings
     if not model_given:
         raise CommandError(
-            "give a source: --pairs DIR, --onnx FILE, --torchscript FILE or --model MODULE:FUNC"
+            "give a source: --pairs DIR, --onnx FILE, --exported FILE, --torchscript FILE or "
+            "--model MODULE:FUNC"
         )
     if len(model_given) > 1:
         raise CommandError(f"give one model: --{model_given[0]} or --{model_given[1]}, not both")
     if args.weights and not args.model:
-        raise CommandError("--weights goes with --model (ONNX and TorchScript files hold theirs)")
+        raise CommandError(
+            "--weights goes with --model (ONNX, exported and TorchScript files hold theirs)"
+        )
     if args.op_type and not args.onnx:
         raise CommandError("--op-type selects tensors of an --onnx model; use --layers")
     if not args.inputs:
@@ -597,6 +646,8 @@ def _report_settings(args):
         settings["op_types"] = args.op_type
     elif args.torchscript:
         settings["torchscript"] = _file_record(Path(args.torchscript), args.torchscript)
+    elif args.exported:
+        settings["exported"] = _file_record(Path(args.exported), args.exported)
     else:
         settings["model"] = args.model
         if args.weights:
@@ -630,6 +681,7 @@ def _pairs_source(text, patterns):
                 "depth": layer.depth,
                 "module": layer.module,
                 "files": [[f.name, *file_identity(f)] for f in layer.files],
+                "layout": layer.layout,
             }
             for layer in layers
         ],
@@ -753,7 +805,8 @@ def cmd_report(args):
 
 
 def _report_pairs(args, settings, done):
-    from seis_sklearn.adapters._common import check_tokens, layer_params
+    from seis_sklearn.adapters._common import _without_prefix, check_tokens, layer_params, unscored
+    from seis_sklearn.adapters._layout import read_layers
 
     from . import seis_score
     from .io import LayerPair
@@ -761,7 +814,9 @@ def _report_pairs(args, settings, done):
     from .report import result_row
 
     tokens, n_prefix = settings["tokens"]
-    n_prefix = check_tokens(tokens, n_prefix)  # a folder of arrays does not say
+    n_prefix = check_tokens(tokens, n_prefix, required=True)  # a folder of arrays does not say
+    layout = settings["seis"]["layout"]
+    params = {k: v for k, v in settings["seis"].items() if k != "layout"}
     work = []
     for t, source in enumerate(settings["pairs"]):
         for layer in source["layers"]:
@@ -772,14 +827,25 @@ def _report_pairs(args, settings, done):
     for key, source, layer in work:
         files = tuple(Path(source["folder"]) / f[0] for f in layer["files"])
         A, B = LayerPair(layer["name"], layer["depth"], layer["module"], files).load()
-        if n_prefix:
-            A, B = A[:, n_prefix:] if A.ndim == 3 else A, B[:, n_prefix:] if B.ndim == 3 else B
-        params, choice = layer_params(settings["seis"], A.shape)
-        result = seis_score(A, B, cv=settings["cv"], **settings["statistics"], **params)
-        metrics = {}
-        if settings["metrics"]:
-            moments = _moments_of(A, B, params["layout"], params["matricization"])
-            metrics = {name: REPORT_METRICS[name](moments) for name in settings["metrics"]}
+        try:  # a layout that does not fit this layer (or no variance): its row says so
+            reading = read_layers(
+                {layer["name"]: A.shape[1:]}, None, layout=_pair_layout(layout, layer),
+                tokens=tokens, model_prefix=n_prefix,
+            )[layer["name"]]  # fmt: skip
+            A, B = _without_prefix(A, reading), _without_prefix(B, reading)
+            layer_settings, choice = layer_params(params, A.shape, reading)
+            result = seis_score(
+                A, B, cv=settings["cv"], **settings["statistics"], **layer_settings
+            )
+            metrics = {}
+            if settings["metrics"]:
+                moments = _moments_of(A, B, reading.layout, layer_settings["matricization"])
+                metrics = {name: REPORT_METRICS[name](moments) for name in settings["metrics"]}
+        except ValueError as exc:
+            result = unscored(layer["name"], first_line(exc), str(layout), params, "")
+            reading, choice = None, ""
+            metrics = {name: float("nan") for name in settings["metrics"]}
+            _say(args, f"layer {layer['name']!r} not scored: {first_line(exc)}")
         row = result_row(
             result,
             layer=layer["name"],
@@ -789,6 +855,7 @@ def _report_pairs(args, settings, done):
             transform=source["transform"],
             metrics=metrics,
             matricization_choice=choice,
+            layout_choice=reading.choice if reading is not None else "",
         )
         _write_row(args.out, key, row)
         done[key] = row
@@ -796,6 +863,15 @@ def _report_pairs(args, settings, done):
             bar.update(1)
     if bar is not None:
         bar.close()
+
+
+def _pair_layout(layout, layer):
+    """A saved layer's layout: --layout's for it, else its manifest's, else auto."""
+    if isinstance(layout, dict):
+        given = layout.get(layer["name"], "auto")
+    else:
+        given = layout
+    return given if given != "auto" else layer.get("layout", "auto")
 
 
 def _model_job(args, settings):
@@ -905,10 +981,31 @@ def _user_code(option, what):
         ) from exc
 
 
+def _load_exported(path, torch):
+    from seis_sklearn.adapters.torch._export import load_exported, static_batch
+
+    try:
+        program, module = load_exported(path, torch)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise CommandError(
+            f"--exported {path}: not a loadable torch.export program ({first_line(exc)})"
+        ) from exc
+    fixed = static_batch(program)
+    if fixed is not None:
+        raise CommandError(
+            f"--exported {path}: exported with a fixed batch size of {fixed}; the report runs "
+            "batches of other sizes — export with a dynamic batch dimension: "
+            "torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},))"
+        )
+    return module
+
+
 def _load_model(args):
     from seis_sklearn.adapters.torch import _import_torch
 
     torch = _import_torch()
+    if args.exported:
+        return _load_exported(args.exported, torch)
     if args.torchscript:
         try:
             with warnings.catch_warnings():  # deprecated in torch >= 2.10, still what .pt is

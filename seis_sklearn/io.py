@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ._files import atomic_write, safe_stem
+from ._matricize import LAYOUTS
 from ._validation import first_line
 
 __all__ = [
@@ -360,12 +361,16 @@ class LayerPair:
         The module's type, when the manifest records it, else ``""``.
     files : tuple of pathlib.Path
         ``(<layer>.npz,)`` or ``(<layer>.original.npy, <layer>.transformed.npy)``.
+    layout : str
+        The layout the manifest records for the layer (``extract_activations`` writes
+        the one it was given or recognised), else ``"auto"``.
     """
 
     name: str
     depth: int
     module: str
     files: tuple
+    layout: str = "auto"
 
     def load(self, *, mmap=True):
         """Return ``(original, transformed)`` (memory maps where possible)."""
@@ -437,7 +442,12 @@ def list_pairs(folder):
                 _fail(
                     folder, f"{MANIFEST} lists layer {layer['name']!r} but its files are missing"
                 )
-            layers.append(LayerPair(layer["name"], depth, layer.get("module", ""), entries[stem]))
+            layers.append(
+                LayerPair(
+                    layer["name"], depth, layer.get("module", ""), entries[stem],
+                    layer.get("layout", "auto"),
+                )
+            )  # fmt: skip
         return layers, manifest
     if not entries:
         _fail(
@@ -477,6 +487,9 @@ def _read_manifest(folder):
         for key, required in (("name", True), ("file", False), ("module", False)):
             if (required or key in layer) and not isinstance(layer.get(key), str):
                 _fail(path, f"layers[{i}].{key} must be a string; got {_kind(layer.get(key))}")
+        if "layout" in layer and layer["layout"] not in LAYOUTS:
+            _fail(path, f"layers[{i}].layout must be one of {', '.join(LAYOUTS)}; "
+                        f"got {layer['layout']!r}")  # fmt: skip
     return manifest
 
 
@@ -570,7 +583,7 @@ def write_manifest(folder, layers, *, transform=None):
     folder : path-like
     layers : list of dict
         In depth order, each with ``name``, ``file`` (the file stem) and
-        ``module``.
+        ``module``, and optionally ``layout``.
     transform : str, optional
     """
     manifest = {

@@ -29,6 +29,8 @@ COLUMNS = (
     "evaluation",
     "matricization",
     "matricization_choice",
+    "layout",
+    "layout_choice",
     "degenerate",
     "degenerate_reason",
 )
@@ -65,17 +67,28 @@ def report_frame(rows):
 
 
 def result_row(
-    result, *, layer, depth, module, shape, transform, metrics=None, matricization_choice="given"
+    result,
+    *,
+    layer,
+    depth,
+    module,
+    shape,
+    transform,
+    metrics=None,
+    matricization_choice="given",
+    layout_choice="given",
 ):
     """One report row from a :class:`~seis_sklearn.SEISResult`.
 
     The row says which matricization was used and how it was chosen
     (``matricization_choice``: ``"given"`` or the rule of
-    ``matricization="auto"``), and whether the scores are ``degenerate`` (with
-    the reason). Permutation p-values and bootstrap intervals, when the result
-    has them, become the columns ``<score>_p``, ``<score>_null_mean``,
-    ``<score>_ci_low`` and ``<score>_ci_high``; ``metrics`` (name → value) are
-    added as they are.
+    ``matricization="auto"``), the layout the layer was read in and how it was
+    recognised (``layout_choice``: ``"given"``, or the grid, probe or token rule of a
+    layerwise report), and whether the scores are ``degenerate`` (with the reason;
+    a layer that could not be scored has NaN scores and ``"not scored: …"``).
+    Permutation p-values and bootstrap intervals, when the result has them, become
+    the columns ``<score>_p``, ``<score>_null_mean``, ``<score>_ci_low`` and
+    ``<score>_ci_high``; ``metrics`` (name → value) are added as they are.
     """
     row = {
         "layer": layer,
@@ -92,6 +105,8 @@ def result_row(
         "evaluation": result.evaluation,
         "matricization": result.matricization,
         "matricization_choice": matricization_choice,
+        "layout": result.layout,
+        "layout_choice": layout_choice,
         "degenerate": result.degenerate,
         "degenerate_reason": result.degenerate_reason,
     }

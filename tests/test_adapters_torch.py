@@ -537,8 +537,21 @@ def test_report_auto_matricization_tokens_and_degenerate_rows(tmp_path):
     assert every["equivariance"][0] < patch["equivariance"][0] - 0.01  # the class token moves
     with pytest.raises(ValueError, match="tokens must be 'all' or 'patch'"):
         layerwise_seis(vit, x, {"r": TT.rot90}, layers=["block"], tokens="cls", progress=False)
-    with pytest.raises(ValueError, match=r"needs n_prefix= .*num_prefix_tokens"):
-        layerwise_seis(small, x, {"r": TT.rot90}, layers=["1"], tokens="patch", progress=False)
+    # the prefix is found per layer: a model that does not say it still works …
+    vit.num_prefix_tokens = None
+    found = layerwise_seis(
+        vit, x, {"rot90": TT.rot90}, layers=["block"], progress=False, tokens="patch"
+    )
+    assert found["shape"][0] == "16×8" and "1 prefix token" in found["layout_choice"][0]
+    assert found["equivariance"][0] == patch["equivariance"][0]
+    # … and tokens that tile no grid of the input (a sequence model) need the count
+    sequence = torch.nn.Linear(4, 8).eval()
+    tokens = np.random.default_rng(1).normal(size=(40, 10, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"layer '0': .*10 tokens leave no grid.*n_prefix="):
+        layerwise_seis(
+            torch.nn.Sequential(sequence), tokens, {"r": lambda b: b.flip(1)}, layers=["0"],
+            tokens="patch", progress=False,
+        )  # fmt: skip
 
 
 def test_a_wide_streamed_layer_is_fitted_on_its_rows(monkeypatch):

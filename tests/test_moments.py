@@ -386,6 +386,7 @@ def test_statistics_bytes_bound_what_a_streamed_layer_holds(rng, dtype, shape, p
     transform of a layer is at least what its kept and held-out accumulators hold:
     the rows while they are kept, the moment accumulator's arrays after."""
     from seis_sklearn.adapters._common import statistics_bytes
+    from seis_sklearn.adapters._layout import Reading
 
     from seis_sklearn._accumulate import RowsFirst
     from seis_sklearn._matricize import matrix_shape
@@ -414,13 +415,14 @@ def test_statistics_bytes_bound_what_a_streamed_layer_holds(rng, dtype, shape, p
                     x.nbytes for x in (m.joint, m._scratch, m._buffer, m.sums, m.shift)
                     if x is not None
                 )  # fmt: skip
-        bound = statistics_bytes(shape, np.dtype(dtype).itemsize, n, params, n_prefix)
+        reading = Reading(layout, n_prefix)
+        bound = statistics_bytes(shape, np.dtype(dtype).itemsize, n, params, reading)
         assert held_bytes <= bound
         assert held_bytes <= statistics_bytes(shape, np.dtype(dtype).itemsize, None, params,
-                                              n_prefix)  # fmt: skip
+                                              reading)  # fmt: skip
     # few samples: the bound is their rows, both views, exactly
     rows, d = matrix_shape((1, *kept_shape), layout, mode)
-    assert statistics_bytes(shape, np.dtype(dtype).itemsize, 2, params, n_prefix) == (
+    assert statistics_bytes(shape, np.dtype(dtype).itemsize, 2, params, reading) == (
         2 * rows * 2 * d * np.dtype(dtype).itemsize
     )
 

@@ -55,6 +55,17 @@ def test_monitor_in_a_plain_training_loop():
         SEISMonitor(probe, [])
 
 
+def test_monitor_takes_a_layout_per_layer():
+    """SEISMonitor passes a per-layer layout on to every report (issue 29)."""
+    model = _net().eval()
+    probe = _data()[0][:48]
+    monitor = SEISMonitor(probe, {"flip": TT.hflip}, layers=["0", "3"], held_out=None,
+                          layout={"3": "NCHW"})  # fmt: skip
+    frame = monitor.update(model, 0).set_index("layer")
+    assert frame.loc["3", "layout_choice"] == "given"
+    assert frame.loc["0", "layout_choice"].startswith("grid: channels first")
+
+
 def test_lightning_callback_scores_every_n_epochs():
     pl = pytest.importorskip("pytorch_lightning")
 

@@ -30,6 +30,7 @@ array([[0. , 0.5, 2. ],
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import os
@@ -49,11 +50,12 @@ from .._common import (
     check_transforms_per_pass,
     collect,
     describe,
-    first_batch_shapes,
+    probe_readings,
     progress_bar,
     report_rows,
     stream,
 )
+from .._layout import check_layout_argument
 
 __all__ = [
     "DEFAULT_OP_TYPES",
@@ -625,6 +627,7 @@ def layerwise_seis(
     tokens="all",
     n_prefix=None,
     transforms_per_pass="auto",
+    layout="auto",
     **seis_params,
 ):
     """SEIS of every chosen tensor under every transform, as one table.
@@ -647,7 +650,12 @@ def layerwise_seis(
         As in :func:`seis_sklearn.adapters.torch.layerwise_seis`.
     n_prefix : int, optional
         Tokens before the patches, for ``tokens="patch"`` (an ONNX graph does
-        not say: give it).
+        not say: give it, or each layer's is the count that leaves a grid of
+        patches of the input).
+    layout : str or dict, default="auto"
+        As in :func:`seis_sklearn.adapters.torch.layerwise_seis`: recognised per
+        tensor from the input's grid, or given (one layout, or a dict tensor →
+        layout).
     transforms_per_pass : "auto" or int, default="auto"
         As in :func:`seis_sklearn.adapters.torch.layerwise_seis`: transforms that
         share each batch's original run (T + 1 runs per batch instead of 2T).
@@ -666,7 +674,8 @@ def layerwise_seis(
     metrics = check_report_metrics(metrics)
     if not isinstance(transforms, dict) or not transforms:
         raise TypeError("transforms must be a non-empty dict of name → callable")
-    n_prefix = check_tokens(tokens, n_prefix, None)
+    model_prefix = check_tokens(tokens, n_prefix, None)
+    layout = check_layout_argument(layout)
     seis_params = {**seis_params, "matricization": matricization}
     per_pass = check_transforms_per_pass(transforms_per_pass)
     # one session for every pass
@@ -678,19 +687,40 @@ def layerwise_seis(
             on_device=streamed,
         )[0]  # fmt: skip
 
+    first = {k: v[:2] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[:2]
+
+    def probe(views):
+        batches = run(views, inputs=first, progress=False)
+        next(batches)
+        with contextlib.closing(batches):
+            return next(batches)[1]
+
+    image = next(iter(first.values())) if isinstance(first, dict) else first
+    shapes, readings = probe_readings(
+        probe, tuple(np.shape(image)) if len(image) else None, _change_quadrant,
+        layout=layout, tokens=tokens, model_prefix=model_prefix,
+    )  # fmt: skip
+    if isinstance(layout, dict):
+        check_layout_argument(layout, list(shapes))
     rows = report_rows(
         transforms, run, held_out=held_out, per_pass=per_pass,
-        n_samples=_feeds(model, inputs)[1], layer_shapes=lambda: _layer_shapes(run, inputs),
+        n_samples=_feeds(model, inputs)[1], layer_shapes=lambda: shapes,
         module_of=model.op_type.__getitem__, action=lambda transform: transform,
-        seis_params=seis_params, metrics=metrics, n_prefix=n_prefix,
+        seis_params=seis_params, metrics=metrics, readings=readings,
     )  # fmt: skip
     return report_frame(rows)
 
 
-def _layer_shapes(run, inputs):
-    """Tensor name → (per-sample shape, itemsize), from the inputs' first two samples."""
-    if isinstance(inputs, dict):
-        probe = {k: v[:2] for k, v in inputs.items()}
-    else:
-        probe = inputs[:2]
-    return first_batch_shapes(run(None, inputs=probe, progress=False))
+def _change_quadrant(batch):
+    """The batch (an array, or a dict of them: the first is changed) with the
+    lower-right quadrant of its last two axes replaced by fixed noise of its scale."""
+    if isinstance(batch, dict):
+        name = next(iter(batch))
+        return {**batch, name: _change_quadrant(batch[name])}
+    changed = np.array(batch, copy=True)
+    h, w = changed.shape[-2] // 2, changed.shape[-1] // 2
+    region = changed[..., h:, w:]
+    scale = float(np.std(batch)) or 1.0
+    noise = np.random.default_rng(0).standard_normal(region.shape) * scale
+    region[...] = noise.astype(changed.dtype)
+    return changed

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 
@@ -35,11 +36,12 @@ from .._common import (
     check_transforms_per_pass,
     collect,
     describe,
-    first_batch_shapes,
+    probe_readings,
     progress_bar,
     report_rows,
     stream,
 )
+from .._layout import check_layout_argument, manifest_layouts
 from ._families import default_layers, prefix_tokens
 from ._monitor import SEISMonitor
 from ._script import ScriptRecorder
@@ -309,6 +311,7 @@ def extract_activations(
     select=None,
     dtype=np.float32,
     progress=True,
+    layout="auto",
 ):
     """Record the activations of named layers of a PyTorch model.
 
@@ -348,6 +351,13 @@ def extract_activations(
         Dtype of the recorded arrays.
     progress : bool, default=True
         Show a tqdm progress bar (when tqdm is installed).
+    layout : str or dict, default="auto"
+        With ``out`` and ``transform``: the layout the saved-pairs manifest records
+        for each layer, which ``seis report --pairs`` then reads it in — one layout
+        for every layer with that many axes, or a dict layer → layout; layers not
+        named are recognised from the input's grid as a layerwise report does
+        (channels last where the map's axes say so), and left to the reader where
+        that cannot tell.
 
     Returns
     -------
@@ -357,6 +367,10 @@ def extract_activations(
         called several times per forward gives the keys ``name#1``, ``name#2``,
         … instead of ``name``.
     """
+    layout = check_layout_argument(layout)
+    grid = (
+        tuple(inputs.shape) if isinstance(inputs, np.ndarray) or hasattr(inputs, "dim") else None
+    )
     batches = _forward_batches(
         model, inputs, layers, transform, batch_size, device, select, progress
     )
@@ -367,6 +381,7 @@ def extract_activations(
         paired=transform is not None,
         module_of=lambda key: module_type(dict(model.named_modules())[key.split("#")[0]]),
         transform_name=describe(transform),
+        layouts=lambda shapes: manifest_layouts(shapes, grid, layout),
     )
 
 
@@ -383,8 +398,9 @@ def statistics_on_device(device):
 
 
 def _forward_batches(
-    model, inputs, layers, transform, batch_size, device, select, progress, tensors=False
-):
+    model, inputs, layers, transform, batch_size, device, select, progress, tensors=False,
+    check_rows=True,
+):  # fmt: skip
     """Generator: first the number of samples (or None), then per batch
     ``((start, stop), {view: {layer key: ndarray}})`` — or, with ``tensors=True``
     and a device :func:`statistics_on_device` keeps statistics on, detached tensors
@@ -392,7 +408,9 @@ def _forward_batches(
 
     Sets the model up once (eval mode, device, hooks) and restores every
     submodule's mode, the device and the hooks in ``finally`` — also when the
-    forward raises or the consumer stops early.
+    forward raises or the consumer stops early. ``check_rows=False`` (the report's
+    probe) records layers whose outputs do not keep samples first instead of
+    refusing them.
     """
     torch = _import_torch()
     if not isinstance(model, torch.nn.Module):
@@ -427,9 +445,10 @@ def _forward_batches(
             recorded = {}
             for key, tensor in recorder.take().items():
                 array = tensor.detach() if keep else tensor.detach().to("cpu").numpy()
-                if array.shape[0] != batch.shape[0]:
+                if check_rows and (array.ndim == 0 or array.shape[0] != batch.shape[0]):
+                    rows = array.shape[0] if array.ndim else 0
                     raise ValueError(
-                        f"layer {key!r} returned {array.shape[0]} rows for a batch of "
+                        f"layer {key!r} returned {rows} rows for a batch of "
                         f"{batch.shape[0]} samples: activations must keep samples first"
                     )
                 recorded[key] = array
@@ -528,6 +547,7 @@ def layerwise_seis(
     tokens="all",
     n_prefix=None,
     transforms_per_pass="auto",
+    layout="auto",
     **seis_params,
 ):
     """SEIS of every chosen layer under every transform, as one table.
@@ -567,12 +587,22 @@ def layerwise_seis(
         positions and flatten where it has not (a 2×2 map gives spatial mode 4
         columns: SPEC §2.1), and says so in the row.
     tokens : {"all", "patch"}, default="all"
-        For token activations ``(N, L, D)``: ``"patch"`` drops the first
-        ``n_prefix`` tokens (class, register tokens), so that spatial mode sees
+        For token activations ``(N, L, D)``: ``"patch"`` drops each layer's prefix
+        tokens (class, distillation, register tokens), so that spatial mode sees
         the patch grid the transform permutes.
     n_prefix : int, optional
-        Tokens before the patches; default: the model's ``num_prefix_tokens``
-        (timm models have it).
+        Tokens before the patches; default: what the model says (timm's
+        ``num_prefix_tokens``, torchvision's ``class_token``, a Hugging Face
+        config), else, per layer, the count that leaves a grid of patches of the
+        input.
+    layout : str or dict, default="auto"
+        How each layer's activations are laid out. ``"auto"``: recognised per layer
+        before the pass from a forward pass of two samples — channels first or last
+        by which axes form the input's grid at some stride, a probe where both do,
+        NLD tokens, ND vectors (the ``layout`` and ``layout_choice`` columns say
+        which and why; a layer that cannot be told stops the report before its pass,
+        naming it). One layout applies to every layer with that many axes; a dict
+        layer → layout to the layers it names.
     transforms_per_pass : "auto" or int, default="auto"
         How many transforms share one pass over the inputs (streamed reports):
         each batch's original forward pass then serves all of them — T + 1
@@ -596,14 +626,18 @@ def layerwise_seis(
         the layers ran in the forward pass), ``module`` (its class), ``shape`` (per sample),
         ``transform``, the four scores, ``n_components``, ``n_rows``,
         ``evaluation``, ``matricization`` (the mode used) and
-        ``matricization_choice`` (``"given"`` or why auto chose it),
-        ``degenerate`` and ``degenerate_reason`` (scores not to read at face
-        value: SPEC §2.1). Draw it with :func:`seis_sklearn.report.plot_layerwise`,
-        save it with :func:`seis_sklearn.report.save_report`.
+        ``matricization_choice`` (``"given"`` or why auto chose it), ``layout``
+        and ``layout_choice`` (the layer's reading), ``degenerate`` and
+        ``degenerate_reason`` (scores not to read at face value: SPEC §2.1). A layer
+        that cannot be scored — no variance (a zero-initialised head), NaN
+        activations, a ``forward`` that never ran — has NaN scores, the reason
+        (``"not scored: …"``) and a warning; the report goes on. Draw it with
+        :func:`seis_sklearn.report.plot_layerwise`, save it with
+        :func:`seis_sklearn.report.save_report`.
     """
     from seis_sklearn.report import report_frame
 
-    _import_torch()
+    torch = _import_torch()
     metrics = check_report_metrics(metrics)
     if not isinstance(transforms, dict) or not transforms:
         raise TypeError("transforms must be a non-empty dict of name → callable")
@@ -613,38 +647,110 @@ def layerwise_seis(
             f"{len(transforms)} transforms reads the inputs more than once: pass a "
             "tensor, an array, a list of batches or a DataLoader"
         )
-    n_prefix = check_tokens(tokens, n_prefix, prefix_tokens(model))
+    model_prefix = check_tokens(tokens, n_prefix, prefix_tokens(model))
+    layout = check_layout_argument(layout)
     seis_params = {**seis_params, "matricization": matricization}
-    if layers is None:
+    default = layers is None
+    if default:
         layers = default_layers(model)
         if not layers:
             raise ValueError(
                 "layers: found no block and no Conv1d/2d/3d or Linear module; name the layers"
             )
+    layers, _ = _check_layers(model, layers)
+    if isinstance(layout, dict):
+        check_layout_argument(layout, layers)
     modules = dict(model.named_modules())
     per_pass = check_transforms_per_pass(transforms_per_pass)
+    first, inputs = _probe_inputs(inputs, torch)
 
-    def run(views, streamed=False, inputs=inputs, progress=progress):
+    def run(views, streamed=False, inputs=inputs, progress=progress, check_rows=True, at=None):
         return _forward_batches(
-            model, inputs, layers, views, batch_size, device, None, progress, streamed
-        )
+            model, inputs, at or layers, views, batch_size, device, None, progress, streamed,
+            check_rows,
+        )  # fmt: skip
 
+    def probe(views, at=None):
+        batches = run(views, inputs=first, progress=False, check_rows=False, at=at)
+        next(batches)
+        with contextlib.closing(batches):
+            return next(batches)[1]
+
+    if default and first is not None:
+        layers = _sample_first_layers(model, layers, probe)
+    shapes, readings = probe_readings(
+        lambda views: probe(views, layers) if first is not None else None,
+        None if first is None else first.shape, _change_quadrant,
+        layout=layout, tokens=tokens, model_prefix=model_prefix,
+    )  # fmt: skip
     rows = report_rows(
         transforms, run, held_out=held_out, per_pass=per_pass,
-        n_samples=_batches(inputs, batch_size, _import_torch())[1],
-        layer_shapes=lambda: _layer_shapes(run, inputs),
+        n_samples=_batches(inputs, batch_size, torch)[1], layer_shapes=lambda: shapes,
         module_of=lambda key: module_type(modules[key.split("#")[0]]),
-        action=_numpy_action, seis_params=seis_params, metrics=metrics, n_prefix=n_prefix,
+        action=_numpy_action, seis_params=seis_params, metrics=metrics, readings=readings,
+        expected=layers,
     )  # fmt: skip
     return report_frame(rows)
 
 
-def _layer_shapes(run, inputs):
-    """Layer key → (per-sample shape, itemsize) of the activations, from a forward pass
-    of the inputs' first two samples (an array's or tensor's first two only are read)."""
-    batches, _ = _batches(inputs, 2, _import_torch())
+def _probe_inputs(inputs, torch):
+    """The inputs' first two samples as a tensor (None for no inputs), and the inputs
+    to run the report on: an array's or tensor's first two samples only are read; a
+    one-shot iterator's first batch is read and put back in front."""
+    if isinstance(inputs, Iterator):
+        head = next(inputs, None)
+        if head is None:
+            return None, inputs
+        inputs = itertools.chain([head], inputs)
+        source = [head]
+    else:
+        source = inputs
+    batches, _ = _batches(source, 2, torch)
     with contextlib.closing(batches):
         first = next(batches, None)
-    if first is None:
-        return {}
-    return first_batch_shapes(run(None, inputs=first[:2], progress=False))
+    return (None if first is None else first[:2]), inputs
+
+
+def _change_quadrant(batch):
+    """The batch with its lower-right quadrant (of the last two axes) replaced by fixed
+    noise of the batch's scale: the report's layout probe."""
+    torch = _import_torch()
+    changed = batch.clone()
+    h, w = batch.shape[-2] // 2, batch.shape[-1] // 2
+    region = changed[..., h:, w:]
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(region.shape, generator=generator).to(region.device, region.dtype)
+    scale = batch.float().std() if batch.numel() > 1 else 1.0
+    region.copy_(noise * (scale if float(scale) > 0 else 1.0))
+    return changed
+
+
+def _sample_first_layers(model, layers, probe):
+    """Default layers whose outputs keep samples first and that run at all.
+
+    A module that folds patches into the batch axis (MobileViT's inner
+    transformers) is replaced by the nearest enclosing module that keeps samples
+    first (its block); a module whose ``forward`` never runs
+    (``MultiheadAttention.out_proj``) is left out.
+    """
+    recorded = probe(None, layers)["original"]
+    ran = {key.split("#")[0] for key in recorded}
+    folded = {key.split("#")[0] for key, a in recorded.items() if a.ndim == 0 or a.shape[0] != 2}
+    if not folded and ran >= set(layers):
+        return layers
+    kept = [name for name in layers if name in ran and name not in folded]
+    ancestors = {}
+    for name in layers:
+        if name in folded:
+            parts = name.split(".")
+            ancestors[name] = [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+    candidates = list(dict.fromkeys(a for chain in ancestors.values() for a in chain))
+    if candidates:
+        found = probe(None, candidates)["original"]
+        good = {k for k, a in found.items() if "#" not in k and a.ndim and a.shape[0] == 2}
+        for chain in ancestors.values():
+            parent = next((a for a in chain if a in good), None)
+            if parent is not None:
+                kept.append(parent)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return sorted(dict.fromkeys(kept), key=order.__getitem__)

@@ -141,12 +141,21 @@ def default_layers(model):
 def prefix_tokens(model):
     """Class/register tokens before the patches of a vision transformer, or None.
 
-    timm models say it (``num_prefix_tokens``); Hugging Face ViT has one class
-    token and DeiT a class and a distillation token (``config.model_type``).
+    timm models say it (``num_prefix_tokens``); torchvision's ``VisionTransformer``
+    has one class token (``class_token``); Hugging Face configs say it by
+    ``model_type`` (ViT one class token, DeiT a class and a distillation token) and
+    ``num_register_tokens`` (DINOv2 with registers).
     """
     count = getattr(model, "num_prefix_tokens", None)
-    if isinstance(count, int):
+    if isinstance(count, int) and not isinstance(count, bool):
         return count
+    token = getattr(model, "class_token", None)
+    if token is not None and hasattr(token, "shape") and len(token.shape) == 3:
+        return int(token.shape[1])  # torchvision: (1, 1, hidden_dim)
     config = getattr(model, "config", None)
     kind = getattr(config, "model_type", None)
-    return {"vit": 1, "deit": 2}.get(kind)
+    base = {"vit": 1, "deit": 2, "dinov2": 1, "dinov2_with_registers": 1, "beit": 1}.get(kind)
+    if base is None:
+        return None
+    registers = getattr(config, "num_register_tokens", 0)
+    return base + (registers if isinstance(registers, int) else 0)

@@ -26,7 +26,8 @@ class SEISMonitor:
     **report_params
         Further parameters of :func:`~seis_sklearn.adapters.torch.layerwise_seis`
         (``held_out``, ``batch_size``, ``device``, ``matricization``, ``tokens``,
-        ``metrics``, SEIS parameters …).
+        ``layout`` — one layout, or a dict layer → layout —, ``metrics``, SEIS
+        parameters …).
 
     Attributes
     ----------
