@@ -54,11 +54,20 @@ def exit_on_bus_error(prefix, files):
         yield
         return
 
+    fallback = f"{prefix}a memory-mapped input: truncated while being read (bus error)\n"
+
     def on_bus_error(_signum):  # pragma: no cover - runs in a process that then exits
-        names = ", ".join(files()) or "a memory-mapped input"
-        message = f"{prefix}{names}: truncated while being read (bus error)\n"
-        os.write(2, message.encode(errors="replace"))
-        os._exit(1)
+        # Nothing here may raise: an exception in a ctypes callback is printed and
+        # ignored, the faulting read runs again, faults again — forever.
+        try:
+            names = ", ".join(str(name) for name in files()) or "a memory-mapped input"
+            message = f"{prefix}{names}: truncated while being read (bus error)\n"
+        except BaseException:  # noqa: BLE001
+            message = fallback
+        try:
+            os.write(2, message.encode(errors="replace"))
+        finally:
+            os._exit(1)
 
     handler = handler_type(on_bus_error)
     install.argtypes = [ctypes.c_int, handler_type]

@@ -238,6 +238,68 @@ def test_a_truncated_memory_map_is_one_line_not_a_bus_error(tmp_path):
         files.before_chunk()
 
 
+def test_the_bus_error_handler_itself_never_raises(tmp_path):
+    """Regression (issue 31): the handler joined the files' ``Path`` objects as strings,
+    raised TypeError inside the C callback — ignored — and the faulting read ran again,
+    forever, at 100 % CPU. Now: Paths, and even a files() that raises, end in one line
+    and exit 1."""
+    for files, expected in (
+        ("lambda: (pathlib.Path(path),)", f"{tmp_path / 'x.npy'}"),
+        ("lambda: 1 / 0", "a memory-mapped input"),
+    ):
+        script = textwrap.dedent(
+            f"""
+            import os, pathlib, numpy as np
+            from seis_sklearn._files import exit_on_bus_error
+            path = {str(tmp_path / "x.npy")!r}
+            np.save(path, np.ones((512, 512)))
+            m = np.load(path, mmap_mode="r")
+            with exit_on_bus_error("seis score: error: ", {files}):
+                os.truncate(path, 4096)
+                print(float(m.sum()))
+            """
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert proc.stderr.splitlines() == [
+            f"seis score: error: {expected}: truncated while being read (bus error)"
+        ]
+
+
+def test_a_file_truncated_between_the_check_and_the_read_ends_the_command(tmp_path):
+    """The command line, deterministically: the input is cut short right after the
+    check before a chunk, so the read itself faults (SIGBUS) — `seis score` ends with
+    one line naming the file and exit 1, within the timeout."""
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    rng = np.random.default_rng(0)
+    np.save(a, rng.normal(size=(400, 4, 16, 16)))
+    np.save(b, rng.normal(size=(400, 4, 16, 16)))
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        from seis_sklearn import _moments
+        checked = _moments.InputFiles.before_chunk
+        def cut_after_the_check(self):
+            checked(self)
+            os.truncate({str(b)!r}, 4096)
+        _moments.InputFiles.before_chunk = cut_after_the_check
+        from seis_sklearn.cli import console
+        sys.argv = ["seis", "score", {str(a)!r}, {str(b)!r}, "--permutations", "300"]
+        console()
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()  # the files of the pass being read
+    assert len(lines) == 1 and lines[0] == (
+        f"seis score: error: {a}, {b}: truncated while being read (bus error)"
+    )
+
+
 # ------------------------------------------------------------------ pairs folders, runs
 
 
