@@ -376,21 +376,31 @@ def pairs_by_transform(transforms, run):
     ``run(views)`` is the adapter's batch generator over the inputs for the views
     of :func:`batch_views`. One transform: both views in one pass. Several: the
     original activations once and each transform's beside them — T + 1 forward
-    passes instead of 2T, never more than two views held at once.
+    passes instead of 2T, never more than two views held at once — provided every
+    pass reads the same input batches: where the adapter can tell (``run(views,
+    digests=list)`` fills the list with a digest per batch) and a pass read others (a
+    ``DataLoader`` with ``shuffle=True`` reorders its samples on every pass), that
+    transform is run again with the original view computed from the same batches.
     """
 
-    def gather(views):
-        return collect(
-            run(views), out=None, dtype=np.float32, paired=len(views) == 2, module_of=None
-        )
+    def gather(views, digests=None):
+        batches = run(views) if digests is None else run(views, digests=digests)
+        return collect(batches, out=None, dtype=np.float32, paired=len(views) == 2,
+                       module_of=None)  # fmt: skip
 
     if len(transforms) == 1:
         ((name, transform),) = transforms.items()
         yield name, gather({"original": None, "transformed": transform})
         return
-    originals = gather({"original": None})
+    first = []
+    originals = gather({"original": None}, first)
     for name, transform in transforms.items():
-        transformed = gather({"transformed": transform})
+        seen = []
+        transformed = gather({"transformed": transform}, seen)
+        if seen != first:  # other batches: pair each sample with its own original
+            del transformed
+            yield name, gather({"original": None, "transformed": transform})
+            continue
         if list(transformed) != list(originals):
             raise ValueError(
                 f"transform {name!r}: the model recorded layers {list(transformed)} for the "

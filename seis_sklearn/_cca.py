@@ -463,12 +463,19 @@ def _scores(rho, alignments, weights, trace_agreement, invariance):
         invariance_score = float(np.dot(positive, np.abs(alignments)) / k)
     total = weights.sum()
     equivariance_w = float(np.dot(weights, positive) / total) if total > 0 else 0.0
+    # every score is a mean of numbers in [0, 1]: rounding of the sums (a held-out
+    # identity's Σω·ρ′/Σω came out 1.0000000000000002) must not leave the range
+    equivariance, equivariance_w = _unit(equivariance), _unit(equivariance_w)
     return {
         "equivariance": equivariance,
-        "invariance": min(invariance_score, equivariance),
+        "invariance": min(_unit(invariance_score), equivariance),
         "equivariance_weighted": equivariance_w,
-        "invariance_weighted": min(equivariance_w, trace_agreement),
+        "invariance_weighted": min(equivariance_w, _unit(trace_agreement)),
     }
+
+
+def _unit(value):
+    return min(max(value, 0.0), 1.0)
 
 
 def in_sample_scores(cca, invariance="trace"):

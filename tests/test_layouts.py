@@ -364,3 +364,61 @@ def test_saved_pairs_remember_each_layers_layout(tmp_path, images):
         pd.read_csv(tmp_path / "f" / "report.csv").set_index("layer").loc["stage", "layout"]
         == "NCHW"
     )
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, images):
+        self.images = torch.from_numpy(images)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], 0
+
+
+def test_a_shuffling_loader_pairs_every_sample_with_its_own_original(images):
+    """Issue 31: the originals came from one pass over the loader and each transform's
+    views from another, which a shuffling loader reorders: the identity scored S_E
+    0.57 and S_I 0. Each pass's input batches are compared by digest; a transform whose
+    pass read other batches is paired within its own batches."""
+    torch.manual_seed(0)
+    model = ChannelsLast(24, last=False).eval()
+    loader = torch.utils.data.DataLoader(_Images(images), batch_size=16, shuffle=True)
+    chosen = {"id": lambda b: b.clone(), "hflip": _flip}
+    for held_out in (None, 0.2):
+        frame = layerwise_seis(
+            model, loader, chosen, layers=["conv", "head"], held_out=held_out, progress=False
+        )
+        identity = frame[frame["transform"] == "id"]
+        assert (identity["equivariance_weighted"] > 1 - 1e-5).all(), identity
+        assert (identity["invariance"] > 1 - 1e-3).all(), identity
+        # every score clipped to [0, 1] (a held-out identity gave 1.0000000000000002)
+        scores = frame[["equivariance", "invariance", "equivariance_weighted",
+                        "invariance_weighted"]].to_numpy()  # fmt: skip
+        assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_a_transform_works_on_a_copy_and_its_output_is_checked(images):
+    """Issue 31: an in-place transform negated the caller's inputs (and the identity's
+    views after it); a transform's output is checked, naming the transform."""
+    model = ChannelsLast(24, last=False).eval()
+    x = torch.from_numpy(images[:32].copy())
+    before = x.clone()
+    frame = layerwise_seis(
+        model, x, {"neg": lambda b: b.neg_(), "id": lambda b: b.clone()}, layers=["conv"],
+        held_out=None, progress=False,
+    )  # fmt: skip
+    assert torch.equal(x, before)
+    assert frame.set_index("transform").loc["id", "equivariance_weighted"] > 1 - 1e-5
+    doubled = layerwise_seis(model, x, {"f64": lambda b: b.double() * 2}, layers=["conv"],
+                             held_out=None, progress=False)  # fmt: skip
+    assert np.isfinite(doubled["equivariance"]).all()  # float64 output cast to the batch's
+    for transform, error, match in (
+        (lambda b: b.numpy(), TypeError, "transform 't' returned ndarray, not a tensor"),
+        (lambda b: None, TypeError, "returned NoneType, not a tensor"),
+        (lambda b: b[:, :, 1:], ValueError, "changed the batch's shape"),
+        (lambda b: b[1:], ValueError, "changed the batch's samples"),
+    ):
+        with pytest.raises(error, match=match):
+            layerwise_seis(model, x, {"t": transform}, layers=["conv"], progress=False)

@@ -458,7 +458,8 @@ def _forward_batches(
     def record(function):  # the current batch, transformed by function
         fed = batch
         if function is not None:
-            fed = {k: np.asarray(function(v)) for k, v in batch.items()}
+            # a copy: a transform may work in place; the other views must not see it
+            fed = {k: np.asarray(function(v.copy())) for k, v in batch.items()}
             for k, v in fed.items():
                 if v.shape != batch[k].shape:
                     raise ValueError(
@@ -681,7 +682,8 @@ def layerwise_seis(
     # one session for every pass
     model = _Runner(model, layers, op_types, providers, default_op_types=DEFAULT_OP_TYPES)
 
-    def run(views, streamed=False, inputs=inputs, progress=progress):
+    def run(views, streamed=False, inputs=inputs, progress=progress, digests=None):
+        # digests: arrays are read the same on every pass; nothing to check
         return _started(
             model, inputs, layers, op_types, views, batch_size, providers, progress,
             on_device=streamed,

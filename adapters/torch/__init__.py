@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
 import itertools
 import re
 from collections.abc import Iterable, Iterator
@@ -399,7 +400,7 @@ def statistics_on_device(device):
 
 def _forward_batches(
     model, inputs, layers, transform, batch_size, device, select, progress, tensors=False,
-    check_rows=True,
+    check_rows=True, digests=None,
 ):  # fmt: skip
     """Generator: first the number of samples (or None), then per batch
     ``((start, stop), {view: {layer key: ndarray}})`` — or, with ``tensors=True``
@@ -410,7 +411,8 @@ def _forward_batches(
     submodule's mode, the device and the hooks in ``finally`` — also when the
     forward raises or the consumer stops early. ``check_rows=False`` (the report's
     probe) records layers whose outputs do not keep samples first instead of
-    refusing them.
+    refusing them; ``digests`` (a list) receives a digest of every input batch, so
+    that two passes can be checked to have read the same batches.
     """
     torch = _import_torch()
     if not isinstance(model, torch.nn.Module):
@@ -419,6 +421,11 @@ def _forward_batches(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
     views = batch_views(transform)
+    transform_names = {  # transform → its name in errors: the report's key, or the callable's
+        id(f): view[1] if isinstance(view, tuple) else (describe(f) or "transform")
+        for view, f in views.items()
+        if f is not None
+    }
     device = torch.device(
         device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     )
@@ -441,7 +448,12 @@ def _forward_batches(
         floating = next((p.dtype for p in runner.parameters() if p.is_floating_point()), None)
 
         def record(function):  # the current batch, transformed by function
-            runner(batch if function is None else function(batch))
+            fed = (
+                batch
+                if function is None
+                else _transformed(function, batch, torch, transform_names)
+            )
+            runner(fed)
             recorded = {}
             for key, tensor in recorder.take().items():
                 array = tensor.detach() if keep else tensor.detach().to("cpu").numpy()
@@ -457,6 +469,8 @@ def _forward_batches(
         start = 0
         with torch.inference_mode():
             for batch in batches:
+                if digests is not None:
+                    digests.append(_digest(batch))
                 batch = batch.to(device)
                 if floating is not None and batch.is_floating_point():
                     batch = batch.to(floating)  # float64 arrays into a float32 model
@@ -473,6 +487,37 @@ def _forward_batches(
             module.train(training)
         if bar is not None:
             bar.close()
+
+
+def _digest(batch):
+    """A digest of an input batch's values and shape."""
+    data = np.ascontiguousarray(batch.detach().cpu().numpy())
+    return hashlib.blake2b(data.tobytes() + repr(data.shape).encode(), digest_size=16).digest()
+
+
+def _transformed(function, batch, torch, names):
+    """``function`` applied to a copy of the batch (it may work in place: the caller's
+    inputs and the other views never see it), its output checked — a tensor of the
+    batch's shape, cast to the batch's dtype — with errors that name the transform
+    (``names``: id of the function → name)."""
+    out = function(batch.clone())
+    name = names.get(id(function), "transform")
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(
+            f"transform {name!r} returned {type(out).__name__}, not a tensor: a transform "
+            "maps a batch of inputs (a torch tensor) to the transformed batch"
+        )
+    if out.shape != batch.shape:
+        what = "samples" if out.ndim and out.shape[0] != batch.shape[0] else "shape"
+        raise ValueError(
+            f"transform {name!r} changed the batch's {what}: {tuple(batch.shape)} → "
+            f"{tuple(out.shape)}; a transform must keep every sample and the input's shape"
+        )
+    if out.dtype != batch.dtype:
+        if out.is_complex():
+            raise TypeError(f"transform {name!r} returned {out.dtype} (complex) values")
+        out = out.to(batch.dtype)  # e.g. float64 arithmetic on a float32 batch
+    return out.to(batch.device)
 
 
 def stream_scores(
@@ -664,10 +709,13 @@ def layerwise_seis(
     per_pass = check_transforms_per_pass(transforms_per_pass)
     first, inputs = _probe_inputs(inputs, torch)
 
-    def run(views, streamed=False, inputs=inputs, progress=progress, check_rows=True, at=None):
+    def run(
+        views, streamed=False, inputs=inputs, progress=progress, check_rows=True, at=None,
+        digests=None,
+    ):  # fmt: skip
         return _forward_batches(
             model, inputs, at or layers, views, batch_size, device, None, progress, streamed,
-            check_rows,
+            check_rows, digests,
         )  # fmt: skip
 
     def probe(views, at=None):
