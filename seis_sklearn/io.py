@@ -204,7 +204,21 @@ def _member(zf, path, key):
         key = next(iter(members))
     if key not in members:
         _fail(path, f"holds no array named {key!r} (it holds {_quoted(members)})")
-    return zf.getinfo(members[key]), key
+    info = zf.getinfo(members[key])
+    if info.compress_type in UNBOUNDED_COMPRESSION:
+        # zipfile inflates bzip2 and lzma members with no bound on the output of one
+        # read: a 38 KB member made 4 GiB while the 10-byte magic was read
+        _fail(
+            f"{path}:{key}",
+            f"compressed with {UNBOUNDED_COMPRESSION[info.compress_type]}, which cannot be "
+            "inflated with a bound on its size; numpy writes stored (np.savez) or deflated "
+            "(np.savez_compressed) members: re-save it with one of those",
+        )
+    return info, key
+
+
+# zip methods zipfile inflates without a bound on one read's output (deflate has one)
+UNBOUNDED_COMPRESSION = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
 
 
 def array_header(path, key=None):
