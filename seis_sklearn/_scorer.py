@@ -212,7 +212,8 @@ class SEISScorer(BaseEstimator):
             numpy arrays, memory maps or dask arrays chunked along the samples.
         y : array-like of the same shape as ``X``, a list of them, or None
             Activations on the transformed inputs; sample i of ``y`` is the
-            transform of sample i of ``X``. A list is an orbit (SPEC §2.5).
+            transform of sample i of ``X``. A list of arrays is an orbit (SPEC
+            §2.5); a nested list of numbers is one array.
             ``None``: ``X`` is a paired stack of shape ``(n_samples, 2, ...)``
             (axis 1 = original, transformed) or ``(n_samples, G, ...)`` for an
             orbit, made by :func:`pair` / :func:`orbit` (a
@@ -248,31 +249,44 @@ class SEISScorer(BaseEstimator):
 
     def _fit(self, X, y, names, streaming, reset=False, store_components=True):
         params = self._checked_params()
-        first = reset or not hasattr(self, "layout_")
+        if reset:
+            self.__dict__.pop("_pending", None)
+        pending = getattr(self, "_pending", None)  # partial_fit's first samples, fewer than 2
+        first = reset or not (hasattr(self, "layout_") or pending)
         if streaming and params["solver"] == "gram":
             raise ValueError(
                 "solver='gram' needs every sample at once; partial_fit accumulates moments: "
                 "use solver='moments' (or 'auto') for partial_fit, or fit for the Gram solver"
             )
-        if not first and self._moments is None:
+        if not first and pending is None and self._moments is None:
             raise ValueError(
                 "this SEISScorer was fitted with the Gram solver, which cannot add samples: "
                 "call fit on all the samples, or refit with solver='moments'"
             )
         orbit, ys, view_names = _views_of(y, names)
-        if not first and len(ys) + 1 != self._moments.n_views:
+        before = pending["moments"] if pending else (None if first else self._moments)
+        if before is not None and len(ys) + 1 != before.n_views:
             raise ValueError(
                 f"{names[1]} has {len(ys)} transformed view(s), but this SEISScorer was fitted "
-                f"on {self._moments.n_views - 1}"
+                f"on {before.n_views - 1}"
             )
-        layout, mode, label = self._reading([X, *ys], first)
+        if pending:
+            layout, mode, label = pending["reading"]
+        else:
+            layout, mode, label = self._reading([X, *ys], first)
+        # partial_fit takes batches of any size; fit needs two samples at least
         arrays, layout = check_views(
-            [X, *ys], view_names, layout, mode, min_samples=2 if first else 1
+            [X, *ys], view_names, layout, mode, min_samples=2 if first and not streaming else 1
         )
         X, ys = arrays[0], arrays[1:]
         y = ys[0]
-        if not first:
-            self._check_sample_shape(X, names[0])
+        shape = tuple(X.shape[1:])
+        expected = pending["shape"] if pending else (None if first else self.activation_shape_)
+        if expected is not None and shape != expected:
+            raise ValueError(
+                f"{names[0]} has per-sample shape {shape}, but this SEISScorer was "
+                f"fitted on per-sample shape {expected}"
+            )
         if orbit and params["solver"] == "gram":
             raise ValueError(
                 "an orbit is scored from the moments pooled over all its elements: use "
@@ -288,7 +302,11 @@ class SEISScorer(BaseEstimator):
             moments, ccas, n_rows, means = None, [cca], gm.n_rows, gm.mean[:2]
         else:
             part = accumulate([X, *ys], layout, mode, names=view_names)
-            moments = part if first else self._moments.merge(part)
+            moments = part if before is None else before.merge(part)
+            if moments.n_samples < 2:  # nothing to fit yet: wait for the next batch
+                self._pending = dict(moments=moments, reading=(layout, mode, label), shape=shape)
+                return self
+            self.__dict__.pop("_pending", None)
             basis, ccas = _fit_orbit(moments, params)
             n_rows, means = moments.n_rows, moments.mean
         fitted = dict(layout=layout, mode=mode, label=label, shape=tuple(X.shape[1:]))
@@ -687,12 +705,23 @@ def _unstack(X, y):
 
 
 def _views_of(y, names):
-    """(is an orbit, the transformed views, the names of all views) of ``y``."""
-    if isinstance(y, (list, tuple)):
+    """(is an orbit, the transformed views, the names of all views) of ``y``.
+
+    A list (or tuple) of arrays is an orbit (SPEC §2.5); a nested list of numbers
+    is one array, as numpy reads it."""
+    if is_orbit(y):
         if not y:
             raise ValueError(f"{names[1]} is an empty list: give at least one transformed view")
         return True, list(y), (names[0], *(f"{names[1]}[{i}]" for i in range(len(y))))
     return False, [y], tuple(names)
+
+
+def is_orbit(y):
+    """Whether ``y`` is an orbit: a list or tuple whose elements are arrays (numpy, dask,
+    torch…), not numbers or lists of numbers (a nested list is one array)."""
+    if not isinstance(y, (list, tuple)):
+        return False
+    return not y or any(hasattr(item, "shape") and hasattr(item, "dtype") for item in y)
 
 
 def _fit_orbit(moments, params):
@@ -769,11 +798,12 @@ def seis_score(
         block where it lives (see the docs page "Scaling out with Dask").
     B : array-like of the same shape as ``A``, or a list of them
         Activations on the transformed inputs (sample i of ``B`` is the
-        transform of sample i of ``A``). A list is an *orbit* (SPEC §2.5):
-        ``B[j]`` holds the activations for the j-th non-identity element of a
-        finite group (``A`` is the identity); the denoising basis is pooled
-        over all of them, every pair ``(A, B[j])`` is scored in it, and the
-        result holds their mean (per-element results in ``elements``).
+        transform of sample i of ``A``). A list of arrays is an *orbit* (SPEC
+        §2.5; a nested list of numbers is one array, as numpy reads it): ``B[j]``
+        holds the activations for the j-th non-identity element of a finite
+        group (``A`` is the identity); the denoising basis is pooled over all of
+        them, every pair ``(A, B[j])`` is scored in it, and the result holds
+        their mean (per-element results in ``elements``).
     cv : int, cross-validation splitter or iterable, default=None
         ``None``: fit and score on all samples (in-sample). An int ``n``: the
         mean and standard deviation of held-out scores over ``KFold(n)``
@@ -826,7 +856,7 @@ def seis_score(
     ('cross-fitted', 4)
     """
     check_statistics(n_permutations, n_bootstrap, confidence)
-    if isinstance(B, (list, tuple)) and (n_permutations or n_bootstrap):
+    if is_orbit(B) and (n_permutations or n_bootstrap):
         raise ValueError("n_permutations and n_bootstrap take a pair (A, B), not an orbit")
     result = _seis_score(A, B, cv, params)
     if not (n_permutations or n_bootstrap):

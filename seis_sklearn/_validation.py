@@ -84,7 +84,12 @@ def as_activation_array(A, name):
     """
     if is_torch_tensor(A):  # autograd is not needed for scores: a detached host view
         A = A.detach()
-        A = (A if A.device.type == "cpu" else A.cpu()).numpy()
+        A = A if A.device.type == "cpu" else A.cpu()
+        if str(A.dtype) == "torch.bfloat16":  # numpy has no bfloat16: float32 holds it exactly
+            A = A.float()
+        A = A.numpy()
+    if isinstance(A, np.matrix):  # a 2-D array that is not an ndarray in behaviour
+        A = np.asarray(A)
     lazy = is_dask_array(A)  # a dask array is checked from its metadata, never computed
     if isinstance(A, np.ndarray) or lazy:
         arr = A

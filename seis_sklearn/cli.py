@@ -379,6 +379,12 @@ def build_parser():
         metavar="OP",
         help="ONNX: record every output of nodes of this type, e.g. Conv, Relu (repeatable)",
     )
+    source.add_argument(
+        "--select",
+        metavar="PART",
+        help="which part of a layer's structured output to record: a key or attribute "
+        "(last_hidden_state), or an index of a tuple (-1); default: its first tensor",
+    )
     source.add_argument("--batch-size", type=_positive_int, default=256)
     source.add_argument(
         "--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)"
@@ -627,6 +633,11 @@ def _report_settings(args):
         )
     if args.op_type and not args.onnx:
         raise CommandError("--op-type selects tensors of an --onnx model; use --layers")
+    if args.select is not None and args.onnx:
+        raise CommandError("--select picks parts of a torch module's output; an ONNX "
+                           "tensor is one array")  # fmt: skip
+    if args.select is not None:
+        settings["select"] = args.select
     if not args.inputs:
         raise CommandError("a model needs --inputs FILE.npy (samples first)")
     if not args.transform:
@@ -919,6 +930,9 @@ def _report_model(args, settings, done, adapter, model, layers, inputs, transfor
         where = {"providers": _providers(args.device)}
     else:
         where = {"device": args.device}
+        if "select" in settings:
+            text = settings["select"]
+            where["select"] = int(text) if text.lstrip("-").isdigit() else text
     index, pending = {}, {}
     for t, (spec, transform) in enumerate(zip(settings["transforms"], transforms, strict=True)):
         if any(k.startswith(f"t{t:03d}-") for k in done):
@@ -928,7 +942,39 @@ def _report_model(args, settings, done, adapter, model, layers, inputs, transfor
     if not pending:
         return
     # the unfinished transforms together: their passes share the original inputs' runs
-    frame = adapter.layerwise_seis(
+    with _model_failures(args):
+        frame = _run_report(adapter, model, inputs, pending, layers, settings, args, where)
+    for spec, rows in frame.groupby("transform", sort=False):
+        for row in rows.to_dict("records"):
+            key = f"t{index[spec]:03d}-l{int(row['depth']):04d}"
+            row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+            _write_row(args.out, key, row)
+            done[key] = row
+        _say(args, f"{spec}: {len(rows)} layers scored")
+
+
+def _model_option(args):
+    """The option that named the model, for messages: ``--model nets.py:build`` …"""
+    for name in ("model", "exported", "torchscript", "onnx"):
+        if getattr(args, name, None):
+            return f"--{name} {getattr(args, name)}"
+    return "the model"
+
+
+@contextlib.contextmanager
+def _model_failures(args):
+    """The model's own forward failing, as one line naming the option that gave it."""
+    from seis_sklearn.adapters.torch import ForwardError
+
+    try:
+        yield
+    except ForwardError as exc:
+        raise CommandError(f"{_model_option(args)}: {exc}") from exc
+
+
+def _run_report(adapter, model, inputs, pending, layers, settings, args, where):
+    """The adapter's layerwise report of the unfinished transforms."""
+    return adapter.layerwise_seis(
         model,
         inputs,
         pending,
@@ -943,13 +989,6 @@ def _report_model(args, settings, done, adapter, model, layers, inputs, transfor
         **settings["statistics"],
         **settings["seis"],
     )
-    for spec, rows in frame.groupby("transform", sort=False):
-        for row in rows.to_dict("records"):
-            key = f"t{index[spec]:03d}-l{int(row['depth']):04d}"
-            row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-            _write_row(args.out, key, row)
-            done[key] = row
-        _say(args, f"{spec}: {len(rows)} layers scored")
 
 
 def _providers(device):
@@ -972,6 +1011,8 @@ def _user_code(option, what):
         yield
     except CommandError:
         raise
+    except SystemExit as exc:  # sys.exit() in the user's code: not the end of `seis`
+        raise CommandError(f"--model {option}: {what} (it called sys.exit({exc.code!r}))") from exc
     except Exception as exc:  # noqa: BLE001 - user code may raise anything
         where = ""
         if isinstance(exc, SyntaxError) and exc.lineno:

@@ -239,7 +239,9 @@ def test_prefix_tokens_and_selection_by_name():
     assert got.shape == (6, 17, 16)
     by_index = selector(-1)((torch.zeros(1), torch.ones(2)))
     assert by_index.shape == (2,)
-    with pytest.raises(KeyError, match="select='logits': the module's output has no such part"):
+    with pytest.raises(
+        ValueError, match="layer 'vit': select='logits': the module's output has no"
+    ):
         extract_activations(model, x, ["vit"], progress=False, select="logits")
     with pytest.raises(TypeError, match="select must be None, a callable, a str or an int"):
         selector(1.5)

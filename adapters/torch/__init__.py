@@ -23,10 +23,12 @@ import difflib
 import hashlib
 import itertools
 import re
+import warnings
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from seis_sklearn._validation import first_line
 from seis_sklearn.metrics import check_report_metrics
 
 from .._common import (
@@ -133,7 +135,7 @@ def selector(select):
             if hasattr(output, select):
                 return getattr(output, select)
             have = list(output.keys()) if hasattr(output, "keys") else type(output).__name__
-            raise KeyError(f"select={select!r}: the module's output has no such part ({have})")
+            raise ValueError(f"select={select!r}: the module's output has no such part ({have})")
 
         return by_name
     raise TypeError(
@@ -265,6 +267,25 @@ def _batches(inputs, batch_size, torch):
     return unpack(), n
 
 
+class ForwardError(RuntimeError):
+    """The model's own ``forward`` raised (the original exception is the cause)."""
+
+
+class _SelectFailed(Exception):
+    """Picking the tensor to record from a layer's output failed (in a forward hook):
+    re-raised after the forward as the original type, the layer named."""
+
+    def __init__(self, error, layer):
+        super().__init__(error)
+        self.error, self.layer = error, layer
+
+    def reraise(self):
+        error = self.error
+        text = error.args[0] if isinstance(error, KeyError) and error.args else first_line(error)
+        kind = TypeError if isinstance(error, TypeError) else ValueError
+        raise kind(f"layer {self.layer!r}: {text}") from error
+
+
 class _Recorder:
     """Forward hooks logging every call of the watched modules, in execution order."""
 
@@ -277,7 +298,11 @@ class _Recorder:
 
     def _hook(self, name):
         def hook(module, args, output):
-            self.log.append((name, self.select(output)))
+            try:
+                tensor = self.select(output)
+            except Exception as exc:  # noqa: BLE001 - select is the user's too
+                raise _SelectFailed(exc, name) from exc
+            self.log.append((name, tensor))
 
         return hook
 
@@ -446,6 +471,7 @@ def _forward_batches(
         runner.eval()
         runner.to(device)
         floating = next((p.dtype for p in runner.parameters() if p.is_floating_point()), None)
+        warned = []
 
         def record(function):  # the current batch, transformed by function
             fed = (
@@ -453,10 +479,18 @@ def _forward_batches(
                 if function is None
                 else _transformed(function, batch, torch, transform_names)
             )
-            runner(fed)
+            try:
+                runner(fed)
+            except _SelectFailed as exc:  # the recording failed, not the model
+                exc.reraise()
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - the model's own code
+                raise ForwardError(
+                    f"the model's forward failed on a batch of shape {tuple(fed.shape)} "
+                    f"({type(exc).__name__}: {first_line(exc)})"
+                ) from exc
             recorded = {}
             for key, tensor in recorder.take().items():
-                array = tensor.detach() if keep else tensor.detach().to("cpu").numpy()
+                array = tensor.detach() if keep else _host(tensor)
                 if check_rows and (array.ndim == 0 or array.shape[0] != batch.shape[0]):
                     rows = array.shape[0] if array.ndim else 0
                     raise ValueError(
@@ -471,9 +505,7 @@ def _forward_batches(
             for batch in batches:
                 if digests is not None:
                     digests.append(_digest(batch))
-                batch = batch.to(device)
-                if floating is not None and batch.is_floating_point():
-                    batch = batch.to(floating)  # float64 arrays into a float32 model
+                batch = _model_input(batch.to(device), floating, warned)
                 stop = start + batch.shape[0]
                 yield from batch_items((start, stop), views, record)
                 start = stop
@@ -487,6 +519,35 @@ def _forward_batches(
             module.train(training)
         if bar is not None:
             bar.close()
+
+
+def _host(tensor):
+    """A recorded tensor as a numpy array (bfloat16, which numpy lacks, as float32)."""
+    tensor = tensor.detach()
+    if str(tensor.dtype) == "torch.bfloat16":
+        tensor = tensor.float()
+    return tensor.to("cpu").numpy()
+
+
+def _model_input(batch, floating, warned):
+    """A batch of inputs in the model's floating dtype: float64 arrays into a float32
+    model, integer or boolean images (uint8 pixels) cast — said once —, complex refused."""
+    if batch.is_complex():
+        raise TypeError(f"inputs are complex ({batch.dtype}): the model takes real-valued inputs")
+    if floating is None:
+        return batch
+    if not batch.is_floating_point():
+        if not warned:
+            warnings.warn(
+                f"inputs are {str(batch.dtype).replace('torch.', '')}: cast to the model's "
+                f"{str(floating).replace('torch.', '')} as they are (no rescaling; scale "
+                "them as the model expects, e.g. images / 255)",
+                UserWarning,
+                stacklevel=4,
+            )
+            warned.append(True)
+        return batch.to(floating)
+    return batch.to(floating)
 
 
 def _digest(batch):
@@ -593,6 +654,7 @@ def layerwise_seis(
     n_prefix=None,
     transforms_per_pass="auto",
     layout="auto",
+    select=None,
     **seis_params,
 ):
     """SEIS of every chosen layer under every transform, as one table.
@@ -648,6 +710,9 @@ def layerwise_seis(
         which and why; a layer that cannot be told stops the report before its pass,
         naming it). One layout applies to every layer with that many axes; a dict
         layer → layout to the layers it names.
+    select : callable, str or int, optional
+        Which part of a layer's structured output to record (:func:`selector`), as
+        in :func:`extract_activations`; default: the first tensor.
     transforms_per_pass : "auto" or int, default="auto"
         How many transforms share one pass over the inputs (streamed reports):
         each batch's original forward pass then serves all of them — T + 1
@@ -714,7 +779,7 @@ def layerwise_seis(
         digests=None,
     ):  # fmt: skip
         return _forward_batches(
-            model, inputs, at or layers, views, batch_size, device, None, progress, streamed,
+            model, inputs, at or layers, views, batch_size, device, select, progress, streamed,
             check_rows, digests,
         )  # fmt: skip
 

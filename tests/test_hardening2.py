@@ -1,0 +1,195 @@
+"""The second adversarial round (issue 31): each case as a regression test, its new
+behaviour asserted — one clear line naming the argument or option, or the run done."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from seis_sklearn.adapters.torch import ForwardError, layerwise_seis  # noqa: E402
+
+from seis_sklearn import SEISScorer, seis_score  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _seis(args, cwd, **kw):
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{cwd}"}
+    return subprocess.run(
+        [sys.executable, "-m", "seis_sklearn", *map(str, args)], capture_output=True,
+        text=True, cwd=cwd, env=env, timeout=300, **kw,
+    )  # fmt: skip
+
+
+NETS = """
+import sys, torch
+
+class Net(torch.nn.Module):
+    def __init__(self, fail=None):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4, 2)
+        self.fail = fail
+
+    def forward(self, x):
+        if self.fail == "key":
+            return {}["missing"]
+        if self.fail == "index":
+            return [][3]
+        if self.fail == "assert":
+            assert x.shape[0] > 1000, "batch too small"
+        if self.fail == "zero":
+            return 1 / 0
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+class NoneLayer(torch.nn.Module):
+    def forward(self, x):
+        return None
+
+class WithNone(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.none = NoneLayer()
+
+    def forward(self, x):
+        self.none(x)
+        return self.conv(x)
+
+def key(): return Net("key")
+def index(): return Net("index")
+def failing_assert(): return Net("assert")
+def zero(): return Net("zero")
+def exits(): sys.exit(5)
+def good(): torch.manual_seed(0); return Net()
+def with_none(): return WithNone()
+def bf16(): torch.manual_seed(0); return Net().to(torch.bfloat16)
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / "nets.py").write_text(NETS)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.normal(size=(24, 3, 8, 8)).astype(np.float32))
+    np.save(tmp_path / "u8.npy", rng.integers(0, 255, size=(24, 3, 8, 8), dtype=np.uint8))
+    np.save(tmp_path / "c.npy", rng.normal(size=(24, 3, 8, 8)) * (1 + 1j))
+    return tmp_path
+
+
+def _report(workdir, build, inputs="x.npy", *extra):
+    return _seis(
+        ["report", "--model", f"nets.py:{build}", "--inputs", inputs, "--transform", "hflip",
+         "--in-sample", "-q", "--out", f"out-{build}-{inputs}", *extra],
+        cwd=workdir,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "build, name",
+    [("key", "KeyError"), ("index", "IndexError"), ("failing_assert", "AssertionError"),
+     ("zero", "ZeroDivisionError")],
+)  # fmt: skip
+def test_a_model_whose_forward_raises_is_one_line_naming_model(workdir, build, name):
+    """A 41-line traceback before: only build() was wrapped."""
+    done = _report(workdir, build)
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"seis report: error: --model nets.py:{build}: the model's forward")
+    assert name in lines[0]
+
+
+def test_build_calling_sys_exit_is_one_line(workdir):
+    """build() calling sys.exit(5) ended `seis` with status 5 and no message."""
+    done = _report(workdir, "exits")
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1
+    assert "--model nets.py:exits: exits() failed (it called sys.exit(5))" in done.stderr
+
+
+def test_integer_inputs_are_cast_and_said_complex_refused(workdir):
+    done = _report(workdir, "good", "u8.npy")
+    assert done.returncode == 0, done.stderr
+    assert "inputs are uint8: cast to the model's float32" in done.stderr
+    refused = _report(workdir, "good", "c.npy")
+    assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1
+    assert "complex" in refused.stderr
+
+
+def test_a_bfloat16_model_is_scored(workdir):
+    """Got unsupported ScalarType BFloat16 before."""
+    done = _report(workdir, "bf16")
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_layer_returning_none_names_the_layer_and_select_is_accepted(workdir):
+    """'pass select=' — but neither layerwise_seis nor seis report took select."""
+    done = _report(workdir, "with_none", "x.npy", "--layers", "none")
+    assert done.returncode == 1
+    assert "layer 'none': cannot find a tensor in a module output of type NoneType" in done.stderr
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nets", workdir / "nets.py")
+    nets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nets)
+    x = np.load(workdir / "x.npy")
+    frame = layerwise_seis(
+        nets.Net(), x, {"f": lambda b: b.flip(-1)}, layers=["conv"], held_out=None,
+        progress=False, select=lambda out: out * 2,
+    )  # fmt: skip
+    assert np.isfinite(frame["equivariance"]).all()
+    with_select = _report(workdir, "good", "x.npy", "--select", "0", "--layers", "conv")
+    assert with_select.returncode == 1 and "layer 'conv'" in with_select.stderr
+
+
+def test_forward_errors_in_the_api_are_forward_errors(workdir):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nets", workdir / "nets.py")
+    nets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nets)
+    x = np.load(workdir / "x.npy")
+    with pytest.raises(ForwardError, match=r"forward failed on a batch of shape \(2, 3, 8, 8\) "
+                       r"\(KeyError: 'missing'\)") as info:  # fmt: skip
+        layerwise_seis(nets.Net("key"), x, {"f": lambda b: b.flip(-1)}, layers=["conv"])
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_array_likes_that_used_to_fail(rng):
+    A = rng.normal(size=(30, 5))
+    B = A + 0.1 * rng.normal(size=A.shape)
+    want = seis_score(A, B)
+    # np.matrix: "not enough values to unpack" before
+    assert seis_score(np.asmatrix(A), np.asmatrix(B)).equivariance == want.equivariance
+    # nested lists of numbers are one array, not an orbit
+    assert seis_score(A.tolist(), B.tolist()).equivariance == pytest.approx(want.equivariance)
+    orbit = seis_score(A, [B, -B])
+    assert len(orbit.elements) == 2  # a list of arrays is an orbit
+    # bfloat16 tensors: float32 holds them exactly
+    T = torch.from_numpy(A).to(torch.bfloat16)
+    assert np.isfinite(seis_score(T, T).equivariance)
+
+
+def test_partial_fit_takes_a_batch_of_one(rng):
+    """Refused before ("X has 1 sample") although partial_fit exists for small batches."""
+    A = rng.normal(size=(12, 5))
+    B = A + 0.1 * rng.normal(size=A.shape)
+    streamed = SEISScorer(n_components=5)
+    for i in range(len(A)):
+        streamed.partial_fit(A[i : i + 1], B[i : i + 1])
+    fitted = SEISScorer(n_components=5).fit(A, B)
+    assert streamed.result_.equivariance == pytest.approx(fitted.result_.equivariance, abs=1e-12)
+    one = SEISScorer().partial_fit(A[:1], B[:1])
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        one.scores(A, B)
+    with pytest.raises(ValueError, match="per-sample shape"):
+        one.partial_fit(A[:1, :3], B[:1, :3])
+    with pytest.raises(ValueError, match="X has 1 sample"):
+        SEISScorer().fit(A[:1], B[:1])  # fit still needs two
