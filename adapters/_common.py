@@ -104,7 +104,8 @@ def layer_params(seis_params, shape, reading=None):
 
 def check_stream_args(held_out, transform):
     """The checks of held-out streaming, before any model is run."""
-    if not (isinstance(held_out, float) and 0.0 < held_out <= 0.5):
+    real = isinstance(held_out, (float, np.floating)) and not isinstance(held_out, bool)
+    if not (real and 0.0 < float(held_out) <= 0.5):
         raise ValueError(f"held_out must be a float in (0, 0.5]; got {held_out!r}")
     _check_transform(transform)
 
@@ -481,7 +482,9 @@ def report_rows(
     return rows + never_ran_rows(expected, rows, module_of)
 
 
-def probe_readings(probe, input_shape, change, *, layout, tokens, model_prefix):
+def probe_readings(
+    probe, input_shape, change, *, layout, tokens, model_prefix, prefix_given=False
+):  # fmt: skip
     """Every layer's activation shape and :class:`~seis_sklearn.adapters._layout.Reading`,
     from forward passes of two samples, before the report's pass.
 
@@ -496,7 +499,7 @@ def probe_readings(probe, input_shape, change, *, layout, tokens, model_prefix):
     change : callable
         A batch → the batch with its lower-right quadrant replaced (the layout probe,
         run only where a layer's layout is ambiguous).
-    layout, tokens, model_prefix
+    layout, tokens, model_prefix, prefix_given
         As :func:`~seis_sklearn.adapters._layout.read_layers` takes them.
 
     Returns
@@ -520,6 +523,7 @@ def probe_readings(probe, input_shape, change, *, layout, tokens, model_prefix):
     readings = read_layers(
         {k: shape for k, (shape, _) in shapes.items()}, input_grid(input_shape),
         layout=layout, tokens=tokens, model_prefix=model_prefix, probe=changed,
+        prefix_given=prefix_given,
     )  # fmt: skip
     return shapes, readings
 

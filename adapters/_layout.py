@@ -167,7 +167,10 @@ def _for_layer(layout, key):
     return layout
 
 
-def read_layers(shapes, grid, *, layout="auto", tokens="all", model_prefix=None, probe=None):
+def read_layers(
+    shapes, grid, *, layout="auto", tokens="all", model_prefix=None, probe=None,
+    prefix_given=False,
+):  # fmt: skip
     """The :class:`Reading` of every layer (module docstring).
 
     Parameters
@@ -181,6 +184,9 @@ def read_layers(shapes, grid, *, layout="auto", tokens="all", model_prefix=None,
     tokens : {"all", "patch"}
     model_prefix : int or None
         The prefix tokens the model says it has (or ``n_prefix`` given).
+    prefix_given : bool, default=False
+        ``model_prefix`` was given by the user (``n_prefix=``): every token layer
+        loses exactly that many tokens (an error for a layer that has no more).
     probe : callable, optional
         ``probe() → layer key → (original, changed)`` arrays of two samples, the
         second with the input's lower-right quadrant replaced; called at most once,
@@ -202,7 +208,7 @@ def read_layers(shapes, grid, *, layout="auto", tokens="all", model_prefix=None,
         given = _given(_for_layer(layout, key), ndim)
         if given is not None:
             readings[key] = _with_tokens(Reading(given, 0, "given"), key, shape, grid, tokens,
-                                         model_prefix)  # fmt: skip
+                                         model_prefix, prefix_given)  # fmt: skip
             continue
         if ndim == 4:
             channels_first = fits_grid(shape[1], shape[2], grid)
@@ -218,7 +224,7 @@ def read_layers(shapes, grid, *, layout="auto", tokens="all", model_prefix=None,
             continue
         concrete = resolve_layout("auto", ndim)
         readings[key] = _with_tokens(Reading(concrete, 0, "default for its axes"), key, shape,
-                                     grid, tokens, model_prefix)  # fmt: skip
+                                     grid, tokens, model_prefix, prefix_given)  # fmt: skip
     if ambiguous:
         if probe is None:
             raise _ambiguous(ambiguous[0], shapes[ambiguous[0]], "no probe could be run")
@@ -232,10 +238,18 @@ def _grid(sizes):
     return f"a {sizes[0]}×{sizes[1]} map"
 
 
-def _with_tokens(reading, key, shape, grid, tokens, model_prefix):
+def _with_tokens(reading, key, shape, grid, tokens, model_prefix, prefix_given=False):
     if reading.layout != "NLD" or tokens != "patch":
         return reading
-    found = token_prefix(shape[0], grid, model_prefix)
+    if prefix_given:
+        if model_prefix >= shape[0]:
+            raise LayoutError(
+                f"n_prefix={model_prefix} (--prefix-tokens) is not below the {shape[0]} tokens "
+                f"of layer {key!r}: nothing would be left to score"
+            )
+        found = model_prefix, f"tokens: n_prefix={model_prefix} given, dropped"
+    else:
+        found = token_prefix(shape[0], grid, model_prefix)
     if found is None:
         raise LayoutError(
             f"layer {key!r}: tokens='patch', but its {shape[0]} tokens leave no grid of "

@@ -184,6 +184,14 @@ def degenerate_reason(k, n_columns, fit_rows):
     return "; ".join(reasons)
 
 
+def views_without_variance(names):
+    """``"A and B have no variance"`` (or ``"X has …"``) for the views named."""
+    if not names:
+        return "the activations have no variance"
+    verb = "has" if len(names) == 1 else "have"
+    return f"{' and '.join(names)} {verb} no variance"
+
+
 def no_variance_error(what="the activations have no variance"):
     """The error for views with no variance over their samples: nothing to score."""
     return ValueError(
@@ -262,7 +270,7 @@ def variance_weighted_sum(blocks, traces):
     return total / len(traces)
 
 
-def pooled_basis(moments, n_components, max_components=None):
+def pooled_basis(moments, n_components, max_components=None, names=None):
     """The basis from the second moment pooled over every view (SPEC §2.2, §2.5).
 
     ``S = (1/G) Σ_g P̃_gᵀ P̃_g / tr(P̃_gᵀ P̃_g)``: each view weighted by its own total
@@ -272,7 +280,8 @@ def pooled_basis(moments, n_components, max_components=None):
     Raises
     ------
     ValueError
-        If every view is constant (no variance to keep).
+        If every view is constant (no variance to keep), naming the views
+        (``names``) when given.
     """
     traces = view_traces(np.einsum("gii->g", moments.auto), moments.mean, moments.n_samples)
     S = variance_weighted_sum(moments.auto, traces)
@@ -283,7 +292,7 @@ def pooled_basis(moments, n_components, max_components=None):
         n_components = S.shape[0]
     k = select_k(eigenvalues, n_components, dof=dof, max_components=max_components)
     if k == 0:
-        raise no_variance_error()
+        raise no_variance_error(views_without_variance(names))
     return Basis(deterministic_signs(V[:, :k]), eigenvalues, k, S.shape[0])
 
 

@@ -183,7 +183,7 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 )
         part = accumulate([X], "ND", "flatten", names=("X",))
         moments = part if first else self._moments.merge(part)
-        basis = pooled_basis(moments, n_components, max_components)
+        basis = pooled_basis(moments, n_components, max_components, names=("X",))
         k = basis.k
         self._moments = moments
         self.n_samples_seen_ = moments.n_rows
@@ -219,7 +219,7 @@ class SubspaceDenoiser(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         stack, views, names, layout = self._views(X, first)
         part = accumulate(views, layout, self.matricization, names=names)
         moments = part if first else self._moments.merge(part)
-        basis = pooled_basis(moments, n_components, max_components)
+        basis = pooled_basis(moments, n_components, max_components, names=names)
         k = basis.k
         self._moments = moments
         self.layout_ = layout

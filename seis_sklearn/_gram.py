@@ -33,6 +33,7 @@ from ._cca import (
     no_variance_error,
     select_k,
     view_traces,
+    views_without_variance,
 )
 from ._matricize import matricize, matrix_shape
 from ._moments import InputFiles, _float32_scale, _page_releaser, product_dtype
@@ -157,7 +158,7 @@ class GramBasis(Basis):
     coefficients: np.ndarray = None
 
 
-def gram_basis(gm, n_components, max_components=None):
+def gram_basis(gm, n_components, max_components=None, names=None):
     """The shared basis of SPEC §2.2 from the Gram matrix.
 
     The pooled moment ``S = (1/G) Σ_g P̃_gᵀP̃_g / t_g`` (``t_g`` the trace of view g's
@@ -179,7 +180,7 @@ def gram_basis(gm, n_components, max_components=None):
     dof = m - gm.mean.shape[1]
     k = select_k(eigenvalues, n_components, dof=dof, max_components=max_components)
     if k == 0:
-        raise no_variance_error()
+        raise no_variance_error(views_without_variance(names))
     coefficients = scale[:, None] * deterministic_signs(U[:, :k]) / np.sqrt(w[:k])
     return GramBasis(None, eigenvalues, k, gm.mean.shape[-1], coefficients)
 

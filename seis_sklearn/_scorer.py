@@ -264,6 +264,7 @@ class SEISScorer(BaseEstimator):
                 "call fit on all the samples, or refit with solver='moments'"
             )
         orbit, ys, view_names = _views_of(y, names)
+        params = {**params, "names": view_names}
         before = pending["moments"] if pending else (None if first else self._moments)
         if before is not None and len(ys) + 1 != before.n_views:
             raise ValueError(
@@ -594,14 +595,16 @@ def resolve_solver(solver, shape, layout, matricization, lazy=False):
 
 def _fit_moments(moments, params, view=1):
     """Shared basis and CCA of the pair (original, ``view``) from their d × d moments."""
-    basis = pooled_basis(moments, params["n_components"], params["max_components"])
+    basis = pooled_basis(
+        moments, params["n_components"], params["max_components"], params.get("names")
+    )
     covariances = pair_covariances(moments, basis, view)
     return basis, fit_cca(*covariances, params["reg"], moments.n_rows)
 
 
 def _fit_gram(gm, params, view=1):
     """Shared basis and CCA of the pair (original, ``view``) from the Gram matrix."""
-    basis = gram_basis(gm, params["n_components"], params["max_components"])
+    basis = gram_basis(gm, params["n_components"], params["max_components"], params.get("names"))
     covariances = gram_pair_covariances(gm, basis, view)
     return basis, fit_cca(*covariances, params["reg"], gm.n_rows)
 
@@ -726,7 +729,9 @@ def is_orbit(y):
 
 def _fit_orbit(moments, params):
     """The basis pooled over every view (SPEC §2.5) and the CCA of each (A, B_g)."""
-    basis = pooled_basis(moments, params["n_components"], params["max_components"])
+    basis = pooled_basis(
+        moments, params["n_components"], params["max_components"], params.get("names")
+    )
     ccas = [
         fit_cca(*pair_covariances(moments, basis, g), params["reg"], moments.n_rows)
         for g in range(1, moments.n_views)
@@ -856,6 +861,7 @@ def seis_score(
     ('cross-fitted', 4)
     """
     check_statistics(n_permutations, n_bootstrap, confidence)
+    _check_random_state(random_state)
     if is_orbit(B) and (n_permutations or n_bootstrap):
         raise ValueError("n_permutations and n_bootstrap take a pair (A, B), not an orbit")
     result = _seis_score(A, B, cv, params)
@@ -885,10 +891,11 @@ def _seis_score(A, B, cv, params):
         return fitted.result_
     fit_params = scorer._checked_params()
     orbit, Bs, names = _views_of(B, ("A", "B"))
+    fit_params["names"] = names
     views, layout = check_views([A, *Bs], names, scorer.layout, scorer.matricization)
     A, B = views[0], views[1]
     n = A.shape[0]
-    splitter = check_cv(cv)
+    splitter = check_cv(_checked_cv(cv, n))
     splits = [
         (_fold_indices(train, n, "training"), _fold_indices(test, n, "test"))
         for train, test in splitter.split(np.empty((n, 1)))
@@ -972,6 +979,36 @@ def _seis_score(A, B, cv, params):
         folds=tuple(folds),
         **{f"{name}_std": float(s) for name, s in zip(SCORE_NAMES, stds, strict=True)},
     )
+
+
+def _check_random_state(random_state):
+    """None, an int >= 0 or a numpy Generator, or one error naming ``random_state``."""
+    if random_state is None or isinstance(random_state, np.random.Generator):
+        return
+    if isinstance(random_state, (bool, np.bool_)) or not isinstance(
+        random_state, (int, np.integer)
+    ):
+        raise TypeError(
+            "random_state must be None, an int >= 0 or a numpy Generator; got "
+            f"{type(random_state).__name__}"
+        )
+    if random_state < 0:
+        raise ValueError(f"random_state must be an int >= 0; got {int(random_state)}")
+
+
+def _checked_cv(cv, n):
+    """``cv`` as given, or one error naming it: an int of folds in [2, n samples]."""
+    if isinstance(cv, (bool, np.bool_)):
+        raise TypeError(
+            f"cv must be an int >= 2 (the number of folds), a splitter or an iterable of "
+            f"(train, test) index arrays; got {cv!r}"
+        )
+    if isinstance(cv, (int, np.integer)):
+        if cv < 2:
+            raise ValueError(f"cv must be at least 2 folds; got cv={int(cv)}")
+        if cv > n:
+            raise ValueError(f"cv={int(cv)} asks for more folds than the {n} samples")
+    return cv
 
 
 def _fold_indices(indices, n, which):

@@ -648,6 +648,12 @@ def _report_settings(args):
         parse_spec(spec)
     if len(set(args.transform)) != len(args.transform):
         raise CommandError("--transform names the same transform twice")
+    if settings["statistics"] and not args.in_sample:
+        given = "--permutations" if args.permutations else "--bootstrap"
+        raise CommandError(
+            f"{given} refits on stored activations: add --in-sample (a model's report is "
+            "otherwise streamed held-out, and its activations are never stored)"
+        )
     settings["held_out"] = None if args.in_sample else args.held_out
     settings["transforms"] = args.transform
     settings["input_layout"] = args.input_layout
@@ -789,10 +795,23 @@ def _prepare_out(folder, settings, args):
     rows = {}
     for path in sorted((folder / ROWS_DIR).glob("*.json")):
         try:
-            rows[path.stem] = json.loads(path.read_text())
+            row = json.loads(path.read_text())
         except ValueError:  # pragma: no cover - rows are written atomically
             path.unlink()
+            continue
+        missing = [c for c in ROW_KEYS if not isinstance(row, dict) or c not in row]
+        if missing:
+            raise CommandError(
+                f"--out {folder}: {ROWS_DIR}/{path.name} is not a report row (no "
+                f"{', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}); remove it, or "
+                "pass --force to start over"
+            )
+        rows[path.stem] = row
     return rows
+
+
+# what every row of a report holds (seis_sklearn.report.COLUMNS less the optional ones)
+ROW_KEYS = ("layer", "depth", "transform", "equivariance", "invariance", "n_components")
 
 
 def _write_row(folder, key, row):
@@ -805,14 +824,46 @@ def cmd_report(args):
     settings = _report_settings(args)
     # everything is loaded and checked before --out is touched
     job = _report_pairs if "pairs" in settings else _model_job(args, settings)
-    done = _prepare_out(args.out, settings, args)
-    kept = len(done)
-    if kept:
-        _say(args, f"resuming: {kept} layer results already in {args.out}")
-    job(args, settings, done)
-    frame = report_frame(done.values())
-    _finish_report(args, frame, settings)
+    with _out_lock(args.out):
+        done = _prepare_out(args.out, settings, args)
+        kept = len(done)
+        if kept:
+            _say(args, f"resuming: {kept} layer results already in {args.out}")
+        job(args, settings, done)
+        frame = report_frame(done.values())
+        _finish_report(args, frame, settings)
     return EXIT_OK
+
+
+LOCK_FILE = ".seis-report.lock"
+
+
+@contextlib.contextmanager
+def _out_lock(folder):
+    """One report at a time in ``--out``: an exclusive lock on a file there, held for
+    the whole run (two runs writing one folder — a ``--force`` beside a running
+    report — removed each other's files mid-write)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CommandError(f"--out {folder}: exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    with open(folder / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise CommandError(
+                f"--out {folder}: another seis report is writing there now; wait for it to "
+                "finish, or choose another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _report_pairs(args, settings, done):

@@ -317,7 +317,10 @@ def softmax_geed(orbit, *, from_logits=False):
     """
     arrays = [a.astype(np.float64) for a in _check_orbit(orbit)]
     if arrays[0].ndim != 2:
-        raise ValueError(f"softmax outputs must be (n_samples, n_classes); got {arrays[0].shape}")
+        raise ValueError(
+            f"orbit[0] must hold softmax outputs of shape (n_samples, n_classes); got shape "
+            f"{arrays[0].shape}"
+        )
     p = np.stack(arrays)
     if from_logits:
         p = np.exp(p - p.max(axis=2, keepdims=True))
@@ -344,9 +347,10 @@ def _moments_of(A, B, layout, matricization):
 def cka_from_moments(moments):
     """Linear CKA from the centred auto- and cross-products."""
     cross = moments.cross[0]
-    denominator = np.linalg.norm(moments.auto[0]) * np.linalg.norm(moments.auto[1])
-    if denominator == 0:
-        raise ValueError("linear CKA is undefined: a view is constant")
+    norms = [np.linalg.norm(moments.auto[0]), np.linalg.norm(moments.auto[1])]
+    if not norms[0] * norms[1] > 0:
+        raise ValueError(f"linear CKA is undefined: {_constant(norms)}")
+    denominator = norms[0] * norms[1]
     return float(np.sum(cross * cross) / denominator)
 
 
@@ -375,13 +379,20 @@ def linear_cka(A, B, *, layout="auto", matricization="flatten"):
 RANK_TOLERANCE = 1e-10
 
 
-def _principal(auto, threshold):
+def _constant(norms, names=("A", "B")):
+    """Which views have no variance, in words."""
+    which = [n for n, v in zip(names, norms, strict=True) if not v > 0]
+    verb = "is" if len(which) == 1 else "are"
+    return f"{' and '.join(which)} {verb} constant (no variance over the samples)"
+
+
+def _principal(auto, threshold, name="A"):
     """Leading eigenvectors of one view's product explaining ``threshold`` of its variance."""
     values, vectors = descending_eigh(auto)
     values = np.clip(values, 0.0, None)
     total = values.sum()
     if total <= 0:
-        raise ValueError("a view is constant: no variance to keep")
+        raise ValueError(f"{name} is constant: no variance to keep")
     keep_rank = values > values[0] * RANK_TOLERANCE  # numerically null directions dropped
     cumulative = np.cumsum(values) / total
     k = int(np.searchsorted(cumulative, threshold - 1e-12) + 1)
@@ -396,7 +407,7 @@ def _cca_reduced(moments, threshold_a, threshold_b):
     original coordinates, so ``X̃ Wx`` are the canonical variates (unit norm).
     """
     va, Ua = _principal(moments.auto[0], threshold_a)
-    vb, Ub = _principal(moments.auto[1], threshold_b)
+    vb, Ub = _principal(moments.auto[1], threshold_b, "B")
     # whitened bases: X̃ Ua / sqrt(va) have orthonormal columns
     Ka = Ua / np.sqrt(va)
     Kb = Ub / np.sqrt(vb)

@@ -193,3 +193,116 @@ def test_partial_fit_takes_a_batch_of_one(rng):
         one.partial_fit(A[:1, :3], B[:1, :3])
     with pytest.raises(ValueError, match="X has 1 sample"):
         SEISScorer().fit(A[:1], B[:1])  # fit still needs two
+
+
+def test_messages_name_the_argument(rng):
+    from seis_sklearn import SubspaceDenoiser, metrics
+
+    A = rng.normal(size=(20, 4, 5, 5))
+    B = A + 0.1 * rng.normal(size=A.shape)
+    for cv, error, match in (
+        (100, ValueError, "cv=100 asks for more folds than the 20 samples"),
+        (0, ValueError, "cv must be at least 2 folds; got cv=0"),
+        (1, ValueError, "cv must be at least 2 folds; got cv=1"),
+        (-2, ValueError, "cv must be at least 2 folds; got cv=-2"),
+        (True, TypeError, "cv must be an int >= 2"),
+    ):
+        with pytest.raises(error, match=match):
+            seis_score(A, B, cv=cv)
+    with pytest.raises(ValueError, match="random_state must be an int >= 0; got -1"):
+        seis_score(A, B, n_permutations=2, random_state=-1)
+    # no variance: which view
+    with pytest.raises(ValueError, match="^A and B have no variance"):
+        seis_score(A * 1e-300, B * 1e-300)
+    with pytest.raises(ValueError, match="^X has no variance"):
+        SubspaceDenoiser().fit(np.ones((10, 3)))
+    flat = rng.normal(size=(20, 12))
+    with pytest.raises(ValueError, match="A is constant"):
+        metrics.linear_cka(np.ones_like(flat), flat)
+    with pytest.raises(ValueError, match="B is constant"):
+        metrics.svcca(flat, np.ones_like(flat))
+    with pytest.raises(ValueError, match=r"orbit\[0\] must hold softmax outputs"):
+        metrics.softmax_geed([rng.normal(size=(10, 3, 4)), rng.normal(size=(10, 3, 4))])
+
+
+def test_report_and_monitor_arguments(rng):
+    from seis_sklearn.adapters.torch import SEISMonitor
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1)).eval()
+    x = rng.normal(size=(20, 3, 8, 8)).astype(np.float32)
+    flip = {"f": lambda b: b.flip(-1)}
+    frame = layerwise_seis(net, x, flip, held_out=np.float32(0.25), progress=False)
+    assert np.isfinite(frame["equivariance"]).all()  # numpy floats are floats
+
+    class Tokens(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Linear(3, 8)
+
+        def forward(self, x):
+            return self.embed(x.flatten(2).transpose(1, 2))  # 64 tokens for 8×8
+
+    with pytest.raises(ValueError, match=r"n_prefix=64 \(--prefix-tokens\) is not below the 64"):
+        layerwise_seis(Tokens(), x, flip, tokens="patch", n_prefix=64, progress=False)
+    given = layerwise_seis(Tokens(), x, flip, tokens="patch", n_prefix=4, progress=False,
+                           held_out=None)  # fmt: skip
+    assert given["shape"][0] == "60×8"  # a count given is used as given
+    monitor = SEISMonitor(x, flip, held_out=None)
+    with pytest.raises(TypeError, match="epoch must be a number"):
+        monitor.update(net, "epoch one")
+    monitor.update(net, 0)
+    with pytest.raises(ValueError, match="score must be one of .*'bogus'"):
+        monitor.plot("bogus")
+
+
+def test_cli_options_named_and_out_guarded(workdir):
+    """--permutations on a streamed report names --in-sample (it named held_out=None);
+    a second run on the same --out is refused while one writes; a rows/ file that is
+    JSON but no row is named."""
+    done = _seis(["report", "--model", "nets.py:good", "--inputs", "x.npy", "--transform",
+                  "hflip", "--permutations", "9", "-q", "--out", "p"], cwd=workdir)  # fmt: skip
+    assert (
+        done.returncode == 1
+        and "--permutations refits on stored activations: add --in-sample" in done.stderr
+    )
+    import fcntl
+
+    out = workdir / "locked"
+    out.mkdir()
+    with open(out / ".seis-report.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another run holds it
+        busy = _seis(
+            [
+                "report",
+                "--model",
+                "nets.py:good",
+                "--inputs",
+                "x.npy",
+                "--transform",
+                "hflip",
+                "--in-sample",
+                "-q",
+                "--force",
+                "--out",
+                "locked",
+            ],
+            cwd=workdir,
+        )
+    assert busy.returncode == 1 and "another seis report is writing there now" in busy.stderr
+    first = _seis(["report", "--model", "nets.py:good", "--inputs", "x.npy", "--transform",
+                   "hflip", "--transform", "vflip", "--in-sample", "-q", "--out", "r"],
+                  cwd=workdir)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    run = workdir / "r" / "seis-run.json"
+    import json
+
+    record = json.loads(run.read_text())
+    run.write_text(json.dumps({**record, "status": "running"}))
+    (workdir / "r" / "rows" / "t000-l0000.json").write_text('{"not": "a row"}')
+    resumed = _seis(["report", "--model", "nets.py:good", "--inputs", "x.npy", "--transform",
+                     "hflip", "--transform", "vflip", "--in-sample", "-q", "--resume",
+                     "--out", "r"], cwd=workdir)  # fmt: skip
+    assert resumed.returncode == 1
+    assert "rows/t000-l0000.json is not a report row (no layer, depth, transform…)" in (
+        resumed.stderr
+    )

@@ -35,6 +35,29 @@ def test_a_short_paper_run_writes_every_claim_with_a_verdict(tmp_path, capsys):
     assert np.isfinite(values).all() and (values[:, 1] <= values[:, 0] + 1e-9).all()
     assert main(["paper", "--out", str(out), "--epochs", "1"]) == 1  # finished: no overwrite
     assert "pass --force" in capsys.readouterr().err
+    # issue 31: two tracked epochs cannot tell when the scores settle
+    stabilise = next(r for r in rows if r["claim"] == paper.CLAIMS["stabilise"][0])
+    assert stabilise["verdict"] == "inconclusive"
+    assert "only 2 epochs tracked: at least 3 are needed" in stabilise["measured"]
+
+
+def test_more_images_than_the_digits_hold_is_said():
+    """--images 100000 trained on the 1,497 images there are without saying so."""
+    said = []
+
+    class Stop(Exception):
+        pass
+
+    def log(message):
+        said.append(message)
+        raise Stop  # the message is all this test needs
+
+    with pytest.raises(Stop):
+        paper.run("/nonexistent", epochs=1, n_train=100000, log=log)
+    assert said == [
+        "training on the 1,497 digits there are, not 100,000: scikit-learn's digits hold "
+        "1,797 images, 300 of them the probe set"
+    ]
 
 
 def test_verdict_rules():

@@ -701,6 +701,7 @@ def layerwise_seis(
     shapes, readings = probe_readings(
         probe, tuple(np.shape(image)) if len(image) else None, _change_quadrant,
         layout=layout, tokens=tokens, model_prefix=model_prefix,
+        prefix_given=n_prefix is not None,
     )  # fmt: skip
     if isinstance(layout, dict):
         check_layout_argument(layout, list(shapes))

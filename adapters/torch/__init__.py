@@ -795,6 +795,7 @@ def layerwise_seis(
         lambda views: probe(views, layers) if first is not None else None,
         None if first is None else first.shape, _change_quadrant,
         layout=layout, tokens=tokens, model_prefix=model_prefix,
+        prefix_given=n_prefix is not None,
     )  # fmt: skip
     rows = report_rows(
         transforms, run, held_out=held_out, per_pass=per_pass,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 
 class SEISMonitor:
     """Layerwise held-out SEIS of a model on a fixed probe set, epoch after epoch.
@@ -71,6 +73,11 @@ class SEISMonitor:
         """
         from . import default_layers, layerwise_seis
 
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Real):
+            raise TypeError(
+                f"epoch must be a number (the x axis of plot()); got {type(epoch).__name__} "
+                f"{epoch!r}"
+            )
         if self.layers is None:
             self.layers = default_layers(model)
         frame = layerwise_seis(
@@ -107,6 +114,10 @@ class SEISMonitor:
         frame = self.frame
         if frame.empty:
             raise ValueError("nothing to plot: call update() at least once")
+        sizes = ("epoch", "depth", "n_components", "n_rows")
+        numeric = [c for c in frame.columns if c not in sizes and frame[c].dtype.kind == "f"]
+        if score not in numeric:
+            raise ValueError(f"score must be one of {', '.join(numeric)}; got {score!r}")
         names = list(dict.fromkeys(frame["transform"]))
         fig = Figure(figsize=(4.2 * len(names), 3.6), layout="constrained")
         axes = fig.subplots(1, len(names), squeeze=False)[0]

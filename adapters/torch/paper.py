@@ -291,6 +291,11 @@ def _mean(scores, layers, index):
     return float(values.mean()), float(np.sqrt((spreads**2).mean() / len(layers)))
 
 
+# The stabilisation claim needs this many tracked epochs: settling "within the first
+# third" of fewer cannot be told from never moving.
+MIN_TRACKED_EPOCHS = 3
+
+
 def judge(results, epochs):
     """The claims table: claim, rule, measured, verdict (one dict per claim)."""
     rows = []
@@ -320,15 +325,18 @@ def judge(results, epochs):
             end = final.loc[(layer, name), score]
             far = group[np.abs(group[score] - end) > 0.05]["epoch"]
             settled = max(settled, int(far.max()) + 1 if len(far) else 0)
-    verdict = "reproduced" if settled <= epochs // 3 else (
-        "not reproduced" if settled > epochs // 2 else "inconclusive")  # fmt: skip
-    rows.append(
-        (
-            "stabilise",
-            verdict,
-            f"every score within 0.05 of its final value from epoch {settled} of {epochs}",
+    tracked = int(track["epoch"].nunique())
+    if tracked < MIN_TRACKED_EPOCHS:  # "the first few" of one or two epochs says nothing
+        verdict = "inconclusive"
+        stable = (
+            f"only {tracked} epoch{'s' if tracked != 1 else ''} tracked: at least "
+            f"{MIN_TRACKED_EPOCHS} are needed to tell when the scores settle (--epochs)"
         )
-    )
+    else:
+        verdict = "reproduced" if settled <= epochs // 3 else (
+            "not reproduced" if settled > epochs // 2 else "inconclusive")  # fmt: skip
+        stable = f"every score within 0.05 of its final value from epoch {settled} of {epochs}"
+    rows.append(("stabilise", verdict, stable))
     unet = results["unet"]["rot90"]
     bottom, top = unet["block3"], unet["dec2"]
     rows.append(("decoder", _verdict(top[0] - bottom[0], np.hypot(top[1], bottom[1])),
@@ -396,6 +404,10 @@ def run(out, *, epochs=6, n_train=1000, n_probe=300, log=print):
 
     torch = _import_torch()
     images, labels, masks = digits_data()
+    available = len(images) - n_probe
+    if n_train > available:
+        log(f"training on the {available:,} digits there are, not {n_train:,}: scikit-learn's "
+            f"digits hold {len(images):,} images, {n_probe} of them the probe set")  # fmt: skip
     probe = images[:n_probe]
     fit = (images[n_probe : n_probe + n_train], labels[n_probe : n_probe + n_train],
            masks[n_probe : n_probe + n_train])  # fmt: skip
