@@ -320,8 +320,9 @@ def stream(batches, held_out, seis_params, *, dtype=None, deviation=None, readin
 
 
 def stream_views(
-    batches, views, held_out, seis_params, *, dtype=None, deviations=None, readings=None
-):
+    batches, views, held_out, seis_params, *, dtype=None, deviations=None, readings=None,
+    checkpoint=None, offset=0,
+):  # fmt: skip
     """:func:`stream` of several transforms in one pass over the batches.
 
     Each batch holds the ``"original"`` view and one transformed view per entry
@@ -341,6 +342,13 @@ def stream_views(
         As in :func:`stream`.
     deviations : dict, optional
         View key → :class:`ChannelDeviation` (or None).
+    checkpoint : Checkpoint, optional
+        Between batches, a stop asked for saves the statistics there and raises
+        :class:`KeyboardInterrupt` (:mod:`seis_sklearn.adapters._checkpoint`); with
+        ``offset`` > 0 the pass resumes from what it saved.
+    offset : int, default=0
+        Index of the batches' first sample in the inputs (the samples before it were
+        streamed before a stop): it decides which samples are held out.
 
     Returns
     -------
@@ -356,11 +364,19 @@ def stream_views(
     deviations = {v: d for v, d in (deviations or {}).items() if d is not None}
     every = int(round(1.0 / held_out))
     state = {view: ({}, {}, {}) for view in views}  # layer plans, kept, held
+    if checkpoint is not None and offset:
+        checkpoint.seed(views, state, deviations)
     next(batches)
+    done = offset  # samples of whole batches streamed
     with contextlib.closing(batches):
         for rows, per_view in batches:
+            if rows[0] + offset >= done:  # a new batch: the one before it is whole
+                if checkpoint is not None and checkpoint.stop_requested():
+                    checkpoint.save(done, views, state, deviations)
+                    raise KeyboardInterrupt
+                done = rows[1] + offset
             per_view = _as_dtype(drop_tokens(per_view, readings), dtype)
-            phase = np.arange(*rows) % every
+            phase = (np.arange(*rows) + offset) % every
             host = _on_host(per_view) if deviations else None
             for view in (v for v in views if v in per_view):  # the batch, or a part of it
                 pair = {"original": per_view["original"], "transformed": per_view[view]}
@@ -412,7 +428,7 @@ def pairs_by_transform(transforms, run):
 
 def report_rows(
     transforms, run, *, held_out, per_pass, n_samples, layer_shapes, module_of, action,
-    seis_params, metrics, readings, expected=(),
+    seis_params, metrics, readings, expected=(), on_rows=None, checkpoint=None,
 ):  # fmt: skip
     """The rows of a layerwise report (:func:`layerwise_rows`), every transform.
 
@@ -445,22 +461,33 @@ def report_rows(
     expected : sequence of str
         The layers asked for: one that recorded nothing gets a row saying so
         (:func:`never_ran_rows`).
+    on_rows : callable, optional
+        Called with each transform's rows (stored) or each pass's (streamed) as
+        soon as they are computed (rows of layers that never ran included).
+    checkpoint : Checkpoint, optional
+        Streamed passes save their statistics there on a stop and resume from
+        them (:mod:`seis_sklearn.adapters._checkpoint`); ``run`` then takes
+        ``skip=`` (samples to leave out at the start of the inputs).
 
     Returns
     -------
     list of dict
     """
     rows = []
+    emit = on_rows or (lambda _rows: None)
     if held_out is None:
         for name, pairs in pairs_by_transform(transforms, run):
             deviation = deviation_for(metrics, action(transforms[name]), seis_params, readings)
             results, shapes, moments, choices = in_sample(
                 pairs, seis_params, metrics, deviation, readings=readings
             )
-            rows += layerwise_rows(
+            done = layerwise_rows(
                 results, shapes, module_of, name, moments, metrics, deviation, choices, readings
             )
-        return rows + never_ran_rows(expected, rows, module_of)
+            done += never_ran_rows(expected, done, module_of)
+            emit(done)
+            rows += done
+        return rows
     for transform in transforms.values():
         check_stream_args(held_out, transform)
     groups = transform_groups(transforms, per_pass, layer_shapes, n_samples, seis_params, readings)
@@ -470,16 +497,28 @@ def report_rows(
             view: deviation_for(metrics, action(function), seis_params, readings)
             for view, function in views.items()
         }
+        start = checkpoint.start(list(views)) if checkpoint is not None else 0
+        batches = (
+            run({"original": None, **views}, True, skip=start)
+            if start
+            else run({"original": None, **views}, True)
+        )
         streamed = stream_views(
-            run({"original": None, **views}, True), list(views), held_out, seis_params,
-            deviations=deviations, readings=readings,
+            batches, list(views), held_out, seis_params, deviations=deviations,
+            readings=readings, checkpoint=checkpoint, offset=start,
         )  # fmt: skip
+        if checkpoint is not None:
+            checkpoint.clear()
+        done = []
         for view, (results, shapes, moments, choices) in streamed.items():
-            rows += layerwise_rows(
+            done += layerwise_rows(
                 results, shapes, module_of, view[1], moments, metrics, deviations[view], choices,
                 readings,
             )  # fmt: skip
-    return rows + never_ran_rows(expected, rows, module_of)
+        done += never_ran_rows(expected, done, module_of)
+        emit(done)
+        rows += done
+    return rows
 
 
 def probe_readings(
@@ -760,7 +799,7 @@ def _stream_batch(per_view, phase, layers, kept, held, seis_params, readings=Non
     """One batch of every layer into its kept (phase ≠ 0) and held-out (0) accumulators."""
     for key, original in per_view["original"].items():
         pair = [original, per_view["transformed"][key]]
-        if key not in layers:
+        if layers.get(key) is None:
             reading = (readings or {}).get(key)
             try:
                 layers[key] = _layer_plan(key, original, seis_params, reading)
@@ -779,6 +818,8 @@ def _stream_batch(per_view, phase, layers, kept, held, seis_params, readings=Non
                 if part.any():
                     if key not in store:
                         store[key] = plan["accumulator"](pair)
+                    elif getattr(store[key], "inner", True) is None:  # resumed from a stop
+                        store[key].inner = plan["accumulator"](pair)
                     store[key].add(pair, np.flatnonzero(part))
         except ValueError as exc:  # NaN/inf activations of this layer: the others go on
             plan["failed"] = first_line(exc)

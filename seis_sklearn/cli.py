@@ -325,8 +325,10 @@ def build_parser():
         help="layerwise report (report.csv, layers.png) from saved pairs or a model",
         description=(
             "Score every layer under every transform and write report.csv and layers.png "
-            "in --out. Each finished layer is saved in --out/rows/ at once, so an "
-            "interrupted report loses nothing: rerun with --resume."
+            "in --out. Each finished layer is saved in --out/rows/ at once, and a streamed "
+            "pass stopped by Ctrl-C or SIGTERM saves its statistics in --out/checkpoint/ "
+            "at the next batch (a second signal stops at once), so an interrupted report "
+            "loses nothing: rerun with --resume."
         ),
         epilog=REPORT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -752,7 +754,10 @@ def _prepare_out(folder, settings, args):
                     f"--out {folder}: {RUN_FILE} is damaged; pass --force"
                 ) from None
             previous = {"fingerprint": None, "status": "unknown"}
-    ours = [folder / RUN_FILE, folder / ROWS_DIR, *(folder / o for o in OUTPUTS)]
+    ours = [
+        folder / RUN_FILE, folder / ROWS_DIR, folder / CHECKPOINT_DIR,
+        *(folder / o for o in OUTPUTS),
+    ]  # fmt: skip
     if args.force:
         for path in ours:
             if path.is_dir():
@@ -992,16 +997,63 @@ def _report_model(args, settings, done, adapter, model, layers, inputs, transfor
         pending[spec] = lambda x, f=transform: f(x, layout=args.input_layout)
     if not pending:
         return
-    # the unfinished transforms together: their passes share the original inputs' runs
-    with _model_failures(args):
-        frame = _run_report(adapter, model, inputs, pending, layers, settings, args, where)
-    for spec, rows in frame.groupby("transform", sort=False):
-        for row in rows.to_dict("records"):
-            key = f"t{index[spec]:03d}-l{int(row['depth']):04d}"
-            row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-            _write_row(args.out, key, row)
-            done[key] = row
-        _say(args, f"{spec}: {len(rows)} layers scored")
+
+    def write(rows):  # each transform's (or pass's) rows, as soon as they are scored
+        for spec in dict.fromkeys(row["transform"] for row in rows):
+            mine = [row for row in rows if row["transform"] == spec]
+            for row in mine:
+                key = f"t{index[spec]:03d}-l{int(row['depth']):04d}"
+                row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+                _write_row(args.out, key, row)
+                done[key] = row
+            _say(args, f"{spec}: {len(mine)} layers scored")
+
+    streamed = settings["held_out"] is not None
+    checkpoint = None
+    with _stop_requests(graceful=streamed) as stopping:
+        if streamed:
+            from seis_sklearn.adapters._checkpoint import Checkpoint
+
+            checkpoint = Checkpoint(Path(args.out) / CHECKPOINT_DIR, stopping)
+            if checkpoint.start([("transformed", spec) for spec in pending]):
+                _say(args, f"resuming the pass from the statistics saved in {args.out}")
+        # the unfinished transforms together: their passes share the original inputs' runs
+        with _model_failures(args):
+            _run_report(adapter, model, inputs, pending, layers, settings, args,
+                        {**where, "on_rows": write, "checkpoint": checkpoint})  # fmt: skip
+
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+@contextlib.contextmanager
+def _stop_requests(graceful):
+    """SIGINT and SIGTERM while a report runs. ``graceful`` (a streamed pass): the first
+    one only asks to stop — the pass saves its statistics at the next batch and raises
+    KeyboardInterrupt — and a second one stops at once; otherwise both raise
+    KeyboardInterrupt at once (finished transforms are written already). Yields the
+    function that says whether a stop was asked for."""
+    import signal
+
+    asked = []
+
+    def on_signal(signum, _frame):
+        if graceful and not asked:
+            asked.append(signum)
+            return
+        raise KeyboardInterrupt
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    except ValueError:  # pragma: no cover - not the main thread: leave the handlers
+        pass
+    try:
+        yield lambda: bool(asked)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _model_option(args):
@@ -1250,7 +1302,8 @@ def main(argv=None):
         raise  # the reader went away (``| head``): console() exits quietly
     except KeyboardInterrupt:
         kept = (
-            f"; finished layers are kept in {args.out} (--resume)"
+            f"; finished layers, and the statistics of an unfinished pass, are kept in "
+            f"{args.out} (--resume)"
             if args.command == "report"
             else ""
         )

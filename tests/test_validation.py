@@ -81,7 +81,7 @@ def test_too_few_rows_after_matricization():
         ({"reg": np.nan}, ValueError, "reg must be a finite float >= 0"),
         ({"invariance": "sign"}, ValueError, "invariance must be one of 'trace', 'abs'"),
         ({"score_kind": "both"}, ValueError, "score_kind must be one of 'equivariance'"),
-        ({"cv": 1}, ValueError, "n_splits=1|cv must give at least 2 folds"),
+        ({"cv": 1}, ValueError, "cv must be at least 2 folds; got cv=1"),
         ({"cv": 6}, ValueError, "fewer than 2 training or test samples"),
     ],
 )

@@ -629,6 +629,8 @@ def layerwise_seis(
     n_prefix=None,
     transforms_per_pass="auto",
     layout="auto",
+    on_rows=None,
+    checkpoint=None,
     **seis_params,
 ):
     """SEIS of every chosen tensor under every transform, as one table.
@@ -657,6 +659,8 @@ def layerwise_seis(
         As in :func:`seis_sklearn.adapters.torch.layerwise_seis`: recognised per
         tensor from the input's grid, or given (one layout, or a dict tensor →
         layout).
+    on_rows, checkpoint
+        As in :func:`seis_sklearn.adapters.torch.layerwise_seis`.
     transforms_per_pass : "auto" or int, default="auto"
         As in :func:`seis_sklearn.adapters.torch.layerwise_seis`: transforms that
         share each batch's original run (T + 1 runs per batch instead of 2T).
@@ -682,8 +686,14 @@ def layerwise_seis(
     # one session for every pass
     model = _Runner(model, layers, op_types, providers, default_op_types=DEFAULT_OP_TYPES)
 
-    def run(views, streamed=False, inputs=inputs, progress=progress, digests=None):
+    def run(views, streamed=False, inputs=inputs, progress=progress, digests=None, skip=0):
         # digests: arrays are read the same on every pass; nothing to check
+        if skip:  # resumed after a stop: the samples streamed before it are left out
+            inputs = (
+                {k: v[skip:] for k, v in inputs.items()}
+                if isinstance(inputs, dict)
+                else (inputs[skip:])
+            )
         return _started(
             model, inputs, layers, op_types, views, batch_size, providers, progress,
             on_device=streamed,
@@ -709,7 +719,8 @@ def layerwise_seis(
         transforms, run, held_out=held_out, per_pass=per_pass,
         n_samples=_feeds(model, inputs)[1], layer_shapes=lambda: shapes,
         module_of=model.op_type.__getitem__, action=lambda transform: transform,
-        seis_params=seis_params, metrics=metrics, readings=readings,
+        seis_params=seis_params, metrics=metrics, readings=readings, on_rows=on_rows,
+        checkpoint=checkpoint,
     )  # fmt: skip
     return report_frame(rows)
 

@@ -655,6 +655,8 @@ def layerwise_seis(
     transforms_per_pass="auto",
     layout="auto",
     select=None,
+    on_rows=None,
+    checkpoint=None,
     **seis_params,
 ):
     """SEIS of every chosen layer under every transform, as one table.
@@ -713,6 +715,14 @@ def layerwise_seis(
     select : callable, str or int, optional
         Which part of a layer's structured output to record (:func:`selector`), as
         in :func:`extract_activations`; default: the first tensor.
+    on_rows : callable, optional
+        Called with the rows of each transform (``held_out=None``) or of each
+        pass of transforms (streamed) as soon as they are scored — what the
+        command line writes to ``--out`` at once.
+    checkpoint : Checkpoint, optional
+        Where a streamed pass saves its statistics when a stop is asked for, and
+        resumes from (:mod:`seis_sklearn.adapters._checkpoint`; the command line's
+        ``--resume``); ``inputs`` must then be an array or a tensor.
     transforms_per_pass : "auto" or int, default="auto"
         How many transforms share one pass over the inputs (streamed reports):
         each batch's original forward pass then serves all of them — T + 1
@@ -776,8 +786,10 @@ def layerwise_seis(
 
     def run(
         views, streamed=False, inputs=inputs, progress=progress, check_rows=True, at=None,
-        digests=None,
+        digests=None, skip=0,
     ):  # fmt: skip
+        if skip:  # resumed after a stop: the samples streamed before it are left out
+            inputs = inputs[skip:]
         return _forward_batches(
             model, inputs, at or layers, views, batch_size, device, select, progress, streamed,
             check_rows, digests,
@@ -802,7 +814,7 @@ def layerwise_seis(
         n_samples=_batches(inputs, batch_size, torch)[1], layer_shapes=lambda: shapes,
         module_of=lambda key: module_type(modules[key.split("#")[0]]),
         action=_numpy_action, seis_params=seis_params, metrics=metrics, readings=readings,
-        expected=layers,
+        expected=layers, on_rows=on_rows, checkpoint=checkpoint,
     )  # fmt: skip
     return report_frame(rows)
 
