@@ -415,3 +415,15 @@ def test_cuda_outputs_stay_on_the_device(cnn, images):  # pragma: no cover - GPU
         providers=["CPUExecutionProvider"],
     )  # fmt: skip
     assert np.allclose(on_gpu["equivariance"], on_cpu["equivariance"], atol=1e-4)
+
+
+def test_complex_inputs_and_bad_transforms_are_named(cnn, images):
+    """Issue 31: complex inputs, and a transform that returns no array, name their cause."""
+    _, proto = cnn
+    with pytest.raises(TypeError, match="inputs: .* holds complex128 values"):
+        OA.layerwise_seis(proto, images.astype(np.complex128), {"r": T.rot90}, progress=False)
+    with pytest.raises(TypeError, match="returned NoneType, not a real-valued array"):
+        OA.layerwise_seis(proto, images, {"none": lambda b: None}, progress=False)
+    before = images.copy()
+    OA.layerwise_seis(proto, images, {"neg": lambda b: np.negative(b, out=b)}, progress=False)
+    assert np.array_equal(images, before)  # the transform worked on a copy

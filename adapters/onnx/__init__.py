@@ -433,6 +433,11 @@ def _feeds(runner, inputs):
     for name, value in feeds.items():
         if not isinstance(value, np.ndarray):
             feeds[name] = np.asarray(value)
+        if feeds[name].dtype.kind not in "biuf":
+            raise TypeError(
+                f"inputs: {name!r} holds {feeds[name].dtype} values; the model takes real "
+                "numbers (complex and object arrays are refused)"
+            )
     sizes = {v.shape[0] if v.ndim else 0 for v in feeds.values()}
     if len(sizes) != 1 or 0 in sizes:
         raise ValueError("inputs: every input needs the same number of samples, samples first")
@@ -459,8 +464,13 @@ def _forward_batches(
         fed = batch
         if function is not None:
             # a copy: a transform may work in place; the other views must not see it
-            fed = {k: np.asarray(function(v.copy())) for k, v in batch.items()}
+            fed = {k: function(v.copy()) for k, v in batch.items()}
             for k, v in fed.items():
+                if not isinstance(v, np.ndarray) or v.dtype.kind not in "biuf":
+                    raise TypeError(
+                        f"transform {describe(function) or 'transform'!r} returned "
+                        f"{type(v).__name__}, not a real-valued array, for input {k!r}"
+                    )
                 if v.shape != batch[k].shape:
                     raise ValueError(
                         f"transform changed the shape of input {k!r}: {batch[k].shape} → {v.shape}"
