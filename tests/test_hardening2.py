@@ -359,6 +359,7 @@ def test_a_stopped_shared_pass_keeps_its_statistics_and_resumes(tmp_path, sig):
     assert not (tmp_path / "cut" / "checkpoint").exists()
     whole = _seis([*base, "--out", "whole"], cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
+
     def rows(out):  # full precision (report.csv rounds to 6 decimals)
         files = sorted((tmp_path / out / "rows").glob("*.json"))
         return pd.DataFrame([json.loads(f.read_text()) for f in files])
