@@ -63,22 +63,29 @@ def check_tokens(tokens, n_prefix, model_prefix=None, *, required=False):
     return int(n)
 
 
-def drop_tokens(per_view, readings):
-    """The activations of a batch without the prefix tokens of each layer's
-    :class:`~seis_sklearn.adapters._layout.Reading` (``readings``: layer key → reading,
-    or None: nothing dropped)."""
-    if not readings or not any(r.n_prefix for r in readings.values()):
+def read_views(per_view, readings):
+    """A batch's activations as each layer's
+    :class:`~seis_sklearn.adapters._layout.Reading` says: its prefix tokens dropped, its
+    map pooled (a budget's remedy). ``readings``: layer key → reading, or None."""
+    if not readings or not any(r.n_prefix or r.pool > 1 for r in readings.values()):
         return per_view
     return {
-        view: {k: _without_prefix(a, readings.get(k)) for k, a in recorded.items()}
+        view: {k: read_as(a, readings.get(k)) for k, a in recorded.items()}
         for view, recorded in per_view.items()
     }
 
 
-def _without_prefix(array, reading):
-    if reading is None or not reading.n_prefix or array.ndim != 3:
+def read_as(array, reading):
+    """One layer's activations as its reading says (prefix tokens, pooling)."""
+    if reading is None:
         return array
-    return array[:, reading.n_prefix :]
+    if reading.n_prefix and array.ndim == 3:
+        array = array[:, reading.n_prefix :]
+    if reading.pool > 1 and array.ndim == 4:
+        from ._budget import pool
+
+        array = pool(array, reading.layout, reading.pool)
+    return array
 
 
 def layer_params(seis_params, shape, reading=None):
@@ -178,14 +185,14 @@ def describe(transform):
     return None if name in (None, "<lambda>") else name
 
 
-def progress_bar(total, enabled, desc="activations"):
+def progress_bar(total, enabled, desc="activations", unit="sample"):
     if not enabled:
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm comes with the adapter extras
         return None
-    return tqdm(total=total, unit="sample", desc=desc, leave=False)
+    return tqdm(total=total, unit=unit, desc=desc, leave=False)
 
 
 def collect(batches, *, out, dtype, paired, module_of, transform_name=None, layouts=None):
@@ -321,7 +328,7 @@ def stream(batches, held_out, seis_params, *, dtype=None, deviation=None, readin
 
 def stream_views(
     batches, views, held_out, seis_params, *, dtype=None, deviations=None, readings=None,
-    checkpoint=None, offset=0,
+    checkpoint=None, offset=0, progress=False,
 ):  # fmt: skip
     """:func:`stream` of several transforms in one pass over the batches.
 
@@ -349,6 +356,8 @@ def stream_views(
     offset : int, default=0
         Index of the batches' first sample in the inputs (the samples before it were
         streamed before a stop): it decides which samples are held out.
+    progress : bool, default=False
+        A progress bar over the layers' fits after the pass (their algebra).
 
     Returns
     -------
@@ -375,7 +384,7 @@ def stream_views(
                     checkpoint.save(done, views, state, deviations)
                     raise KeyboardInterrupt
                 done = rows[1] + offset
-            per_view = _as_dtype(drop_tokens(per_view, readings), dtype)
+            per_view = _as_dtype(read_views(per_view, readings), dtype)
             phase = (np.arange(*rows) + offset) % every
             host = _on_host(per_view) if deviations else None
             for view in (v for v in views if v in per_view):  # the batch, or a part of it
@@ -384,7 +393,14 @@ def stream_views(
                 if view in deviations:
                     deviations[view].add({"original": host["original"], "transformed": host[view]})
             del per_view, pair, host  # the next batch is computed while these names hold one
-    return {view: _fit_streamed(*state[view], held_out) for view in views}
+    bar = progress_bar(
+        sum(len(state[v][0]) for v in views), progress, desc="layers fitted", unit="layer"
+    )
+    try:
+        return {view: _fit_streamed(*state[view], held_out, bar) for view in views}
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def pairs_by_transform(transforms, run):
@@ -429,6 +445,7 @@ def pairs_by_transform(transforms, run):
 def report_rows(
     transforms, run, *, held_out, per_pass, n_samples, layer_shapes, module_of, action,
     seis_params, metrics, readings, expected=(), on_rows=None, checkpoint=None,
+    progress=False,
 ):  # fmt: skip
     """The rows of a layerwise report (:func:`layerwise_rows`), every transform.
 
@@ -479,7 +496,7 @@ def report_rows(
         for name, pairs in pairs_by_transform(transforms, run):
             deviation = deviation_for(metrics, action(transforms[name]), seis_params, readings)
             results, shapes, moments, choices = in_sample(
-                pairs, seis_params, metrics, deviation, readings=readings
+                pairs, seis_params, metrics, deviation, readings=readings, progress=progress
             )
             done = layerwise_rows(
                 results, shapes, module_of, name, moments, metrics, deviation, choices, readings
@@ -505,7 +522,7 @@ def report_rows(
         )
         streamed = stream_views(
             batches, list(views), held_out, seis_params, deviations=deviations,
-            readings=readings, checkpoint=checkpoint, offset=start,
+            readings=readings, checkpoint=checkpoint, offset=start, progress=progress,
         )  # fmt: skip
         if checkpoint is not None:
             checkpoint.clear()
@@ -569,6 +586,26 @@ def probe_readings(
 
 def _host(a):
     return a if isinstance(a, np.ndarray) else a.cpu().numpy()
+
+
+def within_budget(shapes, readings, seis_params, n_samples, transforms, budget, over_budget):
+    """The readings with a budget's remedies (:func:`~seis_sklearn.adapters._budget.
+    plan_budget`), each remedy said in a warning before the pass."""
+    import warnings
+
+    from ._budget import plan_budget
+
+    shapes = {k: shape for k, (shape, _) in shapes.items()}
+    readings, notes = plan_budget(
+        shapes, readings, seis_params, n_samples, transforms, budget, over_budget
+    )
+    for note in notes:
+        warnings.warn(note, BudgetWarning, stacklevel=3)
+    return readings
+
+
+class BudgetWarning(UserWarning):
+    """A layer of a report is beyond its budget: pooled, or not scored (the row says)."""
 
 
 def never_ran_rows(expected, rows, module_of):
@@ -683,9 +720,9 @@ def statistics_bytes(shape, itemsize, n_samples, seis_params, reading=None):
     from seis_sklearn._matricize import matrix_shape, resolve_layout
     from seis_sklearn._validation import CHUNK_BYTES
 
-    shape = tuple(shape)
-    if len(shape) == 2 and reading is not None and reading.n_prefix:  # tokens: prefix dropped
-        shape = (max(shape[0] - reading.n_prefix, 0), shape[1])
+    from ._layout import read_shape
+
+    shape = read_shape(shape, reading)  # prefix tokens dropped, a pooled map
     params, _ = layer_params(seis_params, (1, *shape), reading)
     layout = resolve_layout(params.get("layout", "auto"), len(shape) + 1)
     rows, d = matrix_shape((1, *shape), layout, params.get("matricization", "spatial"))
@@ -700,12 +737,15 @@ def statistics_bytes(shape, itemsize, n_samples, seis_params, reading=None):
     return 2 * (each + 2 * rows * width * 8)  # kept and held, with their sums and shifts
 
 
-def _fit_streamed(layers, kept, held, held_out):
-    """What :func:`stream` returns, from one transform's accumulators."""
+def _fit_streamed(layers, kept, held, held_out, bar=None):
+    """What :func:`stream` returns, from one transform's accumulators (``bar``: a
+    progress bar moved by one per layer)."""
     if not layers:
         raise ValueError("inputs gave no batches")
     results, shapes, moments, choices = {}, {}, {}, {}
     for key, plan in layers.items():
+        if bar is not None:
+            bar.update(1)
         shapes[key], choices[key] = plan["shape"], plan["choice"]
         if not plan.get("failed") and (
             key not in kept or kept[key].n_samples < 2 or key not in held
@@ -802,6 +842,8 @@ def _stream_batch(per_view, phase, layers, kept, held, seis_params, readings=Non
         if layers.get(key) is None:
             reading = (readings or {}).get(key)
             try:
+                if reading is not None and reading.skip:
+                    raise ValueError(reading.skip.removeprefix("not scored: "))
                 layers[key] = _layer_plan(key, original, seis_params, reading)
             except ValueError as exc:  # e.g. a layout that does not fit: this layer only
                 layers[key] = _failed_plan(original, seis_params, reading, exc)
@@ -915,6 +957,7 @@ def layerwise_rows(
                 metrics=values,
                 matricization_choice=(choices or {}).get(key, "given"),
                 layout_choice=_layout_choice(readings, key),
+                remedy=(readings or {}).get(key).remedy if (readings or {}).get(key) else "",
             )
         )
     return rows
@@ -932,7 +975,7 @@ def deviation_for(metrics, action, seis_params, readings=None):
     return ChannelDeviation(action, seis_params.get("layout", "auto"), readings)
 
 
-def in_sample(pairs, seis_params, metrics=(), deviation=None, readings=None):
+def in_sample(pairs, seis_params, metrics=(), deviation=None, readings=None, progress=False):
     """In-sample results, shapes, moments (when ``metrics`` need them) and matricization
     choices of pairs (``matricization="auto"`` resolved per layer; a layer of
     ``readings`` is read in its layout and loses its prefix tokens).
@@ -946,13 +989,18 @@ def in_sample(pairs, seis_params, metrics=(), deviation=None, readings=None):
 
     need_moments = bool(set(metrics) - {"channel_eed"})
     results, shapes, moments, choices = {}, {}, {}, {}
+    bar = progress_bar(len(pairs), progress, desc="layers fitted", unit="layer")
     for k, (a, b) in pairs.items():
+        if bar is not None:
+            bar.update(1)
         reading = (readings or {}).get(k)
-        a, b = _without_prefix(a, reading), _without_prefix(b, reading)
+        a, b = read_as(a, reading), read_as(b, reading)
         shapes[k] = a.shape[1:]
         params, choices[k] = layer_params(seis_params, a.shape, reading)
         names = (f"{k} (original)", f"{k} (transformed)")
         try:
+            if reading is not None and reading.skip:
+                raise ValueError(reading.skip.removeprefix("not scored: "))
             if set(params) & STORED_ONLY:
                 results[k] = seis_score(a, b, **params)
             else:  # what seis_score(a, b) does, keeping the scorer's moments
@@ -971,6 +1019,8 @@ def in_sample(pairs, seis_params, metrics=(), deviation=None, readings=None):
             continue
         if deviation is not None:
             deviation.add({"original": {k: a}, "transformed": {k: b}})
+    if bar is not None:
+        bar.close()
     return results, shapes, moments, choices
 
 

@@ -57,11 +57,21 @@ class Reading:
         Leading tokens dropped before scoring (token layers with ``tokens="patch"``).
     choice : str
         How the layout was decided, in words (the report's ``layout_choice`` column).
+    pool : int, default=1
+        Average pooling of the map over ``pool × pool`` blocks before scoring (a
+        budget's remedy, :mod:`seis_sklearn.adapters._budget`).
+    remedy : str
+        What the budget changed and why (the report's ``remedy`` column).
+    skip : str
+        Why the layer is not scored at all (beyond the budget, no remedy), or ``""``.
     """
 
     layout: str
     n_prefix: int = 0
     choice: str = "given"
+    pool: int = 1
+    remedy: str = ""
+    skip: str = ""
 
 
 class LayoutError(ValueError):
@@ -312,3 +322,18 @@ def manifest_layouts(shapes, input_shape, layout="auto"):
         known = reading.choice == "given" or reading.choice.startswith("grid")
         found[key] = reading.layout if known else None
     return found
+
+
+def read_shape(shape, reading):
+    """A layer's per-sample shape as its reading scores it (prefix tokens dropped, the
+    map pooled)."""
+    shape = tuple(shape)
+    if reading is None:
+        return shape
+    if len(shape) == 2 and reading.n_prefix:
+        shape = (max(shape[0] - reading.n_prefix, 0), shape[1])
+    if len(shape) == 3 and reading.pool > 1:
+        from ._budget import pooled_shape
+
+        shape = pooled_shape(shape, reading.layout, reading.pool)
+    return shape

@@ -387,6 +387,26 @@ def build_parser():
         help="which part of a layer's structured output to record: a key or attribute "
         "(last_hidden_state), or an index of a tuple (-1); default: its first tensor",
     )
+    source.add_argument(
+        "--memory-budget",
+        type=float,
+        metavar="GIB",
+        help="memory one layer may take (default: half of what is available)",
+    )
+    source.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="MIN",
+        help="minutes of algebra one layer's fit may take (default 15)",
+    )
+    source.add_argument(
+        "--over-budget",
+        choices=("pool", "skip", "error"),
+        default="pool",
+        help="a layer beyond the budget: pool its map (exact for quarter turns, flips and "
+        "shifts by the pooling's multiples), skip it (a row that says why), or stop "
+        "before the pass (default: pool)",
+    )
     source.add_argument("--batch-size", type=_positive_int, default=256)
     source.add_argument(
         "--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)"
@@ -640,6 +660,14 @@ def _report_settings(args):
                            "tensor is one array")  # fmt: skip
     if args.select is not None:
         settings["select"] = args.select
+    budget = {}
+    for option, key, unit in (("memory_budget", "memory", 2**30), ("time_budget", "seconds", 60)):
+        value = getattr(args, option)
+        if value is not None:
+            if not value > 0:
+                raise CommandError(f"--{option.replace('_', '-')} must be positive; got {value}")
+            budget[key] = value * unit
+    settings["budget"] = [budget or "auto", args.over_budget]
     if not args.inputs:
         raise CommandError("a model needs --inputs FILE.npy (samples first)")
     if not args.transform:
@@ -872,7 +900,7 @@ def _out_lock(folder):
 
 
 def _report_pairs(args, settings, done):
-    from seis_sklearn.adapters._common import _without_prefix, check_tokens, layer_params, unscored
+    from seis_sklearn.adapters._common import check_tokens, layer_params, read_as, unscored
     from seis_sklearn.adapters._layout import read_layers
 
     from . import seis_score
@@ -899,7 +927,7 @@ def _report_pairs(args, settings, done):
                 {layer["name"]: A.shape[1:]}, None, layout=_pair_layout(layout, layer),
                 tokens=tokens, model_prefix=n_prefix,
             )[layer["name"]]  # fmt: skip
-            A, B = _without_prefix(A, reading), _without_prefix(B, reading)
+            A, B = read_as(A, reading), read_as(B, reading)
             layer_settings, choice = layer_params(params, A.shape, reading)
             result = seis_score(
                 A, B, cv=settings["cv"], **settings["statistics"], **layer_settings
@@ -1008,6 +1036,8 @@ def _report_model(args, settings, done, adapter, model, layers, inputs, transfor
                 done[key] = row
             _say(args, f"{spec}: {len(mine)} layers scored")
 
+    budget, over_budget = settings.get("budget", ["auto", "pool"])
+    where = {**where, "budget": budget, "over_budget": over_budget}
     streamed = settings["held_out"] is not None
     checkpoint = None
     with _stop_requests(graceful=streamed) as stopping:

@@ -31,6 +31,7 @@ COLUMNS = (
     "matricization_choice",
     "layout",
     "layout_choice",
+    "remedy",
     "degenerate",
     "degenerate_reason",
 )
@@ -77,6 +78,7 @@ def result_row(
     metrics=None,
     matricization_choice="given",
     layout_choice="given",
+    remedy="",
 ):
     """One report row from a :class:`~seis_sklearn.SEISResult`.
 
@@ -84,7 +86,8 @@ def result_row(
     (``matricization_choice``: ``"given"`` or the rule of
     ``matricization="auto"``), the layout the layer was read in and how it was
     recognised (``layout_choice``: ``"given"``, or the grid, probe or token rule of a
-    layerwise report), and whether the scores are ``degenerate`` (with the reason;
+    layerwise report), what a budget changed (``remedy``: a pooled map, or why the
+    layer was not scored), and whether the scores are ``degenerate`` (with the reason;
     a layer that could not be scored has NaN scores and ``"not scored: …"``).
     Permutation p-values and bootstrap intervals, when the result has them, become
     the columns ``<score>_p``, ``<score>_null_mean``, ``<score>_ci_low`` and
@@ -107,6 +110,7 @@ def result_row(
         "matricization_choice": matricization_choice,
         "layout": result.layout,
         "layout_choice": layout_choice,
+        "remedy": remedy,
         "degenerate": result.degenerate,
         "degenerate_reason": result.degenerate_reason,
     }

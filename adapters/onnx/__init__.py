@@ -54,6 +54,7 @@ from .._common import (
     progress_bar,
     report_rows,
     stream,
+    within_budget,
 )
 from .._layout import check_layout_argument
 
@@ -641,6 +642,8 @@ def layerwise_seis(
     layout="auto",
     on_rows=None,
     checkpoint=None,
+    budget="auto",
+    over_budget="pool",
     **seis_params,
 ):
     """SEIS of every chosen tensor under every transform, as one table.
@@ -669,7 +672,7 @@ def layerwise_seis(
         As in :func:`seis_sklearn.adapters.torch.layerwise_seis`: recognised per
         tensor from the input's grid, or given (one layout, or a dict tensor →
         layout).
-    on_rows, checkpoint
+    on_rows, checkpoint, budget, over_budget
         As in :func:`seis_sklearn.adapters.torch.layerwise_seis`.
     transforms_per_pass : "auto" or int, default="auto"
         As in :func:`seis_sklearn.adapters.torch.layerwise_seis`: transforms that
@@ -725,9 +728,12 @@ def layerwise_seis(
     )  # fmt: skip
     if isinstance(layout, dict):
         check_layout_argument(layout, list(shapes))
+    n_total = _feeds(model, inputs)[1]
+    readings = within_budget(shapes, readings, seis_params, n_total, len(transforms), budget,
+                             over_budget)  # fmt: skip
     rows = report_rows(
-        transforms, run, held_out=held_out, per_pass=per_pass,
-        n_samples=_feeds(model, inputs)[1], layer_shapes=lambda: shapes,
+        transforms, run, held_out=held_out, per_pass=per_pass, progress=progress,
+        n_samples=n_total, layer_shapes=lambda: shapes,
         module_of=model.op_type.__getitem__, action=lambda transform: transform,
         seis_params=seis_params, metrics=metrics, readings=readings, on_rows=on_rows,
         checkpoint=checkpoint,

@@ -43,6 +43,7 @@ from .._common import (
     progress_bar,
     report_rows,
     stream,
+    within_budget,
 )
 from .._layout import check_layout_argument, manifest_layouts
 from ._families import default_layers, prefix_tokens
@@ -657,6 +658,8 @@ def layerwise_seis(
     select=None,
     on_rows=None,
     checkpoint=None,
+    budget="auto",
+    over_budget="pool",
     **seis_params,
 ):
     """SEIS of every chosen layer under every transform, as one table.
@@ -719,6 +722,17 @@ def layerwise_seis(
         Called with the rows of each transform (``held_out=None``) or of each
         pass of transforms (streamed) as soon as they are scored — what the
         command line writes to ``--out`` at once.
+    budget : "auto", None or dict, default="auto"
+        What one layer may take, checked before the pass from its shape
+        (:mod:`seis_sklearn.adapters._budget`): ``"auto"`` is half the memory
+        available now and 15 minutes of algebra per layer; a dict gives
+        ``memory`` (bytes) and/or ``seconds``; None checks nothing.
+    over_budget : {"pool", "skip", "error"}, default="pool"
+        A layer beyond the budget: its map average-pooled over the smallest
+        ``p × p`` blocks that fit (exact for quarter turns, flips and shifts by
+        multiples of ``p``), else not scored; ``"skip"``: not scored; ``"error"``:
+        stop before the pass. Its row's ``remedy`` column says what and why, and a
+        warning says it before the pass.
     checkpoint : Checkpoint, optional
         Where a streamed pass saves its statistics when a stop is asked for, and
         resumes from (:mod:`seis_sklearn.adapters._checkpoint`; the command line's
@@ -803,15 +817,18 @@ def layerwise_seis(
 
     if default and first is not None:
         layers = _sample_first_layers(model, layers, probe)
+    n_total = _batches(inputs, batch_size, torch)[1]
     shapes, readings = probe_readings(
         lambda views: probe(views, layers) if first is not None else None,
         None if first is None else first.shape, _change_quadrant,
         layout=layout, tokens=tokens, model_prefix=model_prefix,
         prefix_given=n_prefix is not None,
     )  # fmt: skip
+    readings = within_budget(shapes, readings, seis_params, n_total, len(transforms), budget,
+                             over_budget)  # fmt: skip
     rows = report_rows(
         transforms, run, held_out=held_out, per_pass=per_pass,
-        n_samples=_batches(inputs, batch_size, torch)[1], layer_shapes=lambda: shapes,
+        n_samples=n_total, layer_shapes=lambda: shapes, progress=progress,
         module_of=lambda key: module_type(modules[key.split("#")[0]]),
         action=_numpy_action, seis_params=seis_params, metrics=metrics, readings=readings,
         expected=layers, on_rows=on_rows, checkpoint=checkpoint,
