@@ -33,7 +33,7 @@ import numpy as np
 from seis_sklearn._matricize import matrix_shape
 
 # An eigendecomposition of an n × n matrix costs about this many times n³ flops of a
-# matrix product (seis_sklearn._scorer.EIGH_COST: numpy eigh against GEMM, measured).
+# matrix product (seis_sklearn._fit.EIGH_COST: numpy eigh against GEMM, measured).
 EIGH_COST = 10.0
 # The default seconds of algebra one layer's fit may take before a remedy applies.
 DEFAULT_SECONDS = 15 * 60
@@ -131,7 +131,7 @@ def layer_cost(shape, layout, mode, n_samples, transforms, itemsize=4, rate=None
     decompositions (the pooled ``d × d`` and three ``k × k``, k ≤ d) and products, at
     :func:`flop_rate`; or the Gram solver's, where it is the cheaper (d > 2m).
     """
-    from seis_sklearn._scorer import solver_costs
+    from seis_sklearn._fit import solver_costs
 
     rate = rate or flop_rate()
     rows, d = matrix_shape((1, *shape), layout, mode)

@@ -491,6 +491,7 @@ def _model_report(network, scale, repeats, matricization="auto"):
 
     import seis_sklearn._accumulate as accumulate
     import seis_sklearn._moments as moments
+    import seis_sklearn._fit as fitting
     import seis_sklearn._scorer as scorer
     import seis_sklearn._torch as torch_moments
 
@@ -509,11 +510,11 @@ def _model_report(network, scale, repeats, matricization="auto"):
     for owner in (moments.ArrayAccumulator, torch_moments.TorchAccumulator, accumulate.RowsFirst):
         watch.wrap(owner, "add", "moment pass")
         watch.wrap(owner, "result", "moment pass")
-    watch.wrap(scorer, "accumulate_gram", "Gram pass")
-    watch.wrap(scorer, "gram_components", "Gram pass")
-    watch.wrap(scorer, "pooled_basis", "basis")
-    watch.wrap(scorer, "_fit_gram", "basis")
-    watch.wrap(scorer, "fit_cca", "CCA")
+    watch.wrap(fitting, "accumulate_gram", "Gram pass")
+    watch.wrap(fitting, "gram_components", "Gram pass")
+    watch.wrap(fitting, "pooled_basis", "basis")
+    watch.wrap(fitting, "gram_basis", "basis")
+    watch.wrap(fitting, "fit_cca", "CCA")
     watch.wrap(scorer.SEISScorer, "_score_moments", "held-out")
     watch.wrap(scorer.SEISScorer, "_score_rows", "held-out")
     hook = {"t": 0.0, "on": False}  # forward time inside the reports only

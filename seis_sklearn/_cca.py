@@ -563,3 +563,53 @@ def held_out_scores(cca, projected, invariance="trace", view=1):
     rho = np.clip(rho, -1.0, 1.0)
     agreement = _trace_agreement(c_xy, c_xx, c_yy)
     return _scores(rho, cca.alignments, cca.weights, agreement, invariance), rho
+
+
+# ---------------------------------------------------------------- from a Gram matrix
+
+
+@dataclass
+class GramBasis(Basis):
+    """A :class:`~seis_sklearn._cca.Basis` known through the Gram eigenvectors.
+
+    ``components`` (``V_k``, d × k) is ``None`` until :func:`gram_components`
+    computes it; ``coefficients`` maps Gram rows to it: ``V_k = Zᵀ·coefficients``.
+    """
+
+    coefficients: np.ndarray = None
+
+
+def gram_basis(gm, n_components, max_components=None, names=None):
+    """The shared basis of SPEC §2.2 from the Gram matrix.
+
+    The pooled moment ``S = (1/G) Σ_g P̃_gᵀP̃_g / t_g`` (``t_g`` the trace of view g's
+    diagonal block: its total variance) is ``Z_wᵀZ_w / G`` for the stacked rows
+    ``Z_w = D Z`` with ``D`` = ``1/√t_g`` on the rows of view g, so its eigenvectors
+    come from ``D (ZZᵀ) D = U diag(s²) Uᵀ``: ``V = Zᵀ D U / s``.
+    """
+    m, G = gm.n_rows, gm.n_views
+    diagonal = np.diagonal(gm.gram)
+    traces = view_traces(diagonal.reshape(G, m).sum(axis=1), gm.mean, gm.n_samples)
+    scale = np.zeros(G * m)
+    for g, trace in enumerate(traces):
+        if trace > 0:
+            scale[g * m : (g + 1) * m] = 1.0 / np.sqrt(trace)
+    w, U = descending_eigh(gm.gram * scale[:, None] * scale[None, :])
+    eigenvalues = w / G
+    if n_components is None:  # no denoising: every direction the rows allow
+        n_components = eigenvalues.size
+    dof = m - gm.mean.shape[1]
+    k = select_k(eigenvalues, n_components, dof=dof, max_components=max_components)
+    if k == 0:
+        raise no_variance_error(views_without_variance(names))
+    coefficients = scale[:, None] * deterministic_signs(U[:, :k]) / np.sqrt(w[:k])
+    return GramBasis(None, eigenvalues, k, gm.mean.shape[-1], coefficients)
+
+
+def gram_pair_covariances(gm, basis, view=1):
+    """``Σ_xx, Σ_yy, Σ_xy`` of views 0 and ``view`` in the basis, from the Gram matrix."""
+    m = gm.n_rows
+    X = gm.gram[:m] @ basis.coefficients
+    Y = gm.gram[view * m : (view + 1) * m] @ basis.coefficients
+    # X and Y are centred (rows of centred data times fixed vectors)
+    return X.T @ X / m, Y.T @ Y / m, X.T @ Y / m

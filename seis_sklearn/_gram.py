@@ -17,7 +17,9 @@ so the k × k covariances of SPEC §2.3 come from the Gram matrix alone. The
 Gram is accumulated in one pass over chunks of *columns*: each column chunk
 holds every row, so its per-feature means over the samples — and the centring
 of SPEC §2.1 — are exact.
-``V_k`` itself (for held-out scoring) takes one more pass.
+``V_k`` itself (for held-out scoring) takes one more pass. This module holds the
+passes over the columns; the algebra of the Gram matrix (its basis and the
+covariances in it) is with the rest of the dense algebra, in :mod:`seis_sklearn._cca`.
 """
 
 from __future__ import annotations
@@ -26,15 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._cca import (
-    Basis,
-    descending_eigh,
-    deterministic_signs,
-    no_variance_error,
-    select_k,
-    view_traces,
-    views_without_variance,
-)
 from ._matricize import matricize, matrix_shape
 from ._moments import InputFiles, _float32_scale, _page_releaser, product_dtype
 from ._validation import CHUNK_BYTES, check_finite, raise_nonfinite
@@ -145,53 +138,6 @@ def accumulate_gram(arrays, layout, matricization, *, names):
             check_finite(a, name)
         raise_nonfinite(arrays[0], names[0])
     return GramMoments(m, mean, gram)
-
-
-@dataclass
-class GramBasis(Basis):
-    """A :class:`~seis_sklearn._cca.Basis` known through the Gram eigenvectors.
-
-    ``components`` (``V_k``, d × k) is ``None`` until :func:`gram_components`
-    computes it; ``coefficients`` maps Gram rows to it: ``V_k = Zᵀ·coefficients``.
-    """
-
-    coefficients: np.ndarray = None
-
-
-def gram_basis(gm, n_components, max_components=None, names=None):
-    """The shared basis of SPEC §2.2 from the Gram matrix.
-
-    The pooled moment ``S = (1/G) Σ_g P̃_gᵀP̃_g / t_g`` (``t_g`` the trace of view g's
-    diagonal block: its total variance) is ``Z_wᵀZ_w / G`` for the stacked rows
-    ``Z_w = D Z`` with ``D`` = ``1/√t_g`` on the rows of view g, so its eigenvectors
-    come from ``D (ZZᵀ) D = U diag(s²) Uᵀ``: ``V = Zᵀ D U / s``.
-    """
-    m, G = gm.n_rows, gm.n_views
-    diagonal = np.diagonal(gm.gram)
-    traces = view_traces(diagonal.reshape(G, m).sum(axis=1), gm.mean, gm.n_samples)
-    scale = np.zeros(G * m)
-    for g, trace in enumerate(traces):
-        if trace > 0:
-            scale[g * m : (g + 1) * m] = 1.0 / np.sqrt(trace)
-    w, U = descending_eigh(gm.gram * scale[:, None] * scale[None, :])
-    eigenvalues = w / G
-    if n_components is None:  # no denoising: every direction the rows allow
-        n_components = eigenvalues.size
-    dof = m - gm.mean.shape[1]
-    k = select_k(eigenvalues, n_components, dof=dof, max_components=max_components)
-    if k == 0:
-        raise no_variance_error(views_without_variance(names))
-    coefficients = scale[:, None] * deterministic_signs(U[:, :k]) / np.sqrt(w[:k])
-    return GramBasis(None, eigenvalues, k, gm.mean.shape[-1], coefficients)
-
-
-def gram_pair_covariances(gm, basis, view=1):
-    """``Σ_xx, Σ_yy, Σ_xy`` of views 0 and ``view`` in the basis, from the Gram matrix."""
-    m = gm.n_rows
-    X = gm.gram[:m] @ basis.coefficients
-    Y = gm.gram[view * m : (view + 1) * m] @ basis.coefficients
-    # X and Y are centred (rows of centred data times fixed vectors)
-    return X.T @ X / m, Y.T @ Y / m, X.T @ Y / m
 
 
 def gram_components(arrays, layout, matricization, basis, *, names):

@@ -2,36 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
-
-import numpy as np
-from sklearn.base import BaseEstimator, clone
-from sklearn.model_selection import check_cv
+from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from ._accumulate import (
-    accumulate,
-    accumulate_folds,
-    accumulate_gram,
-    backend_of,
-    gram_components,
+from ._accumulate import accumulate, backend_of
+from ._fit import (
+    fit,
+    fit_views,
+    gather,
+    held_out,
+    in_sample,
+    resolve_solver,
 )
-from ._cca import (
-    degenerate_reason,
-    fit_cca,
-    held_out_scores,
-    in_sample_scores,
-    no_variance_error,
-    pair_covariances,
-    pooled_basis,
-)
-from ._gram import gram_basis, gram_pair_covariances
 from ._latent import estimate as estimate_latent
-from ._matricize import matrix_shape
-from ._moments import project_moments, recentred
-from ._result import SCORE_NAMES, SEISResult
+from ._moments import project_moments
+from ._result import SCORE_NAMES
 from ._stack import denoised_reading, is_stack
-from ._statistics import check_statistics, statistics
 from ._validation import (
     INVARIANCE_MODES,
     SOLVERS,
@@ -299,19 +285,16 @@ class SEISScorer(BaseEstimator):
             else resolve_solver(params["solver"], X.shape, layout, mode, lazy=is_dask_array(X))
         )
         if solver == "gram":
-            basis, cca, gm = _fit_gram_views([X, y], layout, mode, names, params, store_components)
-            moments, ccas, n_rows, means = None, [cca], gm.n_rows, gm.mean[:2]
+            fitted = fit_views([X, y], layout, mode, view_names, params, "gram", store_components)
         else:
-            part = accumulate([X, *ys], layout, mode, names=view_names)
+            part = gather([X, *ys], layout, mode, view_names)
             moments = part if before is None else before.merge(part)
             if moments.n_samples < 2:  # nothing to fit yet: wait for the next batch
                 self._pending = dict(moments=moments, reading=(layout, mode, label), shape=shape)
                 return self
             self.__dict__.pop("_pending", None)
-            basis, ccas = _fit_orbit(moments, params)
-            n_rows, means = moments.n_rows, moments.mean
-        fitted = dict(layout=layout, mode=mode, label=label, shape=tuple(X.shape[1:]))
-        return self._store(moments, basis, ccas, solver, n_rows, means, orbit, **fitted)
+            fitted = fit(moments, params, view_names)
+        return self._store(fitted, orbit, layout=layout, mode=mode, label=label, shape=shape)
 
     def _fit_from_moments(self, moments, layout, shape, matricization=None):
         """Fit from accumulated :class:`~seis_sklearn._moments.Moments` (streaming).
@@ -320,13 +303,11 @@ class SEISScorer(BaseEstimator):
         ``matricization`` (default: the scorer's own); one basis and one CCA per
         transformed view, as :meth:`fit` computes them from the same moments.
         """
-        params = self._checked_params()
         mode = self.matricization if matricization is None else matricization
-        basis, ccas = _fit_orbit(moments, params)
+        fitted = fit(moments, self._checked_params())
         return self._store(
-            moments, basis, ccas, "moments", moments.n_rows, moments.mean,
-            moments.n_views > 2, layout=layout, mode=mode, label=mode, shape=tuple(shape),
-        )  # fmt: skip
+            fitted, moments.n_views > 2, layout=layout, mode=mode, label=mode, shape=tuple(shape)
+        )
 
     def _fit_rows(self, rows, names):
         """Fit on the rows a streamed layer kept (:class:`~seis_sklearn._accumulate.RowsFirst`).
@@ -342,57 +323,34 @@ class SEISScorer(BaseEstimator):
         layout, mode = self.layout, self.matricization
         shape = tuple(rows[0].shape)
         solver = resolve_solver(params["solver"], shape, layout, mode)
-        if solver == "moments":
-            moments = accumulate(rows, layout, mode, names=names)
-            return self._fit_from_moments(moments, layout, shape[1:], mode)
-        basis, cca, gm = _fit_gram_views(rows, layout, mode, names, params)
-        return self._store(
-            None, basis, [cca], "gram", gm.n_rows, gm.mean[:2], False,
-            layout=layout, mode=mode, label=mode, shape=shape[1:],
-        )  # fmt: skip
+        fitted = fit_views(rows, layout, mode, names, params, solver)
+        return self._store(fitted, False, layout=layout, mode=mode, label=mode, shape=shape[1:])
 
-    def _store(
-        self, moments, basis, ccas, solver, n_rows, means, orbit, *, layout, mode, label, shape
-    ):
+    def _store(self, fitted, orbit, *, layout, mode, label, shape):
         """Replace the fitted state (only now, with every step done) and the in-sample result."""
-        cca = ccas[0]
+        basis, cca = fitted.basis, fitted.ccas[0]
         # V_k (d × k) is kept once, as components_ (k × d, a transposed view).
-        components, basis.components = basis.components, None
-        self._moments = moments
-        self._basis = basis
-        self._cca = cca
-        self._ccas = ccas
-        self.n_views_ = len(ccas) + 1
-        self.solver_ = solver
+        components = basis.components
+        self._fitted = fitted
+        self._orbit = orbit
+        self._moments = fitted.moments
+        self.n_views_ = len(fitted.ccas) + 1
+        self.solver_ = fitted.solver
         self.layout_ = layout
         self.matricization_ = mode
         self._label = label
         self.activation_shape_ = shape
-        self.n_rows_ = n_rows
+        self.n_rows_ = fitted.n_rows
         self.n_components_ = basis.k
         self.components_ = None if components is None else components.T
         self.eigenvalues_ = basis.eigenvalues
         self.explained_variance_ratio_ = basis.explained_variance_ratio
-        self._means = means  # (G, R, d): held-out data are centred with these
-        self.mean_x_ = means[0].copy()
-        self.mean_y_ = means[1].copy()
+        self.mean_x_ = fitted.means[0].copy()
+        self.mean_y_ = fitted.means[1].copy()
         self.canonical_correlations_ = cca.canonical_correlations
         self.alignments_ = cca.alignments
         self.weights_ = cca.weights
-        elements = [
-            _result(
-                in_sample_scores(c, self.invariance),
-                c.canonical_correlations,
-                c,
-                basis,
-                n_rows,
-                label,
-                layout,
-                "in-sample",
-            )
-            for c in ccas
-        ]
-        self.result_ = _orbit_mean(elements) if orbit else elements[0]
+        self.result_ = in_sample(fitted, self.invariance, label, layout, orbit)
         return self
 
     @property
@@ -461,64 +419,41 @@ class SEISScorer(BaseEstimator):
         check_choice(self.invariance, "invariance", INVARIANCE_MODES)
         X, y = _unstack(X, y)
         orbit, ys, view_names = _views_of(y, ("X", "y"))
-        if len(ys) != len(self._ccas):
+        if len(ys) != len(self._fitted.ccas):
             raise ValueError(
                 f"y has {len(ys)} transformed view(s); this SEISScorer was fitted on "
-                f"{len(self._ccas)}"
+                f"{len(self._fitted.ccas)}"
             )
         arrays, layout = check_views([X, *ys], view_names, self.layout_, self.matricization_)
         self._check_sample_shape(arrays[0])
-        projected = accumulate(
-            arrays,
-            layout,
-            self.matricization_,
-            names=view_names,
-            projection=self.components_.T,
-        )
-        projected = _held_out_moments(projected, self._means, self.components_.T, view_names)
-        elements = [
-            _held_out_result(
-                c,
-                self._basis,
-                projected,
-                self.invariance,
-                self._label,
-                layout,
-                self.n_rows_,
-                view=g,
-            )
-            for g, c in enumerate(self._ccas, start=1)
-        ]
-        return _orbit_mean(elements) if orbit else elements[0]
+        return self._score_rows(arrays, view_names, orbit)
 
     def _score_moments(self, moments):
         """Held-out result from the d × d moments of new pairs (streaming scoring)."""
         check_is_fitted(self)
         return self._score_projected(project_moments(moments, self.components_.T))
 
-    def _score_rows(self, arrays, names):
-        """Held-out result of new pairs given as validated arrays in the fitted layout
-        (streaming scoring of kept rows); ``names`` name them in errors."""
+    def _score_rows(self, arrays, names, orbit=False):
+        """Held-out result of new views given as validated arrays in the fitted layout
+        (also the streaming scoring of kept rows); ``names`` name them in errors."""
         check_is_fitted(self)
         projected = accumulate(
             arrays, self.layout_, self.matricization_, names=names,
             projection=self.components_.T,
         )  # fmt: skip
-        return self._score_projected(projected, names)
+        return self._score_projected(projected, names, orbit)
 
-    def _score_projected(self, projected, names=("X", "y")):
-        """Held-out result from the moments of new pairs projected on ``V_k``."""
-        V = self.components_.T
-        projected = _held_out_moments(projected, self._means, V, names)
-        return _held_out_result(
-            self._cca,
-            self._basis,
-            projected,
-            self.invariance,
-            self._label,
-            self.layout_,
-            self.n_rows_,
-        )
+    def _score_projected(self, projected, names=("X", "y"), orbit=False):
+        """Held-out result from the moments of new views projected on ``V_k``."""
+        check_choice(self.invariance, "invariance", INVARIANCE_MODES)
+        fitted = self._fitted
+        fitted.basis.components = self.components_.T  # kept once, as components_
+        try:
+            return held_out(
+                fitted, projected, names, self.invariance, self._label, self.layout_, orbit
+            )
+        finally:
+            fitted.basis.components = None
 
     def score(self, X, y=None):
         """One held-out score, the one named by ``score_kind``.
@@ -543,146 +478,6 @@ class SEISScorer(BaseEstimator):
         tags.input_tags.two_d_array = True
         tags.input_tags.three_d_array = True
         return tags
-
-
-# An eigendecomposition of an n × n matrix costs about this many times n³ flops of a
-# matrix product on these machines (benchmarks/README.md: numpy eigh vs GEMM).
-EIGH_COST = 10.0
-
-
-def solver_costs(n_rows, n_columns, rank=None):
-    """Estimated flops of the moment and the Gram solver for m rows and d columns (a pair).
-
-    Moments: the products of the stacked ``[P Q]`` (``m·(2d)²``) and the pooled
-    eigendecomposition (``d³``, or products in its range when the rank is known to
-    be small: :func:`~seis_sklearn._cca.descending_eigh`). Gram: the ``2m × 2m``
-    Gram over column chunks (``d·(2m)²``), its eigendecomposition, and the pass
-    that forms ``V_k`` (``2m·d·k``, k ≤ m).
-    """
-    from ._cca import LOW_RANK_FRACTION, SKETCH_OVERSAMPLING
-
-    m, d = n_rows, n_columns
-    r = 2 * m if rank is None else rank
-    if r + SKETCH_OVERSAMPLING <= LOW_RANK_FRACTION * d:
-        basis = 4 * d * d * (r + SKETCH_OVERSAMPLING) + EIGH_COST * (r + SKETCH_OVERSAMPLING) ** 3
-    else:
-        basis = EIGH_COST * d**3
-    moments = m * (2 * d) ** 2 + basis
-    gram = d * (2 * m) ** 2 + EIGH_COST * (2 * m) ** 3 + 2 * m * d * m
-    return moments, gram
-
-
-def resolve_solver(solver, shape, layout, matricization, lazy=False):
-    """``"moments"`` or ``"gram"``: ``"auto"`` takes the one with fewer estimated flops
-    for the rows and columns the matricized layer has (:func:`solver_costs`).
-
-    ``lazy`` (dask inputs): always the moments, which are sums over blocks.
-    """
-    if lazy:
-        if solver == "gram":
-            raise ValueError(
-                "solver='gram' needs every sample at once; dask arrays are scored from "
-                "moments summed over their blocks: use solver='moments' (or 'auto')"
-            )
-        return "moments"
-    if solver != "auto":
-        return solver
-    rows_per_sample, d = matrix_shape(shape, layout, matricization)
-    m = shape[0] * rows_per_sample
-    moments, gram = solver_costs(m, d, rank=2 * (m - rows_per_sample))
-    return "gram" if gram < moments else "moments"
-
-
-def _fit_moments(moments, params, view=1):
-    """Shared basis and CCA of the pair (original, ``view``) from their d × d moments."""
-    basis = pooled_basis(
-        moments, params["n_components"], params["max_components"], params.get("names")
-    )
-    covariances = pair_covariances(moments, basis, view)
-    return basis, fit_cca(*covariances, params["reg"], moments.n_rows)
-
-
-def _fit_gram(gm, params, view=1):
-    """Shared basis and CCA of the pair (original, ``view``) from the Gram matrix."""
-    basis = gram_basis(gm, params["n_components"], params["max_components"], params.get("names"))
-    covariances = gram_pair_covariances(gm, basis, view)
-    return basis, fit_cca(*covariances, params["reg"], gm.n_rows)
-
-
-def _fit_gram_views(views, layout, mode, names, params, components=True):
-    """Basis, CCA and :class:`~seis_sklearn._gram.GramMoments` of a pair of views in
-    memory, by the Gram solver where the views are; ``components``: ``V_k`` too (one
-    more pass, which held-out scoring needs)."""
-    gm = accumulate_gram(views, layout, mode, names=names)
-    basis, cca = _fit_gram(gm, params)
-    if components:
-        basis.components = gram_components(views, layout, mode, basis, names=names)
-    return basis, cca, gm
-
-
-def _result(
-    scores, rho, cca, basis, n_rows, matricization, layout, evaluation, fit_rows=None, **extra
-):
-    """A :class:`SEISResult`; ``fit_rows`` (default ``n_rows``): rows the basis was fitted on."""
-    reason = degenerate_reason(basis.k, basis.n_columns, n_rows if fit_rows is None else fit_rows)
-    return SEISResult(
-        **scores,
-        canonical_correlations=rho,
-        alignments=cca.alignments,
-        weights=cca.weights,
-        n_components=basis.k,
-        n_rows=n_rows,
-        explained_variance_ratio=basis.explained_variance_ratio,
-        matricization=matricization,
-        layout=layout,
-        evaluation=evaluation,
-        degenerate=bool(reason),
-        degenerate_reason=reason,
-        **extra,
-    )
-
-
-def latent_action(A, Bs, *, cyclic=True, **params):
-    """The latent action ``T̂_g`` of a group on a layer's features, and its defects.
-
-    Fits the orbit (SPEC §2.5: the basis pooled over ``A`` and every ``Bs[j]``)
-    and estimates, in that denoised subspace, ``T̂_g = argmin ‖X T − Y_g‖`` for
-    every transformed view — the linear action of ``g`` on the layer's
-    features, if it has one. Its defects say how far the layer is from carrying
-    a representation of the group.
-
-    Parameters
-    ----------
-    A : array-like of shape (n_samples, ...)
-        Activations on the original inputs (the identity).
-    Bs : list of array-like
-        Activations on the transformed inputs, one per non-identity element.
-    cyclic : bool, default=True
-        ``Bs`` are the powers ``g, g², …, g^{n-1}`` of one generator of a
-        cyclic group of order ``n = len(Bs) + 1`` (e.g. ``rot90`` by 1, 2, 3
-        quarter turns): then the order and homomorphism defects are computed.
-    **params
-        Parameters of :class:`SEISScorer` (``matricization``, ``n_components``,
-        ``reg``, …).
-
-    Returns
-    -------
-    LatentAction
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from seis_sklearn import latent_action
-    >>> A = np.random.default_rng(0).normal(size=(300, 2, 5, 5))
-    >>> orbit = [np.rot90(A, k, axes=(2, 3)) for k in (1, 2, 3)]
-    >>> action = latent_action(A, orbit, matricization="flatten", n_components=40)
-    >>> action.homomorphism_defect < 1e-4, action.orthogonality_defect < 1e-4
-    (True, True)
-    """
-    if not isinstance(Bs, (list, tuple)) or not Bs:
-        raise TypeError("Bs must be a non-empty list of arrays (one per group element but e)")
-    scorer = SEISScorer(**{**params, "solver": "moments"}).fit(A, list(Bs))
-    return scorer._latent_action(cyclic)
 
 
 def _unstack(X, y):
@@ -725,375 +520,3 @@ def is_orbit(y):
     if not isinstance(y, (list, tuple)):
         return False
     return not y or any(hasattr(item, "shape") and hasattr(item, "dtype") for item in y)
-
-
-def _fit_orbit(moments, params):
-    """The basis pooled over every view (SPEC §2.5) and the CCA of each (A, B_g)."""
-    basis = pooled_basis(
-        moments, params["n_components"], params["max_components"], params.get("names")
-    )
-    ccas = [
-        fit_cca(*pair_covariances(moments, basis, g), params["reg"], moments.n_rows)
-        for g in range(1, moments.n_views)
-    ]
-    return basis, ccas
-
-
-def _orbit_mean(elements, **extra):
-    """One result for an orbit: the four scores averaged over its elements g ≠ e.
-
-    The per-element results are in ``elements``; the arrays and sizes are the
-    first element's.
-    """
-    first = elements[0]
-    means = {name: float(np.mean([getattr(e, name) for e in elements])) for name in SCORE_NAMES}
-    return dataclasses.replace(first, **means, elements=tuple(elements), **extra)
-
-
-def _held_out_moments(projected, fitted_mean, V, names):
-    """Held-out moments in the fitted basis, centred by the fitted means (SPEC §2.4).
-
-    Raises the error of a fit without variance when the held-out views have no
-    variance over their samples in the fitted subspace (constant data, or data
-    so small that their products underflow).
-    """
-    k = V.shape[1]
-    within = sum(float(np.trace(a)) for a in projected.auto)
-    level = projected.n_samples * float(np.sum(projected.mean**2))
-    if within <= (64 * k * np.finfo(np.float64).eps) ** 2 * level:
-        raise no_variance_error(f"{' and '.join(names)} have no variance in the fitted subspace")
-    return recentred(projected, fitted_mean[: projected.n_views] @ V)
-
-
-def _held_out_result(cca, basis, projected, invariance, matricization, layout, fit_rows, view=1):
-    scores, rho = held_out_scores(cca, projected, invariance, view=view)
-    return _result(
-        scores,
-        rho,
-        cca,
-        basis,
-        projected.n_rows,
-        matricization,
-        layout,
-        "held-out",
-        fit_rows=fit_rows,
-    )
-
-
-def seis_score(
-    A,
-    B,
-    *,
-    cv=None,
-    n_permutations=0,
-    n_bootstrap=0,
-    confidence=0.95,
-    random_state=None,
-    n_jobs=None,
-    progress=False,
-    **params,
-):
-    """SEIS scores of a pair of activation arrays, in-sample or cross-fitted.
-
-    Parameters
-    ----------
-    A : array-like of shape (n_samples, ...)
-        Activations of a layer on the original inputs, samples first. A
-        ``dask.array`` chunked along the samples axis is accumulated block by
-        block where it lives (see the docs page "Scaling out with Dask").
-    B : array-like of the same shape as ``A``, or a list of them
-        Activations on the transformed inputs (sample i of ``B`` is the
-        transform of sample i of ``A``). A list of arrays is an *orbit* (SPEC
-        §2.5; a nested list of numbers is one array, as numpy reads it): ``B[j]``
-        holds the activations for the j-th non-identity element of a finite
-        group (``A`` is the identity); the denoising basis is pooled over all of
-        them, every pair ``(A, B[j])`` is scored in it, and the result holds
-        their mean (per-element results in ``elements``).
-    cv : int, cross-validation splitter or iterable, default=None
-        ``None``: fit and score on all samples (in-sample). An int ``n``: the
-        mean and standard deviation of held-out scores over ``KFold(n)``
-        (unshuffled) folds of the samples, each scored under a fit on the
-        other folds. Any scikit-learn splitter or iterable of
-        ``(train, test)`` index arrays is accepted too.
-    n_permutations : int, default=0
-        Size of a permutation null: the pairing of ``B``'s samples with
-        ``A``'s is shuffled this many times, each refitted and scored like the
-        observed result; ``p_values`` and ``null_means`` are reported.
-    n_bootstrap : int, default=0
-        Bootstrap resamples of the samples (pairs kept together), each scored
-        like the observed result; percentile intervals ``ci_low``/``ci_high``.
-    confidence : float, default=0.95
-        Level of the bootstrap intervals.
-    random_state : int, numpy Generator or None, default=None
-        Seed of the permutations and resamples (drawn up front, so the result
-        does not depend on ``n_jobs``).
-    n_jobs : int or None, default=None
-        Replicates run in parallel with joblib (``-1``: every core).
-    progress : bool, default=False
-        A progress bar over the replicates (tqdm).
-    **params
-        Parameters of :class:`SEISScorer` (``n_components``,
-        ``matricization``, ``layout``, ``reg``, ``max_components``,
-        ``invariance``, ``solver``).
-
-    Returns
-    -------
-    SEISResult
-
-    Notes
-    -----
-    With the moment solver and ``KFold``-like splits (test sets partition the
-    samples, trains are their complements) the data are read once: the
-    moments of each fold are accumulated and every training set's moments are
-    merged from them. The Gram solver fits each fold separately.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from seis_sklearn import seis_score
-    >>> rng = np.random.default_rng(0)
-    >>> A = rng.normal(size=(64, 8, 5, 5))
-    >>> r = seis_score(A, -A)
-    >>> round(r.equivariance, 6), round(r.invariance, 6)
-    (1.0, 0.0)
-    >>> r = seis_score(A, np.flip(A, axis=3), cv=4, n_components=10)
-    >>> r.evaluation, r.n_folds
-    ('cross-fitted', 4)
-    """
-    check_statistics(n_permutations, n_bootstrap, confidence)
-    _check_random_state(random_state)
-    if is_orbit(B) and (n_permutations or n_bootstrap):
-        raise ValueError("n_permutations and n_bootstrap take a pair (A, B), not an orbit")
-    result = _seis_score(A, B, cv, params)
-    if not (n_permutations or n_bootstrap):
-        return result
-    (A, B), _ = check_views([A, B], ["A", "B"], params.get("layout", "auto"), "spatial")
-    fields = statistics(
-        A,
-        B,
-        result,
-        cv=cv,
-        params=params,
-        n_permutations=n_permutations,
-        n_bootstrap=n_bootstrap,
-        confidence=confidence,
-        rng=np.random.default_rng(random_state),
-        n_jobs=n_jobs,
-        progress=progress,
-    )
-    return dataclasses.replace(result, **fields)
-
-
-def _seis_score(A, B, cv, params):
-    scorer = SEISScorer(**params)
-    if cv is None:
-        fitted = scorer._fit(A, B, names=("A", "B"), streaming=False, store_components=False)
-        return fitted.result_
-    fit_params = scorer._checked_params()
-    orbit, Bs, names = _views_of(B, ("A", "B"))
-    fit_params["names"] = names
-    views, layout = check_views([A, *Bs], names, scorer.layout, scorer.matricization)
-    A, B = views[0], views[1]
-    n = A.shape[0]
-    splitter = check_cv(_checked_cv(cv, n))
-    splits = [
-        (_fold_indices(train, n, "training"), _fold_indices(test, n, "test"))
-        for train, test in splitter.split(np.empty((n, 1)))
-    ]
-    if len(splits) < 2:
-        raise ValueError(f"cv must give at least 2 folds; got {len(splits)}")
-    for train, test in splits:
-        if len(train) < 2 or len(test) < 2:
-            raise ValueError(
-                "cv gives a fold with fewer than 2 training or test samples "
-                f"({len(train)} and {len(test)} of {n}); use fewer folds"
-            )
-
-    solver = resolve_solver(
-        fit_params["solver"], A.shape, layout, scorer.matricization, lazy=is_dask_array(A)
-    )
-    if orbit:
-        return _cross_fitted_orbit(views, names, layout, splits, n, scorer, fit_params)
-    if solver == "gram":
-        # The Gram matrix of one training set says nothing about another's: fit each fold.
-        folds = []
-        for train, test in splits:
-            train, test = np.sort(train), np.sort(test)
-            fold = clone(scorer).set_params(solver="gram")
-            fold._fit(A[train], B[train], names=("A", "B"), streaming=False, reset=True)
-            folds.append(fold.scores(A[test], B[test]))
-        basis, cca, gm = _fit_gram_views(
-            [A, B], layout, scorer.matricization, ("A", "B"), fit_params, components=False
-        )
-        full_rows = gm.n_rows
-    else:
-
-        def moments_of(indices):
-            return accumulate(
-                [A, B], layout, scorer.matricization, names=("A", "B"), indices=indices
-            )
-
-        tests = [np.sort(test) for _, test in splits]
-        fold_moments = accumulate_folds(
-            [A, B], layout, scorer.matricization, names=("A", "B"), index_sets=tests
-        )
-        if _is_partition(splits, n):  # read the data once: trains merge from the folds
-            train_moments = [
-                _merge_all(fold_moments[:f] + fold_moments[f + 1 :]) for f in range(len(tests))
-            ]
-            full = _merge_all(fold_moments)
-        else:
-            train_moments = [moments_of(np.sort(train)) for train, _ in splits]
-            full = accumulate([A, B], layout, scorer.matricization, names=("A", "B"))
-        folds = []
-        for train_m, test_m in zip(train_moments, fold_moments, strict=True):
-            basis, cca = _fit_moments(train_m, fit_params)
-            projected = _held_out_moments(
-                project_moments(test_m, basis.components), train_m.mean, basis.components, names
-            )
-            folds.append(
-                _held_out_result(
-                    cca,
-                    basis,
-                    projected,
-                    scorer.invariance,
-                    scorer.matricization,
-                    layout,
-                    train_m.n_rows,
-                )
-            )
-        basis, cca = _fit_moments(full, fit_params)
-        full_rows = full.n_rows
-    table = np.array([[getattr(f, name) for name in SCORE_NAMES] for f in folds])
-    means, stds = table.mean(axis=0), table.std(axis=0)
-    return _result(
-        dict(zip(SCORE_NAMES, map(float, means), strict=True)),
-        cca.canonical_correlations,
-        cca,
-        basis,
-        full_rows,
-        scorer.matricization,
-        layout,
-        "cross-fitted",
-        n_folds=len(folds),
-        folds=tuple(folds),
-        **{f"{name}_std": float(s) for name, s in zip(SCORE_NAMES, stds, strict=True)},
-    )
-
-
-def _check_random_state(random_state):
-    """None, an int >= 0 or a numpy Generator, or one error naming ``random_state``."""
-    if random_state is None or isinstance(random_state, np.random.Generator):
-        return
-    if isinstance(random_state, (bool, np.bool_)) or not isinstance(
-        random_state, (int, np.integer)
-    ):
-        raise TypeError(
-            "random_state must be None, an int >= 0 or a numpy Generator; got "
-            f"{type(random_state).__name__}"
-        )
-    if random_state < 0:
-        raise ValueError(f"random_state must be an int >= 0; got {int(random_state)}")
-
-
-def _checked_cv(cv, n):
-    """``cv`` as given, or one error naming it: an int of folds in [2, n samples]."""
-    if isinstance(cv, (bool, np.bool_)):
-        raise TypeError(
-            f"cv must be an int >= 2 (the number of folds), a splitter or an iterable of "
-            f"(train, test) index arrays; got {cv!r}"
-        )
-    if isinstance(cv, (int, np.integer)):
-        if cv < 2:
-            raise ValueError(f"cv must be at least 2 folds; got cv={int(cv)}")
-        if cv > n:
-            raise ValueError(f"cv={int(cv)} asks for more folds than the {n} samples")
-    return cv
-
-
-def _fold_indices(indices, n, which):
-    """A fold's sample indices as integers in range(n), or one error naming ``cv``."""
-    indices = np.asarray(indices)
-    if indices.dtype == bool:
-        if indices.shape != (n,):
-            raise ValueError(
-                f"cv gives a boolean {which} mask of shape {indices.shape}; need ({n},)"
-            )
-        return np.flatnonzero(indices)
-    if indices.ndim != 1 or (indices.size and indices.dtype.kind not in "iu"):
-        raise ValueError(
-            f"cv must give 1-D integer index arrays; a {which} set is {indices!r:.60}"
-        )
-    if indices.size and (indices.min() < 0 or indices.max() >= n):
-        raise ValueError(
-            f"cv gives {which} indices out of range: {int(indices.min())}..{int(indices.max())} "
-            f"for {n} samples"
-        )
-    return indices.astype(np.intp)
-
-
-def _cross_fitted_orbit(views, names, layout, splits, n, scorer, fit_params):
-    """Cross-fitted orbit scores: per fold, the pooled basis and every (A, B_g) pair."""
-    mode = scorer.matricization
-    tests = [np.sort(test) for _, test in splits]
-    fold_moments = accumulate_folds(views, layout, mode, names=names, index_sets=tests)
-    if _is_partition(splits, n):
-        trains = [_merge_all(fold_moments[:f] + fold_moments[f + 1 :]) for f in range(len(tests))]
-    else:
-        trains = [
-            accumulate(views, layout, mode, names=names, indices=np.sort(train))
-            for train, _ in splits
-        ]
-    per_fold = []
-    for train_m, test_m in zip(trains, fold_moments, strict=True):
-        basis, ccas = _fit_orbit(train_m, fit_params)
-        projected = _held_out_moments(
-            project_moments(test_m, basis.components), train_m.mean, basis.components, names
-        )
-        per_fold.append(
-            [
-                _held_out_result(
-                    c, basis, projected, scorer.invariance, mode, layout, train_m.n_rows, view=g
-                )
-                for g, c in enumerate(ccas, start=1)
-            ]
-        )
-    full = _merge_all(fold_moments) if _is_partition(splits, n) else None
-    if full is None:
-        full = accumulate(views, layout, mode, names=names)
-    basis, ccas = _fit_orbit(full, fit_params)
-
-    def cross_fitted(results, cca):
-        table = np.array([[getattr(r, name) for name in SCORE_NAMES] for r in results])
-        return _result(
-            dict(zip(SCORE_NAMES, map(float, table.mean(axis=0)), strict=True)),
-            cca.canonical_correlations, cca, basis, full.n_rows, mode, layout, "cross-fitted",
-            n_folds=len(results), folds=tuple(results),
-            **{f"{k}_std": float(v) for k, v in zip(SCORE_NAMES, table.std(axis=0), strict=True)},
-        )  # fmt: skip
-
-    elements = [cross_fitted([fold[g] for fold in per_fold], cca) for g, cca in enumerate(ccas)]
-    fold_means = [_orbit_mean(fold) for fold in per_fold]
-    mean = cross_fitted(fold_means, ccas[0])
-    return dataclasses.replace(mean, elements=tuple(elements))
-
-
-def _is_partition(splits, n):
-    """True when the test sets partition range(n) and each train is its complement."""
-    seen = np.zeros(n, dtype=np.int64)
-    for train, test in splits:
-        if len(train) + len(test) != n:
-            return False
-        seen[test] += 1
-        mask = np.zeros(n, dtype=bool)
-        mask[train] = True
-        if mask[test].any():
-            return False
-    return bool((seen == 1).all())
-
-
-def _merge_all(parts):
-    total = parts[0]
-    for part in parts[1:]:
-        total = total.merge(part)
-    return total

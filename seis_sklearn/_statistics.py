@@ -37,11 +37,9 @@ def _scores(result):
     return np.array([getattr(result, name) for name in SCORE_NAMES])
 
 
-def _replicate(A, B, index_a, index_b, cv, params):
-    from ._scorer import seis_score
-
+def _replicate(score, A, B, index_a, index_b, cv, params):
     a = A if index_a is None else A[index_a]
-    return _scores(seis_score(a, B[index_b], cv=cv, **params))
+    return _scores(score(a, B[index_b], cv=cv, **params))
 
 
 def _run(jobs, n_jobs, progress, desc):
@@ -93,15 +91,18 @@ def _grouped_folds(draw, cv):
 
 def statistics(
     A, B, observed, *, cv, params, n_permutations, n_bootstrap, confidence, rng, n_jobs,
-    progress,
+    progress, score,
 ):  # fmt: skip
-    """The fields the permutation null and the bootstrap add to a SEISResult."""
+    """The fields the permutation null and the bootstrap add to a SEISResult;
+    ``score`` is :func:`~seis_sklearn.seis_score` (given, so that this module imports
+    no estimator)."""
     n = A.shape[0]
     fields = {}
     values = _scores(observed)
     if n_permutations:
         perms = [rng.permutation(n) for _ in range(n_permutations)]
-        null = _run([(A, B, None, p, cv, params) for p in perms], n_jobs, progress, "permutations")
+        jobs = [(score, A, B, None, p, cv, params) for p in perms]
+        null = _run(jobs, n_jobs, progress, "permutations")
         exceed = (null >= values[None, :] - 1e-12).sum(axis=0)
         fields["n_permutations"] = n_permutations
         fields["p_values"] = {
@@ -113,7 +114,7 @@ def statistics(
         }
     if n_bootstrap:
         draws = [rng.integers(0, n, n) for _ in range(n_bootstrap)]
-        jobs = [(A, B, d, d, _grouped_folds(d, cv), params) for d in draws]
+        jobs = [(score, A, B, d, d, _grouped_folds(d, cv), params) for d in draws]
         boot = _run(jobs, n_jobs, progress, "bootstrap")
         tail = (1.0 - confidence) / 2.0
         low, high = np.quantile(boot, [tail, 1.0 - tail], axis=0)

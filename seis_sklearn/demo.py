@@ -26,7 +26,7 @@ from scipy import ndimage
 from . import transforms
 from ._files import atomic_write
 from ._result import SCORE_NAMES
-from ._scorer import seis_score
+from ._score import seis_score
 
 FILTER_SEED = 20260523
 

@@ -564,7 +564,7 @@ def test_a_wide_streamed_layer_is_fitted_on_its_rows(monkeypatch):
     from seis_sklearn.adapters.torch import layerwise_seis, stream_scores
 
     import seis_sklearn._accumulate as accumulate_module
-    import seis_sklearn._scorer as scorer_module
+    import seis_sklearn._fit as scorer_module
     from seis_sklearn import SEISScorer
 
     torch.manual_seed(0)

@@ -94,7 +94,7 @@ def test_torch_gram_equals_the_numpy_gram(layout, mode, dtype, device, rng, monk
     ``V_k`` (several column chunks: the chunk budget is made small for both)."""
     import seis_sklearn._torch as torch_module
     from seis_sklearn._accumulate import accumulate_gram, gram_components
-    from seis_sklearn._gram import gram_basis
+    from seis_sklearn._cca import gram_basis
     from seis_sklearn._validation import CHUNK_BYTES
 
     A, B = _pair(rng, SHAPES[layout], dtype, "C")

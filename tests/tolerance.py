@@ -60,13 +60,13 @@ def scorer_tolerance(scorer, dtype=np.float64, held_out=False):
     ``held_out=True``: of held-out scores under its directions.
     """
     reg = scorer.reg
-    kappa = max(_kappa(c.sigma_xx, reg) + _kappa(c.sigma_yy, reg) for c in scorer._ccas)
+    kappa = max(_kappa(c.sigma_xx, reg) + _kappa(c.sigma_yy, reg) for c in scorer._fitted.ccas)
     m, k = scorer.n_rows_, scorer.n_components_
     u = unit_roundoff(dtype)
     rows = m if u < 1e-10 else min(m, 4096)  # float32: per product
     tol = FACTOR * u * (np.sqrt(rows) + k) * kappa
     if held_out:
-        rho_max = max(float(c.rho_raw.max()) for c in scorer._ccas)
+        rho_max = max(float(c.rho_raw.max()) for c in scorer._fitted.ccas)
         tol /= max(1.0 - rho_max, np.sqrt(u))
     return tol + FLOOR
 

@@ -1,0 +1,199 @@
+"""The one-call functions: :func:`seis_score` and :func:`latent_action` (SPEC §2.3–2.5)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ._fit import cross_fit, fold_splits, resolve_solver
+from ._scorer import SEISScorer, _views_of, is_orbit
+from ._statistics import check_statistics, statistics
+from ._validation import check_views, is_dask_array
+
+
+def seis_score(
+    A,
+    B,
+    *,
+    cv=None,
+    n_permutations=0,
+    n_bootstrap=0,
+    confidence=0.95,
+    random_state=None,
+    n_jobs=None,
+    progress=False,
+    **params,
+):
+    """SEIS scores of a pair of activation arrays, in-sample or cross-fitted.
+
+    Parameters
+    ----------
+    A : array-like of shape (n_samples, ...)
+        Activations of a layer on the original inputs, samples first. A
+        ``dask.array`` chunked along the samples axis is accumulated block by
+        block where it lives (see the docs page "Scaling out with Dask").
+    B : array-like of the same shape as ``A``, or a list of them
+        Activations on the transformed inputs (sample i of ``B`` is the
+        transform of sample i of ``A``). A list of arrays is an *orbit* (SPEC
+        §2.5; a nested list of numbers is one array, as numpy reads it): ``B[j]``
+        holds the activations for the j-th non-identity element of a finite
+        group (``A`` is the identity); the denoising basis is pooled over all of
+        them, every pair ``(A, B[j])`` is scored in it, and the result holds
+        their mean (per-element results in ``elements``).
+    cv : int, cross-validation splitter or iterable, default=None
+        ``None``: fit and score on all samples (in-sample). An int ``n``: the
+        mean and standard deviation of held-out scores over ``KFold(n)``
+        (unshuffled) folds of the samples, each scored under a fit on the
+        other folds. Any scikit-learn splitter or iterable of
+        ``(train, test)`` index arrays is accepted too.
+    n_permutations : int, default=0
+        Size of a permutation null: the pairing of ``B``'s samples with
+        ``A``'s is shuffled this many times, each refitted and scored like the
+        observed result; ``p_values`` and ``null_means`` are reported.
+    n_bootstrap : int, default=0
+        Bootstrap resamples of the samples (pairs kept together), each scored
+        like the observed result; percentile intervals ``ci_low``/``ci_high``.
+    confidence : float, default=0.95
+        Level of the bootstrap intervals.
+    random_state : int, numpy Generator or None, default=None
+        Seed of the permutations and resamples (drawn up front, so the result
+        does not depend on ``n_jobs``).
+    n_jobs : int or None, default=None
+        Replicates run in parallel with joblib (``-1``: every core).
+    progress : bool, default=False
+        A progress bar over the replicates (tqdm).
+    **params
+        Parameters of :class:`SEISScorer` (``n_components``,
+        ``matricization``, ``layout``, ``reg``, ``max_components``,
+        ``invariance``, ``solver``).
+
+    Returns
+    -------
+    SEISResult
+
+    Notes
+    -----
+    With the moment solver and ``KFold``-like splits (test sets partition the
+    samples, trains are their complements) the data are read once: the
+    moments of each fold are accumulated and every training set's moments are
+    merged from them. The Gram solver fits each fold separately.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from seis_sklearn import seis_score
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.normal(size=(64, 8, 5, 5))
+    >>> r = seis_score(A, -A)
+    >>> round(r.equivariance, 6), round(r.invariance, 6)
+    (1.0, 0.0)
+    >>> r = seis_score(A, np.flip(A, axis=3), cv=4, n_components=10)
+    >>> r.evaluation, r.n_folds
+    ('cross-fitted', 4)
+    """
+    check_statistics(n_permutations, n_bootstrap, confidence)
+    _check_random_state(random_state)
+    if is_orbit(B) and (n_permutations or n_bootstrap):
+        raise ValueError("n_permutations and n_bootstrap take a pair (A, B), not an orbit")
+    result = _seis_score(A, B, cv, params)
+    if not (n_permutations or n_bootstrap):
+        return result
+    (A, B), _ = check_views([A, B], ["A", "B"], params.get("layout", "auto"), "spatial")
+    fields = statistics(
+        A,
+        B,
+        result,
+        cv=cv,
+        params=params,
+        n_permutations=n_permutations,
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+        rng=np.random.default_rng(random_state),
+        n_jobs=n_jobs,
+        progress=progress,
+        score=seis_score,
+    )
+    return dataclasses.replace(result, **fields)
+
+
+def _seis_score(A, B, cv, params):
+    scorer = SEISScorer(**params)
+    if cv is None:
+        fitted = scorer._fit(A, B, names=("A", "B"), streaming=False, store_components=False)
+        return fitted.result_
+    fit_params = scorer._checked_params()
+    orbit, Bs, names = _views_of(B, ("A", "B"))
+    views, layout = check_views([A, *Bs], names, scorer.layout, scorer.matricization)
+    splits = fold_splits(cv, views[0].shape[0])
+    if orbit and fit_params["solver"] == "gram":
+        raise ValueError(
+            "an orbit is scored from the moments pooled over all its elements: use "
+            "solver='moments' (or 'auto')"
+        )
+    solver = "moments" if orbit else resolve_solver(
+        fit_params["solver"], views[0].shape, layout, scorer.matricization,
+        lazy=is_dask_array(views[0]),
+    )  # fmt: skip
+    return cross_fit(
+        views, names, layout, scorer.matricization, splits, fit_params, scorer.invariance,
+        solver, orbit,
+    )  # fmt: skip
+
+
+def _check_random_state(random_state):
+    """None, an int >= 0 or a numpy Generator, or one error naming ``random_state``."""
+    if random_state is None or isinstance(random_state, np.random.Generator):
+        return
+    if isinstance(random_state, (bool, np.bool_)) or not isinstance(
+        random_state, (int, np.integer)
+    ):
+        raise TypeError(
+            "random_state must be None, an int >= 0 or a numpy Generator; got "
+            f"{type(random_state).__name__}"
+        )
+    if random_state < 0:
+        raise ValueError(f"random_state must be an int >= 0; got {int(random_state)}")
+
+
+def latent_action(A, Bs, *, cyclic=True, **params):
+    """The latent action ``T̂_g`` of a group on a layer's features, and its defects.
+
+    Fits the orbit (SPEC §2.5: the basis pooled over ``A`` and every ``Bs[j]``)
+    and estimates, in that denoised subspace, ``T̂_g = argmin ‖X T − Y_g‖`` for
+    every transformed view — the linear action of ``g`` on the layer's
+    features, if it has one. Its defects say how far the layer is from carrying
+    a representation of the group.
+
+    Parameters
+    ----------
+    A : array-like of shape (n_samples, ...)
+        Activations on the original inputs (the identity).
+    Bs : list of array-like
+        Activations on the transformed inputs, one per non-identity element.
+    cyclic : bool, default=True
+        ``Bs`` are the powers ``g, g², …, g^{n-1}`` of one generator of a
+        cyclic group of order ``n = len(Bs) + 1`` (e.g. ``rot90`` by 1, 2, 3
+        quarter turns): then the order and homomorphism defects are computed.
+    **params
+        Parameters of :class:`SEISScorer` (``matricization``, ``n_components``,
+        ``reg``, …).
+
+    Returns
+    -------
+    LatentAction
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from seis_sklearn import latent_action
+    >>> A = np.random.default_rng(0).normal(size=(300, 2, 5, 5))
+    >>> orbit = [np.rot90(A, k, axes=(2, 3)) for k in (1, 2, 3)]
+    >>> action = latent_action(A, orbit, matricization="flatten", n_components=40)
+    >>> action.homomorphism_defect < 1e-4, action.orthogonality_defect < 1e-4
+    (True, True)
+    """
+    if not isinstance(Bs, (list, tuple)) or not Bs:
+        raise TypeError("Bs must be a non-empty list of arrays (one per group element but e)")
+    scorer = SEISScorer(**{**params, "solver": "moments"}).fit(A, list(Bs))
+    return scorer._latent_action(cyclic)
