@@ -328,7 +328,7 @@ def stream(batches, held_out, seis_params, *, dtype=None, deviation=None, readin
 
 def stream_views(
     batches, views, held_out, seis_params, *, dtype=None, deviations=None, readings=None,
-    checkpoint=None, offset=0, progress=False,
+    checkpoint=None, offset=0, progress=False, keep_moments=True,
 ):  # fmt: skip
     """:func:`stream` of several transforms in one pass over the batches.
 
@@ -358,6 +358,9 @@ def stream_views(
         streamed before a stop): it decides which samples are held out.
     progress : bool, default=False
         A progress bar over the layers' fits after the pass (their algebra).
+    keep_moments : bool, default=True
+        Keep every layer's statistics for other metrics (the moments returned);
+        False lets each go after its fit.
 
     Returns
     -------
@@ -397,7 +400,9 @@ def stream_views(
         sum(len(state[v][0]) for v in views), progress, desc="layers fitted", unit="layer"
     )
     try:
-        return {view: _fit_streamed(*state[view], held_out, bar) for view in views}
+        return {
+            view: _fit_streamed(*state[view], held_out, bar, keep_moments) for view in views
+        }
     finally:
         if bar is not None:
             bar.close()
@@ -523,6 +528,7 @@ def report_rows(
         streamed = stream_views(
             batches, list(views), held_out, seis_params, deviations=deviations,
             readings=readings, checkpoint=checkpoint, offset=start, progress=progress,
+            keep_moments=bool(set(metrics) - {"channel_eed"}),
         )  # fmt: skip
         if checkpoint is not None:
             checkpoint.clear()
@@ -737,9 +743,11 @@ def statistics_bytes(shape, itemsize, n_samples, seis_params, reading=None):
     return 2 * (each + 2 * rows * width * 8)  # kept and held, with their sums and shifts
 
 
-def _fit_streamed(layers, kept, held, held_out, bar=None):
+def _fit_streamed(layers, kept, held, held_out, bar=None, keep_moments=True):
     """What :func:`stream` returns, from one transform's accumulators (``bar``: a
-    progress bar moved by one per layer)."""
+    progress bar moved by one per layer). ``keep_moments=False`` (no metric reads the
+    moments): each layer's accumulators are let go as soon as it is fitted, so that the
+    memory of the fits does not add to every layer's statistics."""
     if not layers:
         raise ValueError("inputs gave no batches")
     results, shapes, moments, choices = {}, {}, {}, {}
@@ -755,17 +763,28 @@ def _fit_streamed(layers, kept, held, held_out, bar=None):
                 "score: give more inputs"
             )
         if not plan.get("failed"):
+            if keep_moments:
+                fitted, scored = kept[key], held[key]
+                moments[key] = functools.partial(_all_moments, fitted, scored)
+            else:  # the accumulators go with this layer's fit
+                fitted, scored = kept.pop(key), held.pop(key)
             try:
-                scorer = _fit_layer(kept[key], plan)
-                rows = held[key].rows()
+                kept_rows = fitted.rows()
+                source = kept_rows if kept_rows is not None else fitted.result()
+                del fitted  # without moments to keep: its arrays go before the algebra
+                scorer = _fit_layer(source, kept_rows is not None, plan)
+                del source
+                rows = scored.rows()
                 if rows is None:
-                    results[key] = scorer._score_moments(held[key].result())
+                    results[key] = scorer._score_moments(scored.result())
                 else:
                     results[key] = scorer._score_rows(rows, plan["names"])
-                moments[key] = functools.partial(_all_moments, kept[key], held[key])
                 continue
             except ValueError as exc:  # no variance, …: a row that says so
                 plan["failed"] = first_line(exc)
+                moments.pop(key, None)
+            finally:
+                del scored
         results[key] = unscored(key, plan["failed"], plan["layout"], plan["params"], "held-out")
     return results, shapes, LazyMoments(moments), choices
 
@@ -800,20 +819,18 @@ class LayerNotScoredWarning(UserWarning):
     """A layer of a report could not be scored; its row has NaN scores and the reason."""
 
 
-def _fit_layer(kept, plan):
-    """The scorer of one layer fitted on its kept samples: from their rows when the
-    accumulator still holds them (the solver chosen as for stored activations, so
-    the Gram solver where it is cheaper; torch tensors on their device), else from
-    their moments."""
+def _fit_layer(source, from_rows, plan):
+    """The scorer of one layer fitted on its kept samples: from their rows
+    (``from_rows``: the solver chosen as for stored activations, so the Gram solver
+    where it is cheaper; torch tensors on their device), else from their moments."""
     from seis_sklearn import SEISScorer
 
     params = {**plan["params"], "layout": plan["layout"]}
-    rows = kept.rows()
-    if rows is None:
-        return SEISScorer(**params)._fit_from_moments(
-            kept.result(), plan["layout"], plan["shape"], params["matricization"]
-        )
-    return SEISScorer(**params)._fit_rows(rows, plan["names"])
+    if from_rows:
+        return SEISScorer(**params)._fit_rows(source, plan["names"])
+    return SEISScorer(**params)._fit_from_moments(
+        source, plan["layout"], plan["shape"], params["matricization"]
+    )
 
 
 def _all_moments(kept, held):

@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,6 +132,23 @@ def product_dtype(dtype):
     )
 
 
+_SCRATCHES = weakref.WeakValueDictionary()
+
+
+def _scratch(n):
+    """A float32 n × n buffer for one product, shared by every accumulator of this
+    thread (their products never overlap in one thread; dask's threads get their own):
+    a report that holds many layers' statistics holds one buffer per width, not one per
+    accumulator. Each accumulator keeps a reference to the buffer it uses, so that it
+    lives as long as one of them does."""
+    key = (threading.get_ident(), n)
+    buffer = _SCRATCHES.get(key)
+    if buffer is None:
+        buffer = np.empty((n, n), np.float32)
+        _SCRATCHES[key] = buffer
+    return buffer
+
+
 class MomentAccumulator:
     """Exact one-pass accumulation of the moments of ``G`` views, chunk after chunk.
 
@@ -159,13 +178,12 @@ class MomentAccumulator:
         self.sums = np.zeros((n_views, rows_per_sample, d))  # Σ Z per feature
         self.joint = np.zeros((n_views * d, n_views * d))
         self._buffer = np.empty((0, n_views * d), dtype=self.dtype)
-        self._scratch = None
         # float32: centred rows wait here (up to FLOAT32_PRODUCT_ROWS) for one product, so
         # that small batches (streaming) do not pay a d × d float64 sum each; _segments
         # are the pending chunks' row ranges, for the rare product that needs rescaling
         self._pending, self._segments = 0, []
-        if self.dtype == np.float32:  # float32 products land here before the float64 sum
-            self._scratch = np.zeros((n_views * d, n_views * d), np.float32)
+        self._float32 = self.dtype == np.float32  # products land in a scratch, then float64
+        self._scratch = None  # the shared float32 buffer (_scratch), once a product ran
 
     def add(self, views, numba=False):
         """Add a chunk: one ``(n_samples, R, d)`` array per view (any strides).
@@ -175,7 +193,7 @@ class MomentAccumulator:
         """
         n, rows, d = views[0].shape
         r = n * rows
-        pooled = self._scratch is not None  # float32: rows pool until a product is due
+        pooled = self._float32  # float32: rows pool until a product is due
         if pooled and self._pending and self._pending + r > FLOAT32_PRODUCT_ROWS:
             self._flush()
         start = self._pending if pooled else 0
@@ -231,10 +249,11 @@ class MomentAccumulator:
         """
         if not self._pending:
             return
+        scratch = self._scratch = _scratch(self.n_views * self.d)
         with np.errstate(over="ignore", invalid="ignore"):
-            syrk_lower(self._buffer[: self._pending], self._scratch)
-            if _float32_safe(self._scratch, self.n_views, self.d):
-                add_lower_triangle(self.joint, self._scratch)
+            syrk_lower(self._buffer[: self._pending], scratch)
+            if _float32_safe(scratch, self.n_views, self.d):
+                add_lower_triangle(self.joint, scratch)
             else:
                 for start, stop in self._segments:
                     self._add_rescaled(self._buffer[start:stop])
@@ -252,14 +271,13 @@ class MomentAccumulator:
             scales[g] = _float32_scale(float(block.min()), float(block.max()))
             if scales[g] != 1.0:
                 block *= np.float32(scales[g])
-        syrk_lower(rows, self._scratch)
+        scratch = self._scratch = _scratch(self.n_views * d)
+        syrk_lower(rows, scratch)
         for g in range(self.n_views):
             for h in range(g + 1):
                 sl_g, sl_h = slice(g * d, (g + 1) * d), slice(h * d, (h + 1) * d)
                 _add_scaled(
-                    self.joint[sl_g, sl_h],
-                    self._scratch[sl_g, sl_h],
-                    1.0 / (scales[g] * scales[h]),
+                    self.joint[sl_g, sl_h], scratch[sl_g, sl_h], 1.0 / (scales[g] * scales[h])
                 )
 
     def _check_finite(self):
