@@ -400,9 +400,7 @@ def stream_views(
         sum(len(state[v][0]) for v in views), progress, desc="layers fitted", unit="layer"
     )
     try:
-        return {
-            view: _fit_streamed(*state[view], held_out, bar, keep_moments) for view in views
-        }
+        return {view: _fit_streamed(*state[view], held_out, bar, keep_moments) for view in views}
     finally:
         if bar is not None:
             bar.close()
