@@ -215,6 +215,12 @@ def read_layers(
     readings, ambiguous = {}, []
     for key, shape in shapes.items():
         ndim = len(shape) + 1
+        named = _for_layer(layout, key) if isinstance(layout, dict) else "auto"
+        if named != "auto" and _NDIM_BY_LAYOUT[named] != ndim:
+            raise LayoutError(
+                f"layout[{key!r}] = {named!r} needs {_NDIM_BY_LAYOUT[named]}-D activations; "
+                f"layer {key!r} gives {ndim}-D ones, shape {('N', *shape)}"
+            )
         given = _given(_for_layer(layout, key), ndim)
         if given is not None:
             readings[key] = _with_tokens(Reading(given, 0, "given"), key, shape, grid, tokens,

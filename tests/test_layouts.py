@@ -57,6 +57,8 @@ def test_a_given_layout_applies_where_it_fits():
     assert readings["head"].layout == "ND"
     readings = read_layers(shapes, (64, 64), layout={"stage": "NCHW"})
     assert readings["stage"].layout == "NCHW" and readings["stage"].choice == "given"
+    with pytest.raises(LayoutError, match=r"layout\['head'\] = 'NHWC' needs 4-D activations"):
+        read_layers(shapes, (64, 64), layout={"head": "NHWC"})  # named: must fit
 
 
 class ChannelsLast(torch.nn.Module):
