@@ -1,7 +1,7 @@
 """A report's budget, decided before the pass: each layer's memory and algebra.
 
 At the resolution models are used at, a layer's cost is its matricization's width
-``d``: the statistics hold ``(2d)²`` numbers per accumulator, and the fit
+``d``: the statistics hold ``3d²`` numbers per accumulator, and the fit
 eigendecomposes a ``d × d`` moment and three ``k × k`` matrices (k up to ``d``). A
 224×224 VGG's first maps have d = 50,176 positions: one ``d × d`` moment is 20 GB, its
 decomposition hours. Nothing may run that blindly.
@@ -144,12 +144,14 @@ def layer_cost(shape, layout, mode, n_samples, transforms, itemsize=4, rate=None
         statistics = 2 * m * d * itemsize * 2
         fit = (2 * m) ** 2 * 8 * 3
         flops = gram_flops + EIGH_COST * 3 * k**3 + 12 * k**3
-    else:
-        statistics = 2 * (width**2 * (12 if itemsize <= 4 else 8) + 4096 * width * 4)
-        fit = 6 * d * d * 8 + 16 * k * k * 8
+    else:  # kept and held: three d × d float64 sums each; a float32 product and
+        # row buffers shared by every accumulator of the width
+        statistics = 2 * 3 * d * d * 8
+        fit = 8 * d * d * 8 + 8 * k * k * 8  # moments, pooled S, eigh; the CCA's k × k
         flops = moments_flops + EIGH_COST * 3 * k**3 + 12 * k**3 + 6 * d * d * k
+    shared = width**2 * 4 + 2 * 4096 * width * 4 if itemsize <= 4 else 0
     rows_bytes = 2 * m * width * itemsize  # kept and held rows, while fewer than moments
-    memory = transforms * min(statistics, rows_bytes) + fit
+    memory = min(transforms * statistics + shared, transforms * rows_bytes) + fit
     return Cost(int(memory), flops / rate, d)
 
 

@@ -45,10 +45,10 @@ class Resumed:
     def rows(self):
         return None  # the saved samples are moments: fitted from moments
 
-    def result(self):
+    def result(self, final=False):
         if self.inner is None or not self.inner.n_samples:
             return self.moments
-        return self.moments.merge(self.inner.result())
+        return self.moments.merge(self.inner.result(final=final))
 
 
 def _view_name(view):

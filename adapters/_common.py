@@ -700,9 +700,13 @@ def statistics_bytes(shape, itemsize, n_samples, seis_params, reading=None):
     The kept and the held-out samples' accumulators
     (:class:`~seis_sklearn._accumulate.RowsFirst`) together: the rows of both views
     when ``n_samples`` is known and they take no more than the moments would;
-    else, for each accumulator, a moment accumulator — the ``(2d)²`` float64 sum
-    (and float32 product for inputs of 4 bytes or less), its buffer of centred rows
-    (4,096 rows of float32, or a chunk of float64) and the per-feature sums and shifts.
+    else, for each accumulator, a moment accumulator — its three d × d float64 sums
+    (``Z_0ᵀZ_0``, ``Z_1ᵀZ_1``, ``Z_1ᵀZ_0``), the ``(2d)²`` float32 product for inputs
+    of 4 bytes or less, its buffer of centred rows (4,096 rows of float32, or a
+    chunk of float64) and the per-feature sums and shifts. The product and the rows
+    of chunks multiplied at once are shared by every accumulator of a width
+    (:class:`~seis_sklearn._moments.MomentAccumulator`): counted here for each, the
+    bound holds for one layer alone.
 
     Parameters
     ----------
@@ -731,13 +735,15 @@ def statistics_bytes(shape, itemsize, n_samples, seis_params, reading=None):
     layout = resolve_layout(params.get("layout", "auto"), len(shape) + 1)
     rows, d = matrix_shape((1, *shape), layout, params.get("matricization", "spatial"))
     width = 2 * d  # the two views side by side
-    moments = width**2 * 8
+    moments = 3 * d**2 * 8
     if n_samples is not None and n_samples * rows * width * itemsize <= moments:
         return n_samples * rows * width * itemsize
     if itemsize <= 4:  # float32 products of at most 4,096 rows, summed in float64
-        each = width**2 * 12 + max(4096, rows) * width * 4
-    else:
-        each = moments + 2 * max(CHUNK_BYTES, rows * d * 8, 4096 * d * 8)
+        # its own buffer (small chunks, pooled) and the shared one (chunks multiplied
+        # at once)
+        each = moments + width**2 * 4 + 2 * max(4096, rows) * width * 4
+    else:  # the rows of a chunk, and one d × d product of the cross block
+        each = moments + d**2 * 8 + 2 * max(CHUNK_BYTES, rows * d * 8, 4096 * d * 8)
     return 2 * (each + 2 * rows * width * 8)  # kept and held, with their sums and shifts
 
 
@@ -768,13 +774,17 @@ def _fit_streamed(layers, kept, held, held_out, bar=None, keep_moments=True):
                 fitted, scored = kept.pop(key), held.pop(key)
             try:
                 kept_rows = fitted.rows()
-                source = kept_rows if kept_rows is not None else fitted.result()
+                source = (
+                    kept_rows if kept_rows is not None else fitted.result(final=not keep_moments)
+                )
                 del fitted  # without moments to keep: its arrays go before the algebra
                 scorer = _fit_layer(source, kept_rows is not None, plan)
                 del source
+                if not keep_moments:
+                    scorer._release_moments()
                 rows = scored.rows()
                 if rows is None:
-                    results[key] = scorer._score_moments(scored.result())
+                    results[key] = scorer._score_moments(scored.result(final=not keep_moments))
                 else:
                     results[key] = scorer._score_rows(rows, plan["names"])
                 continue

@@ -615,8 +615,6 @@ def _probe(spec):
 
     network, count, matricization, keep = spec.split(":")
     if network == "resnet224":  # the whole process's peak: model, passes and fits
-        import resource
-
         import torch
         from seis_sklearn.adapters.torch import transforms as TT
 
@@ -627,7 +625,10 @@ def _probe(spec):
         x = np.random.default_rng(0).standard_normal((int(count), 3, 224, 224), dtype=np.float32)
         layerwise_seis(models.ResNet18().eval(), x, {"hflip": TT.hflip, "rot90": TT.rot90},
                        batch_size=32, progress=False)  # fmt: skip
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        # VmHWM, this process's own peak: ru_maxrss would also count the RSS of the
+        # parent at the fork that started it (Linux carries it over the exec), which
+        # after the report it just ran is larger than this report's
+        print(peak_rss())
         return
     model, layers, options, transforms = _network(network)
     x = np.random.default_rng(0).standard_normal((int(count), 3, 64, 64), dtype=np.float32)

@@ -54,7 +54,9 @@ def accumulator(arrays, layout, matricization, *, names, projection=None):
 
     Returns
     -------
-    An object with ``add(arrays, indices=None)`` and ``result() -> Moments``.
+    An object with ``add(arrays, indices=None)`` and ``result(final=False) -> Moments``
+    (``final=True``: the moments may be built in the accumulator's own arrays, and
+    nothing is added afterwards).
     """
     kind = backend_of(arrays)
     first = arrays[0]
@@ -102,7 +104,7 @@ def accumulate(arrays, layout, matricization, *, names, indices=None, projection
             projection=projection,
         )[0]  # fmt: skip
     acc = accumulator(arrays, layout, matricization, names=names, projection=projection)
-    return acc.add(arrays, indices).result()
+    return acc.add(arrays, indices).result(final=True)
 
 
 def accumulate_folds(arrays, layout, matricization, *, names, index_sets):
@@ -150,11 +152,12 @@ class RowsFirst:
 
     A streamed layer whose moments are larger than its rows — few samples of a
     wide flatten layer, e.g. 512 ResNet samples of 2,048 features: 8 MB of rows
-    against 128 MB of ``(2d)²`` products — is better scored from the rows
+    against 100 MB of moment sums (three d × d float64) — is better scored from the rows
     themselves, where the Gram solver may be far cheaper (``solver="auto"``
     decides, as for stored activations). Samples are copied (the selected rows
     only) until their bytes would pass ``budget`` (default: the bytes of the
-    moment accumulator's product, ``(G·d)²·8``); then everything kept so far goes
+    moment accumulator's float64 sums, ``(2G − 1)·d²·8`` — ``(G·d)²·8`` for torch
+    tensors); then everything kept so far goes
     into an ordinary accumulator (:func:`accumulator`) and so does every later
     batch. Memory: min(rows, moments). numpy arrays are kept on the host, torch
     tensors on their device (where the Gram solver then runs:
@@ -178,7 +181,10 @@ class RowsFirst:
         self.layout, self.matricization, self.names = layout, matricization, names
         if budget is None:
             _, d = matrix_shape((1, *arrays[0].shape[1:]), layout, matricization)
-            budget = (len(arrays) * d) ** 2 * 8
+            G = len(arrays)
+            # numpy's accumulator keeps 2G − 1 d × d float64 sums; torch's the (G·d)² Gram
+            blocks = G * G if backend_of(arrays) == "torch" else 2 * G - 1
+            budget = blocks * d**2 * 8
         self.budget = budget
         self._parts, self._nbytes, self._n = [], 0, 0
         self._acc = None
@@ -222,10 +228,11 @@ class RowsFirst:
             return None
         return [_concatenate([p[g] for p in self._parts]) for g in range(len(self._parts[0]))]
 
-    def result(self):
-        """The :class:`~seis_sklearn._moments.Moments` of every sample added."""
+    def result(self, final=False):
+        """The :class:`~seis_sklearn._moments.Moments` of every sample added
+        (``final=True``: nothing is added afterwards)."""
         if self._acc is not None:
-            return self._acc.result()
+            return self._acc.result(final=final)
         views = self.rows()
         return accumulate(views, self.layout, self.matricization, names=self.names)
 

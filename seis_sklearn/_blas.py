@@ -109,7 +109,29 @@ def syrk_lower(x, out, beta=0.0):
     return True
 
 
-def mirror_lower(matrix):
-    """Copy the strict lower triangle of a square ``matrix`` onto its upper one."""
-    matrix[...] = np.tril(matrix) + np.tril(matrix, -1).T
+def mirror_lower(matrix, block=256):
+    """Copy the strict lower triangle of a square ``matrix`` onto its upper one, in
+    place: ``block`` rows at a time, so that no temporary as large as the matrix is
+    made (a d × d moment of a 56×56 map is 79 MB)."""
+    n = matrix.shape[0]
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        diagonal = matrix[start:stop, start:stop]
+        diagonal[...] = np.tril(diagonal) + np.tril(diagonal, -1).T
+        matrix[start:stop, stop:] = matrix[stop:, start:stop].T
+    return matrix
+
+
+def symmetrize(matrix, block=256):
+    """``matrix ← (matrix + matrixᵀ)/2`` in place, ``block`` rows at a time (no
+    temporary as large as the matrix); returns it."""
+    n = matrix.shape[0]
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        diagonal = matrix[start:stop, start:stop]
+        diagonal[...] = 0.5 * (diagonal + diagonal.T)
+        below = matrix[stop:, start:stop]
+        below += matrix[start:stop, stop:].T
+        below *= 0.5
+        matrix[start:stop, stop:] = below.T
     return matrix

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._blas import symmetrize
+
 _EPS = np.finfo(np.float64).eps
 # Relative gap below which two eigenvalues belong to one cluster (SPEC §2.2 step 3).
 CLUSTER_TOL = 1e-6
@@ -24,12 +26,14 @@ SKETCH_OVERSAMPLING = 16
 LOW_RANK_FRACTION = 0.6
 
 
-def descending_eigh(S, rank=None):
+def descending_eigh(S, rank=None, overwrite=False):
     """Eigen-decomposition of a symmetric PSD matrix with eigenvalues descending.
 
     Parameters
     ----------
     S : ndarray of shape (d, d)
+        Symmetrized first (``overwrite=True``: in place, so no copy of a d × d
+        matrix is made here).
     rank : int, optional
         An upper bound on the rank of ``S`` known beforehand (e.g. from the
         degrees of freedom of the rows that made it). When it is small against
@@ -46,7 +50,7 @@ def descending_eigh(S, rank=None):
         Columns, unit norm, signs as the solver left them (see
         :func:`deterministic_signs`); ``r = d``, or the sketch's width.
     """
-    S = 0.5 * (S + S.T)
+    S = symmetrize(S.copy() if not overwrite else S)
     d = S.shape[0]
     if rank is not None and rank + SKETCH_OVERSAMPLING <= LOW_RANK_FRACTION * d:
         width = rank + SKETCH_OVERSAMPLING
@@ -128,10 +132,11 @@ def select_k(eigenvalues, n_components, *, dof, max_components=None):
 ROUNDING_FLOOR = 16.0
 
 
-def spectrum(sigma, n_rows=0):
+def spectrum(sigma, n_rows=0, overwrite=False):
     """Eigenvalues (ascending, rounding-level ones set to zero) and eigenvectors of a
-    symmetric PSD k × k covariance of ``n_rows`` rows."""
-    w, V = np.linalg.eigh(0.5 * (sigma + sigma.T))
+    symmetric PSD k × k covariance of ``n_rows`` rows (``overwrite``: symmetrized in
+    place, no copy of it made here)."""
+    w, V = np.linalg.eigh(symmetrize(sigma if overwrite else sigma.copy()))
     top = max(float(w.max(initial=0.0)), 0.0)
     floor = ROUNDING_FLOOR * (w.size + np.sqrt(n_rows)) * _EPS * top
     return np.where(w > floor, w, 0.0), V
@@ -267,7 +272,8 @@ def variance_weighted_sum(blocks, traces):
     for block, trace in zip(blocks, traces, strict=True):
         if trace > 0:
             total += block / trace
-    return total / len(traces)
+    total /= len(traces)
+    return total
 
 
 def pooled_basis(moments, n_components, max_components=None, names=None):
@@ -287,13 +293,15 @@ def pooled_basis(moments, n_components, max_components=None, names=None):
     S = variance_weighted_sum(moments.auto, traces)
     dof = moments.n_rows - moments.rows_per_sample
     # each view's centred rows span at most dof dimensions: S has rank <= G·dof
-    eigenvalues, V = descending_eigh(S, rank=moments.n_views * dof)
+    d = S.shape[0]
+    eigenvalues, V = descending_eigh(S, rank=moments.n_views * dof, overwrite=True)
+    del S
     if n_components is None:  # no denoising: every direction (up to the rank and rows)
-        n_components = S.shape[0]
+        n_components = d
     k = select_k(eigenvalues, n_components, dof=dof, max_components=max_components)
     if k == 0:
         raise no_variance_error(views_without_variance(names))
-    return Basis(deterministic_signs(V[:, :k]), eigenvalues, k, S.shape[0])
+    return Basis(deterministic_signs(V[:, :k]), eigenvalues, k, d)
 
 
 @dataclass
@@ -302,8 +310,12 @@ class CCAFit:
 
     Attributes
     ----------
-    sigma_xx, sigma_yy, sigma_xy : ndarray of shape (k, k)
-        Covariances of the views in the shared basis.
+    trace_agreement : float
+        ``max(0, tr Σ_xy) / sqrt(tr Σ_xx · tr Σ_yy)`` of the fitted pair (step 9).
+    spectrum_x, spectrum_y : ndarray of shape (k,)
+        Eigenvalues of ``Σ_xx`` and ``Σ_yy`` (ascending; those at the rounding floor
+        zero), each divided by a power of four near its mean: their conditioning,
+        without the k × k matrices.
     directions_x, directions_y : ndarray of shape (k, k)
         The canonical directions ``R(Σ_xx) u_i`` and ``R(Σ_yy) w_i`` (columns), each
         up to a positive factor (an exact power of two that keeps extreme scales in
@@ -321,9 +333,9 @@ class CCAFit:
         arbitrary basis of K's null spaces, so they count as 0 held-out.
     """
 
-    sigma_xx: np.ndarray
-    sigma_yy: np.ndarray
-    sigma_xy: np.ndarray
+    trace_agreement: float
+    spectrum_x: np.ndarray
+    spectrum_y: np.ndarray
     directions_x: np.ndarray
     directions_y: np.ndarray
     rho_raw: np.ndarray
@@ -392,13 +404,15 @@ def _power_of_four(sigma):
     return float(np.ldexp(1.0, 2 * (int(np.frexp(mean)[1]) // 2)))
 
 
-def fit_cca(sigma_xx, sigma_yy, sigma_xy, reg, n_rows):
+def fit_cca(covariances, reg, n_rows):
     """CCA of two views from their k × k covariances (SPEC §2.3 steps 5–6 and 9).
 
     Parameters
     ----------
-    sigma_xx, sigma_yy, sigma_xy : ndarray of shape (k, k)
-        Covariances in the shared basis.
+    covariances : list of ndarray of shape (k, k)
+        ``[Σ_xx, Σ_yy, Σ_xy]`` in the shared basis. Consumed: the list is emptied
+        and the matrices overwritten as they are used, so that at k ≈ 3,000 (a 56×56
+        map) the fit does not hold them beside its own k × k matrices.
     reg : float
         ``ε``: each covariance gets the ridge ``ε·tr Σ/k`` of its own mean
         variance (:func:`inverse_sqrt`), so rescaling one view changes nothing.
@@ -409,26 +423,39 @@ def fit_cca(sigma_xx, sigma_yy, sigma_xy, reg, n_rows):
     -------
     CCAFit
     """
+    sigma_xx, sigma_yy, sigma_xy = covariances
+    covariances.clear()
+    agreement = _trace_agreement(sigma_xy, sigma_xx, sigma_yy)
     # Each view is brought to unit mean variance by an exact power of four first:
     # CCA does not depend on the scale of either view (the ridges follow it), and
     # a view of scale 1e-160 beside one of scale 1 must not under- or overflow.
     scale_x, scale_y = _power_of_four(sigma_xx), _power_of_four(sigma_yy)
-    w_x, V_x = spectrum(sigma_xx / scale_x, n_rows)
-    w_y, V_y = spectrum(sigma_yy / scale_y, n_rows)
+    sigma_xx /= scale_x
+    w_x, V_x = spectrum(sigma_xx, n_rows, overwrite=True)
+    del sigma_xx
+    sigma_yy /= scale_y
+    w_y, V_y = spectrum(sigma_yy, n_rows, overwrite=True)
+    del sigma_yy
     inv_x, inv_y = inverse_sqrt(w_x, reg), inverse_sqrt(w_y, reg)
     # K = R_x Σ_xy R_y in the eigenbases, V_xᵀ K V_y = diag(a) V_xᵀΣ_xyV_y diag(b), where a
     # view has no variance (an eigenvalue zero to rounding) its rows of Σ_xy are rounding
     # too, and are left out: a = R_x's eigenvalues there, 0 along such directions
     a, b = np.where(w_x > 0, inv_x, 0.0), np.where(w_y > 0, inv_y, 0.0)
-    cross = V_x.T @ (sigma_xy / np.sqrt(scale_x * scale_y)) @ V_y
-    inner = a[:, None] * cross * b[None, :]
-    k = inner.shape[0]
+    sigma_xy /= np.sqrt(scale_x * scale_y)  # a power of two: exact
+    cross = V_x.T @ sigma_xy
+    del sigma_xy
+    cross = cross @ V_y
+    k = cross.shape[0]
     floor = ROUNDING_FLOOR * k * _EPS * a.max(initial=0.0) * b.max(initial=0.0)
     floor *= float(np.linalg.norm(cross))
-    U_e, rho, W_e = singular_pairs(inner, floor)
-    U, W = V_x @ U_e, V_y @ W_e  # singular vectors of K
-    alignments = np.clip(np.einsum("ij,ij->j", U, W), -1.0, 1.0)
-    coef_x, coef_y = inv_x[:, None] * U_e, inv_y[:, None] * W_e  # R U, R W in the eigenbases
+    cross *= a[:, None]
+    cross *= b[None, :]  # the whitened cross-covariance in the eigenbases
+    U_e, rho, W_e = singular_pairs(cross, floor)
+    del cross
+    alignments = _alignments(V_x, U_e, V_y, W_e)
+    U_e *= inv_x[:, None]  # R U, R W in the eigenbases
+    W_e *= inv_y[:, None]
+    coef_x, coef_y = U_e, W_e
     weights = _energy_share(w_x, coef_x) + _energy_share(w_y, coef_y)
     # Pairs whose correlation is zero to rounding (K's rounding error: k·u·‖a‖‖Σ_xy‖‖b‖)
     # span K's null spaces, in which the SVD picks an arbitrary basis on each side —
@@ -441,18 +468,37 @@ def fit_cca(sigma_xx, sigma_yy, sigma_xy, reg, n_rows):
             w_y, coef_y[:, null]
         )
         weights[null] = block / null.sum()
+    directions_x = V_x @ coef_x
+    del V_x, coef_x, U_e
+    directions_y = V_y @ coef_y
     return CCAFit(
-        sigma_xx=sigma_xx,
-        sigma_yy=sigma_yy,
-        sigma_xy=sigma_xy,
-        directions_x=V_x @ coef_x,
-        directions_y=V_y @ coef_y,
+        trace_agreement=agreement,
+        spectrum_x=w_x,
+        spectrum_y=w_y,
+        directions_x=directions_x,
+        directions_y=directions_y,
         rho_raw=rho,
         canonical_correlations=np.clip(rho, 0.0, 1.0),
         alignments=alignments,
         weights=weights,
         null=null,
     )
+
+
+# Columns of the singular vectors formed at a time for the alignments (GEMMs this wide
+# run at full speed, and no k × k matrix is made for them).
+ALIGNMENT_COLUMNS = 512
+
+
+def _alignments(V_x, U_e, V_y, W_e):
+    """``α_i = u_i · w_i`` for the singular vectors ``U = V_x U_e``, ``W = V_y W_e`` of
+    K, formed ``ALIGNMENT_COLUMNS`` at a time."""
+    k = U_e.shape[1]
+    out = np.empty(k)
+    for start in range(0, k, ALIGNMENT_COLUMNS):
+        cols = slice(start, start + ALIGNMENT_COLUMNS)
+        out[cols] = np.einsum("ij,ij->j", V_x @ U_e[:, cols], V_y @ W_e[:, cols])
+    return np.clip(out, -1.0, 1.0)
 
 
 def singular_pairs(K, floor):
@@ -472,14 +518,17 @@ def singular_pairs(K, floor):
         Descending.
     W : ndarray of shape (k, k)
     """
-    _, W = np.linalg.eigh(K.T @ K)
-    KW = K @ W
-    rho = np.sqrt(np.einsum("ij,ij->j", KW, KW))
+    gram = K.T @ K
+    W = np.linalg.eigh(gram)[1]
+    del gram
+    W = np.ascontiguousarray(W[:, ::-1])  # ρ² descending, up to rounding
+    U = K @ W
+    rho = np.sqrt(np.einsum("ij,ij->j", U, U))
     order = np.argsort(-rho, kind="stable")
-    rho, W, KW = rho[order], W[:, order], KW[:, order]
+    if (order != np.arange(order.size)).any():
+        rho, W, U = rho[order], W[:, order], U[:, order]
     live = rho > floor
-    U = np.empty_like(KW)
-    U[:, live] = KW[:, live] / rho[live]
+    U /= np.where(live, rho, 1.0)
     if not live.all():  # complete U with an orthonormal basis of what the live ones leave
         basis = np.linalg.qr(np.concatenate([U[:, live], np.eye(K.shape[0])], axis=1))[0]
         U[:, ~live] = basis[:, live.sum() : K.shape[0]]
@@ -521,11 +570,7 @@ def _unit(value):
 def in_sample_scores(cca, invariance="trace"):
     """The SEIS scores of the fitted pair (SPEC §2.3 steps 7–9)."""
     return _scores(
-        cca.canonical_correlations,
-        cca.alignments,
-        cca.weights,
-        _trace_agreement(cca.sigma_xy, cca.sigma_xx, cca.sigma_yy),
-        invariance,
+        cca.canonical_correlations, cca.alignments, cca.weights, cca.trace_agreement, invariance
     )
 
 
@@ -594,7 +639,7 @@ def gram_basis(gm, n_components, max_components=None, names=None):
     for g, trace in enumerate(traces):
         if trace > 0:
             scale[g * m : (g + 1) * m] = 1.0 / np.sqrt(trace)
-    w, U = descending_eigh(gm.gram * scale[:, None] * scale[None, :])
+    w, U = descending_eigh(gm.gram * scale[:, None] * scale[None, :], overwrite=True)
     eigenvalues = w / G
     if n_components is None:  # no denoising: every direction the rows allow
         n_components = eigenvalues.size

@@ -137,7 +137,7 @@ def fit(stats, params, names=None):
     covariances = gram_pair_covariances if gram else pair_covariances
     basis = make_basis(stats, params["n_components"], params["max_components"], names)
     ccas = [
-        fit_cca(*covariances(stats, basis, g), params["reg"], stats.n_rows)
+        fit_cca(list(covariances(stats, basis, g)), params["reg"], stats.n_rows)
         for g in range(1, stats.n_views)
     ]
     means = stats.mean
@@ -209,7 +209,7 @@ def in_sample(fitted, invariance, label, layout, orbit):
 
 def held_out(fitted, projected, names, invariance, label, layout, orbit):
     """The held-out result of new views (SPEC §2.4) under a fit, from their moments
-    projected on ``V_k`` (``P′V_k``, k columns).
+    projected on ``V_k`` (``P′V_k``, k columns; overwritten: recentred in place).
 
     Raises the error of a fit without variance when the new views have none in the
     fitted subspace (constant data, or values so small that their products underflow).
@@ -220,7 +220,8 @@ def held_out(fitted, projected, names, invariance, label, layout, orbit):
     level = projected.n_samples * float(np.sum(projected.mean**2))
     if within <= (64 * k * np.finfo(np.float64).eps) ** 2 * level:
         raise no_variance_error(f"{views_without_variance(names)} in the fitted subspace")
-    projected = recentred(projected, fitted.means[: projected.n_views] @ V)
+    # the projected moments are this function's own (each caller's temporary)
+    projected = recentred(projected, fitted.means[: projected.n_views] @ V, overwrite=True)
     elements = []
     for g, cca in enumerate(fitted.ccas, start=1):
         scores, rho = held_out_scores(cca, projected, invariance, view=g)

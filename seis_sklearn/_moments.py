@@ -149,23 +149,42 @@ def _scratch(n):
     return buffer
 
 
+def _row_buffer(rows, width, dtype):
+    """A buffer of at least ``rows`` × ``width`` centred values of ``dtype`` for a chunk
+    multiplied at once, shared like :func:`_scratch` (the chunk is centred into it
+    and its product taken before another accumulator of the thread runs)."""
+    key = (threading.get_ident(), width, np.dtype(dtype).str)
+    buffer = _SCRATCHES.get(key)
+    if buffer is None or buffer.shape[0] < rows:
+        floor = FLOAT32_PRODUCT_ROWS if np.dtype(dtype) == np.float32 else 0
+        buffer = np.empty((max(rows, floor), width), dtype)
+        _SCRATCHES[key] = buffer
+    return buffer
+
+
 class MomentAccumulator:
     """Exact one-pass accumulation of the moments of ``G`` views, chunk after chunk.
 
     The first chunk fixes a shift per feature and view, ``s_g`` (R × d): its
     per-feature means, rounded to the product dtype. Every chunk is written as
-    ``Z_g = x_g − s_g`` into one stacked buffer ``[Z_0 … Z_{G-1}]``, a single
-    BLAS product (SYRK) adds its Gram ``[Z_0 … Z_{G-1}]ᵀ[Z_0 … Z_{G-1}]`` — every block
-    ``Z_gᵀZ_h`` at once — to a ``G·d × G·d`` float64 accumulator, and the
-    per-feature sums of ``Z_g`` are kept in float64. :meth:`result` removes the
-    shift exactly, ``P̃_gᵀP̃_h = Z_gᵀZ_h − N·Σ_r z̄_{g,r}ᵀ z̄_{h,r}`` (the shifted-data
-    form of the centred products), as one small product: the per-feature
-    centring of SPEC §2.1 costs no more than column centring did. The shift is
-    within a sampling error of the means, so the correction removes little.
+    ``Z_g = x_g − s_g`` into one stacked row buffer ``[Z_0 … Z_{G-1}]``; its
+    products add ``Z_gᵀZ_g`` and ``Z_gᵀZ_0`` — the only blocks SEIS reads — to
+    float64 sums kept block by block (``G + (G − 1)`` d × d matrices, not the whole
+    ``G·d × G·d`` Gram), and the per-feature sums of ``Z_g`` are kept in float64.
+    :meth:`result` removes the shift exactly, ``P̃_gᵀP̃_h = Z_gᵀZ_h −
+    N·Σ_r z̄_{g,r}ᵀ z̄_{h,r}`` (the shifted-data form of the centred products), as
+    one small product: the per-feature centring of SPEC §2.1 costs no more than
+    column centring did. The shift is within a sampling error of the means, so the
+    correction removes little.
 
-    float32 input is multiplied in float32 over at most ``FLOAT32_PRODUCT_ROWS``
-    centred rows — pooled across chunks, so that many small batches cost one
-    product — and summed in float64 across products.
+    float32 input is multiplied in float32 (one SYRK of the stacked rows into a
+    float32 product shared by every accumulator of the thread) over at most
+    ``FLOAT32_PRODUCT_ROWS`` centred rows, and summed in float64 across products.
+    A chunk of at least ``DIRECT_PRODUCT_ROWS`` rows is centred into a row buffer
+    shared the same way and multiplied at once; smaller chunks wait in the
+    accumulator's own buffer, pooled so that many small batches cost one product.
+    A report that holds many layers' statistics thus holds their float64 sums and
+    one buffer of each kind per width.
     """
 
     def __init__(self, n_views, rows_per_sample, n_columns, dtype):
@@ -176,14 +195,18 @@ class MomentAccumulator:
         self.d = d = n_columns
         self.shift = None  # (G, R, d) in the product dtype, from the first chunk
         self.sums = np.zeros((n_views, rows_per_sample, d))  # Σ Z per feature
-        self.joint = np.zeros((n_views * d, n_views * d))
-        self._buffer = np.empty((0, n_views * d), dtype=self.dtype)
-        # float32: centred rows wait here (up to FLOAT32_PRODUCT_ROWS) for one product, so
-        # that small batches (streaming) do not pay a d × d float64 sum each; _segments
-        # are the pending chunks' row ranges, for the rare product that needs rescaling
+        self.auto = np.zeros((n_views, d, d))  # Σ Z_gᵀZ_g, lower triangles
+        self.lower = np.zeros((max(n_views - 1, 0), d, d))  # Σ Z_gᵀZ_0, g ≥ 1
+        self._buffer = None  # own rows: float32 chunks too small to multiply alone
+        # float32: centred rows wait in _buffer (up to FLOAT32_PRODUCT_ROWS) for one
+        # product, so that small batches (streaming) do not pay a d × d float64 sum
+        # each; _segments are the pending chunks' row ranges, for the rare product
+        # that needs rescaling
         self._pending, self._segments = 0, []
         self._float32 = self.dtype == np.float32  # products land in a scratch, then float64
-        self._scratch = None  # the shared float32 buffer (_scratch), once a product ran
+        self._scratch = None  # the shared float32 product (_scratch), once one ran
+        self._rows = None  # the shared row buffer (_row_buffer), once used
+        self._finished = False
 
     def add(self, views, numba=False):
         """Add a chunk: one ``(n_samples, R, d)`` array per view (any strides).
@@ -191,14 +214,22 @@ class MomentAccumulator:
         ``numba=True`` centres with the Numba kernel, which reads strided views
         of transposing layouts without a copy; otherwise numpy broadcasts.
         """
+        if self._finished:
+            raise RuntimeError("the moments were taken with result(final=True)")
         n, rows, d = views[0].shape
         r = n * rows
-        pooled = self._float32  # float32: rows pool until a product is due
-        if pooled and self._pending and self._pending + r > FLOAT32_PRODUCT_ROWS:
+        # float32: small chunks pool in the accumulator's buffer until a product is due
+        pooled = self._float32 and r < DIRECT_PRODUCT_ROWS
+        if self._pending and (not pooled or self._pending + r > FLOAT32_PRODUCT_ROWS):
             self._flush()
-        start = self._pending if pooled else 0
-        self._reserve(start + r)
-        buffer = self._buffer[start : start + r]
+        if pooled:
+            start = self._pending
+            self._reserve(start + r)
+            buffer = self._buffer[start : start + r]
+        else:
+            start = 0
+            self._rows = _row_buffer(r, self.n_views * d, self.dtype)
+            buffer = self._rows[:r]
         if self.shift is None:
             self.shift = np.empty((self.n_views, rows, d), dtype=self.dtype)
             for g, view in enumerate(views):
@@ -217,48 +248,68 @@ class MomentAccumulator:
             self._pending = start + r
             if self._pending >= FLOAT32_PRODUCT_ROWS:
                 self._flush()
+        elif self._float32:
+            self._product(buffer, [(0, r)])
         else:
-            with np.errstate(over="ignore", invalid="ignore"):  # checked after the product
-                syrk_lower(buffer, self.joint, beta=1.0)
-            self._check_finite()
+            self._add_float64(buffer)
         self.sums += sums
         self.n_samples += n
 
     def _reserve(self, rows):
-        """A buffer of at least ``rows`` rows, keeping the pending ones."""
-        if self._buffer.shape[0] >= rows:
+        """An own buffer of at least ``rows`` rows, keeping the pending ones."""
+        have = 0 if self._buffer is None else self._buffer.shape[0]
+        if have >= rows:
             return
-        grown = np.empty((max(rows, min(2 * self._buffer.shape[0], FLOAT32_PRODUCT_ROWS)),
-                          self._buffer.shape[1]), dtype=self.dtype)  # fmt: skip
-        grown[: self._pending] = self._buffer[: self._pending]
+        grown = np.empty((max(rows, min(2 * have, FLOAT32_PRODUCT_ROWS)),
+                          self.n_views * self.d), dtype=self.dtype)  # fmt: skip
+        if self._pending:
+            grown[: self._pending] = self._buffer[: self._pending]
         self._buffer = grown
 
     def _flush(self):
-        """The float32 product of the pending rows, added to the float64 sum.
+        """The float32 product of the pending rows, added to the float64 sums."""
+        if not self._pending:
+            return
+        self._product(self._buffer[: self._pending], self._segments)
+        self._pending, self._segments = 0, []
+
+    def _product(self, rows, segments):
+        """Add the float32 product of the centred ``rows`` (chunks at ``segments``).
 
         SYRK of numpy's own BLAS (``seis_sklearn._blas``): only the lower triangle
         is computed, and no second OpenBLAS (scipy's) spins its idle threads against
         numpy's (measured: a ResNet-18 report 9.7 s with scipy's SYRK, 8.0 s
-        without). Only the lower triangle of the diagonal blocks and the blocks
-        below them (g > h) are read; :meth:`result` mirrors the diagonal blocks.
+        without). Only the lower triangle of the diagonal blocks and the first
+        column of blocks (``Z_gᵀZ_0``) are read.
 
         Nothing is scaled beforehand: the product's own diagonal says whether a
         view's values could have over- or underflowed float32 (:func:`_float32_safe`).
-        Only then (almost never) is each pending chunk scaled by the exact powers of
-        two its own range needs and multiplied on its own (:meth:`_add_rescaled`).
+        Only then (almost never) is each chunk scaled by the exact powers of two its
+        own range needs and multiplied on its own (:meth:`_add_rescaled`).
         """
-        if not self._pending:
-            return
         scratch = self._scratch = _scratch(self.n_views * self.d)
         with np.errstate(over="ignore", invalid="ignore"):
-            syrk_lower(self._buffer[: self._pending], scratch)
+            syrk_lower(rows, scratch)
             if _float32_safe(scratch, self.n_views, self.d):
-                add_lower_triangle(self.joint, scratch)
+                self._add_blocks(scratch)
             else:
-                for start, stop in self._segments:
-                    self._add_rescaled(self._buffer[start:stop])
-        self._pending, self._segments = 0, []
+                for start, stop in segments:
+                    self._add_rescaled(rows[start:stop])
         self._check_finite()
+
+    def _add_blocks(self, product, scales=None):
+        """Add the read blocks of a stacked product, each divided by its views' scales."""
+        d = self.d
+        for g in range(self.n_views):
+            sl = slice(g * d, (g + 1) * d)
+            if scales is None:
+                add_lower_triangle(self.auto[g], product[sl, sl])
+                if g:
+                    self.lower[g - 1] += product[sl, :d]
+            else:
+                _add_scaled(self.auto[g], product[sl, sl], 1.0 / scales[g] ** 2)
+                if g:
+                    _add_scaled(self.lower[g - 1], product[sl, :d], 1.0 / (scales[g] * scales[0]))
 
     def _add_rescaled(self, rows):
         """The product of ``rows`` with each view brought near 1 by a power of two."""
@@ -273,25 +324,78 @@ class MomentAccumulator:
                 block *= np.float32(scales[g])
         scratch = self._scratch = _scratch(self.n_views * d)
         syrk_lower(rows, scratch)
-        for g in range(self.n_views):
-            for h in range(g + 1):
-                sl_g, sl_h = slice(g * d, (g + 1) * d), slice(h * d, (h + 1) * d)
-                _add_scaled(
-                    self.joint[sl_g, sl_h], scratch[sl_g, sl_h], 1.0 / (scales[g] * scales[h])
-                )
+        self._add_blocks(scratch, scales)
+
+    def _add_float64(self, rows):
+        """Add the float64 products of centred ``rows``: a SYRK per view, a GEMM per pair."""
+        d = self.d
+        first = rows[:, :d]
+        with np.errstate(over="ignore", invalid="ignore"):  # checked after the products
+            for g in range(self.n_views):
+                block = rows[:, g * d : (g + 1) * d]
+                syrk_lower(block, self.auto[g], beta=1.0)
+                if g:
+                    self.lower[g - 1] += block.T @ first
+        self._check_finite()
 
     def _check_finite(self):
-        if not np.isfinite(np.trace(self.joint)):
-            bad = int(np.argmin(np.isfinite(np.diagonal(self.joint))))
-            raise NonFiniteError(bad // self.d)
+        for g in range(self.n_views):
+            if not np.isfinite(np.trace(self.auto[g])):
+                raise NonFiniteError(g)
 
-    def result(self):
-        """The accumulated :class:`Moments` (symmetric, the shift removed)."""
+    def result(self, final=False):
+        """The accumulated :class:`Moments` (symmetric, the shift removed).
+
+        ``final=True`` builds them in the accumulator's own arrays instead of copies
+        (no second set of d × d matrices beside the first) and ends it: nothing can
+        be added afterwards.
+        """
+        if self._finished:
+            raise RuntimeError("the moments were taken with result(final=True)")
         self._flush()
-        d = self.d
+        auto, lower = self.auto, self.lower
+        if final:
+            self._finished = True
+            self.auto = self.lower = self._buffer = self._rows = self._scratch = None
+        else:
+            auto, lower = auto.copy(), lower.copy()
         for g in range(self.n_views):  # the products wrote (at least) the lower triangle
-            mirror_lower(self.joint[g * d : (g + 1) * d, g * d : (g + 1) * d])
-        return shifted_moments(self.joint, self.sums, self.shift, self.n_samples)
+            mirror_lower(auto[g])
+        return shifted_block_moments(auto, lower, self.sums, self.shift, self.n_samples)
+
+
+def shifted_block_moments(auto, lower, sums, shift, n):
+    """:class:`Moments` from shifted sums kept block by block, in place.
+
+    Parameters
+    ----------
+    auto : ndarray of shape (G, d, d)
+        float64 ``Z_gᵀZ_g``, symmetric; overwritten by the centred ``P̃_gᵀP̃_g``.
+    lower : ndarray of shape (G - 1, d, d)
+        float64 ``Z_gᵀZ_0`` for ``g ≥ 1``; overwritten by the centred ``P̃_0ᵀP̃_g``.
+    sums, shift : ndarray of shape (G, R, d)
+        Per-feature sums of ``Z_g`` and the shifts ``s_g``.
+    n : int
+        Samples.
+
+    Returns
+    -------
+    Moments
+        ``P̃_gᵀP̃_h = Z_gᵀZ_h − n·Σ_r z̄_{g,r}ᵀ z̄_{h,r}`` with ``z̄ = sums / n``.
+    """
+    centre = sums / n  # mean of Z per feature: μ − s
+    for g in range(auto.shape[0]):
+        correction = _outer_sum(centre[g], centre[g])
+        correction *= n
+        auto[g] -= correction
+        if g:
+            cross = lower[g - 1]
+            np.copyto(cross, cross.T.copy())  # Z_0ᵀZ_g
+            correction = _outer_sum(centre[0], centre[g])
+            correction *= n
+            cross -= correction
+    mean = np.asarray(shift, dtype=np.float64) + centre
+    return Moments(n, mean, auto, lower)
 
 
 def shifted_moments(joint, sums, shift, n):
@@ -409,6 +513,11 @@ def _float32_scale(lo, hi):
 # Rows of one float32 BLAS product: the products are summed in float32 over at most
 # this many centred rows, then in float64 (see benchmarks/README.md for the choice).
 FLOAT32_PRODUCT_ROWS = 4096
+# A float32 chunk of at least this many rows is multiplied on its own, from the shared
+# row buffer, instead of waiting in its accumulator's: the product's float64 sum (a
+# lower triangle of (G·d)² values) costs under 5 % of the product from here on
+# (d = 3,136: 14 ms against 0.4 s), and an accumulator then owns no rows.
+DIRECT_PRODUCT_ROWS = 1024
 
 
 def project_moments(moments, V):
@@ -421,7 +530,7 @@ def project_moments(moments, V):
     )
 
 
-def recentred(moments, fitted_mean):
+def recentred(moments, fitted_mean, overwrite=False):
     """The moments of held-out views centred by fitted means, then by their column means.
 
     SPEC §2.4: new data are centred with the per-feature means of the fit,
@@ -436,6 +545,8 @@ def recentred(moments, fitted_mean):
         Per-feature moments of the held-out views (usually projected, k columns).
     fitted_mean : ndarray of shape (G, R, k)
         The fitted per-feature means in the same columns.
+    overwrite : bool, default=False
+        Add the spread to ``moments``' own arrays instead of copies.
 
     Returns
     -------
@@ -445,8 +556,16 @@ def recentred(moments, fitted_mean):
     delta = moments.mean - fitted_mean
     spread = delta - delta.mean(axis=1, keepdims=True)
     n = moments.n_samples
-    auto = moments.auto + n * _outer_sum(spread, spread)
-    cross = moments.cross + n * _outer_sum(spread[:1], spread[1:])
+    auto = moments.auto if overwrite else moments.auto.copy()
+    cross = moments.cross if overwrite else moments.cross.copy()
+    for g in range(auto.shape[0]):
+        term = _outer_sum(spread[g], spread[g])
+        term *= n
+        auto[g] += term
+        if g:
+            term = _outer_sum(spread[0], spread[g])
+            term *= n
+            cross[g - 1] += term
     return Moments(n, delta, auto, cross)
 
 
@@ -527,10 +646,11 @@ class ArrayAccumulator:
         files.after_pass()
         return self
 
-    def result(self):
-        """The :class:`Moments` of every sample added."""
+    def result(self, final=False):
+        """The :class:`Moments` of every sample added (``final=True``: in the
+        accumulator's own arrays, after which nothing can be added)."""
         try:
-            return self._acc.result()  # the last pooled float32 product runs here
+            return self._acc.result(final)  # the last pooled float32 product runs here
         except NonFiniteError as exc:
             self._raise(exc)
 
@@ -563,7 +683,7 @@ def accumulate_numpy(arrays, layout, matricization, *, names, indices=None, proj
         names=names,
         projection=projection,
     )
-    return acc.add(arrays, indices).result()
+    return acc.add(arrays, indices).result(final=True)
 
 
 def check_moment_memory(n_views, d):

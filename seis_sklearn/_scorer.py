@@ -353,6 +353,12 @@ class SEISScorer(BaseEstimator):
         self.result_ = in_sample(fitted, self.invariance, label, layout, orbit)
         return self
 
+    def _release_moments(self):
+        """Let the fit's d × d statistics go: a report's scorer only scores its held-out
+        samples afterwards (the latent action then says it needs them)."""
+        self._moments = None
+        self._fitted.moments = None
+
     @property
     def latent_action_(self):
         """The estimated action of the group on the denoised features (SPEC §2.5).

@@ -221,8 +221,9 @@ class TorchAccumulator:
         self.sums += sums
         self.n_samples += n
 
-    def result(self):
-        """The :class:`~seis_sklearn._moments.Moments` of every sample added (on the host)."""
+    def result(self, final=False):
+        """The :class:`~seis_sklearn._moments.Moments` of every sample added (on the host:
+        always a copy, so ``final`` changes nothing)."""
         return shifted_moments(
             self.joint.cpu().numpy(),
             self.sums.cpu().numpy(),

@@ -366,9 +366,10 @@ def test_rows_first_keeps_rows_until_their_moments_are_smaller(rng):
         assert np.allclose(got.mean, mean, rtol=1e-12, atol=1e-12 * np.abs(mean).max())
         assert np.abs(got.auto - auto).max() <= 1e-12 * scale
         assert np.abs(got.cross - cross).max() <= 1e-12 * scale
-    # the default budget is the bytes of the (G·d)² float64 product: d = 20 columns here
+    # the default budget is the bytes of the moment accumulator's 2G − 1 float64 d × d
+    # sums: d = 20 columns here
     acc = RowsFirst([A, B], "NCHW", "spatial", names=("A", "B"))
-    assert acc.budget == (2 * 20) ** 2 * 8
+    assert acc.budget == 3 * 20**2 * 8
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -412,7 +413,8 @@ def test_statistics_bytes_bound_what_a_streamed_layer_holds(rng, dtype, shape, p
             else:
                 m = acc._acc._acc
                 held_bytes += sum(
-                    x.nbytes for x in (m.joint, m._scratch, m._buffer, m.sums, m.shift)
+                    x.nbytes for x in (m.auto, m.lower, m._scratch, m._buffer, m._rows, m.sums,
+                                       m.shift)
                     if x is not None
                 )  # fmt: skip
         reading = Reading(layout, n_prefix)
@@ -422,8 +424,8 @@ def test_statistics_bytes_bound_what_a_streamed_layer_holds(rng, dtype, shape, p
                                               reading)  # fmt: skip
     # few samples: the bound is their rows, both views, exactly
     rows, d = matrix_shape((1, *kept_shape), layout, mode)
-    assert statistics_bytes(shape, np.dtype(dtype).itemsize, 2, params, reading) == (
-        2 * rows * 2 * d * np.dtype(dtype).itemsize
+    assert statistics_bytes(shape, np.dtype(dtype).itemsize, 1, params, reading) == (
+        rows * 2 * d * np.dtype(dtype).itemsize
     )
 
 
@@ -478,3 +480,86 @@ def test_moments_equal_with_and_without_numpy_openblas(rng, dtype, monkeypatch):
         scale = np.abs(want).max()
         np.testing.assert_allclose(got, want, rtol=0, atol=8 * u * np.sqrt(A.size) * scale)
     np.testing.assert_array_equal(fast.mean, plain.mean)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", [3, 40])  # 3·16 rows pooled; 40·16 ≥ 1,024 multiplied at once
+def test_accumulator_blocks_orbits_and_final_result(rng, dtype, batch):
+    """The accumulator keeps only the blocks SEIS reads (``Z_gᵀZ_g``, ``Z_gᵀZ_0``), for
+    an orbit of four views too; large float32 chunks are multiplied from the shared
+    row buffer (the accumulator owns no rows), small ones pool in its own; both give
+    the direct moments. ``result(final=True)`` equals ``result()`` and ends it."""
+    from seis_sklearn._moments import DIRECT_PRODUCT_ROWS, MomentAccumulator
+
+    n, R, d = 120, 16, 9
+    base = rng.normal(size=(n, R, d)) * 2 + 5
+    views = [base] + [np.roll(base, g, axis=2) + rng.normal(size=base.shape) for g in (1, 2, 3)]
+    views = [v.astype(dtype) for v in views]
+    acc = MomentAccumulator(4, R, d, dtype)
+    for start in range(0, n, batch):
+        acc.add([v[start : start + batch] for v in views])
+    assert acc.auto.shape == (4, d, d) and acc.lower.shape == (3, d, d)
+    big = batch * R >= DIRECT_PRODUCT_ROWS
+    if dtype == np.float32:
+        assert (acc._buffer is None) == big and (acc._rows is not None) == big
+    centred = [(v.astype(np.float64) - v.astype(np.float64).mean(axis=0)).reshape(-1, d)
+               for v in views]  # fmt: skip
+    auto = np.stack([z.T @ z for z in centred])
+    cross = np.stack([centred[0].T @ z for z in centred[1:]])
+    scale = np.abs(auto).max()
+    # float32 products: each product's rounding, u32·(rows summed)·scale at most
+    tol = (64 * 2**-24 if dtype == np.float32 else 64 * 2**-53) * np.sqrt(n * R) * scale
+    copy = acc.result()
+    final = acc.result(final=True)
+    for got in (copy, final):
+        assert np.abs(got.auto - auto).max() <= tol
+        assert np.abs(got.cross - cross).max() <= tol
+        assert np.allclose(got.auto, np.swapaxes(got.auto, 1, 2), rtol=0, atol=0)
+    assert np.array_equal(copy.auto, final.auto) and np.array_equal(copy.cross, final.cross)
+    assert acc.auto is None
+    with pytest.raises(RuntimeError, match="final=True"):
+        acc.add([v[:2] for v in views])
+
+
+def test_a_fit_holds_few_k_by_k_matrices(rng):
+    """The algebra of one fit (basis, CCA) at k = d holds at most 8 k × k float64
+    matrices at once besides its moments (numpy's own allocations, traced; LAPACK's
+    workspace is not), and keeps 3 (``V_k`` and the two sets of canonical directions)
+    — at a 56×56 map (k ≈ 3,000) each is 71 MB. Before the covariances were consumed
+    and the products formed in place: 16 at once, 6 kept."""
+    import tracemalloc
+
+    from seis_sklearn import _fit
+
+    n, R, d = 40, 16, 300
+    A = rng.normal(size=(n, R, 1, d))
+    B = np.roll(A, 3, axis=3) + 0.5 * rng.normal(size=A.shape)
+    moments = accumulate([A, B], "NCHW", "spatial", names=("A", "B"))
+    params = dict(n_components=1.0, max_components=None, reg=1e-6)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        fitted = _fit.fit(moments, params)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    unit = fitted.basis.k**2 * 8
+    assert fitted.basis.k == d
+    assert peak - before <= 8 * unit
+    assert held - before <= 3.5 * unit
+
+
+@pytest.mark.parametrize("n, block", [(1, 256), (7, 3), (600, 256), (512, 256)])
+def test_in_place_symmetric_helpers_equal_their_formulas(rng, n, block):
+    """``symmetrize`` and ``mirror_lower`` work block by block in place (no temporary
+    the size of the matrix) and give exactly ``(S + Sᵀ)/2`` and ``tril(S) +
+    tril(S, -1)ᵀ``."""
+    from seis_sklearn._blas import mirror_lower, symmetrize
+
+    S = rng.normal(size=(n, n))
+    want = 0.5 * (S + S.T)
+    got = symmetrize(S.copy(), block=block)
+    assert np.array_equal(got, want)
+    want = np.tril(S) + np.tril(S, -1).T
+    got = mirror_lower(S.copy(), block=block)
+    assert np.array_equal(got, want)

@@ -45,9 +45,10 @@ def unit_roundoff(dtype):
     return float(np.finfo(np.float64).eps)
 
 
-def _kappa(sigma, reg):
-    """Condition number of ``Σ + ε·(tr Σ/k)·I`` (SPEC §2.3 step 5): at most ``1 + k/ε``."""
-    w = np.maximum(np.linalg.eigvalsh(0.5 * (sigma + sigma.T)), 0.0)
+def _kappa(eigenvalues, reg):
+    """Condition number of ``Σ + ε·(tr Σ/k)·I`` (SPEC §2.3 step 5) from Σ's eigenvalues:
+    at most ``1 + k/ε``."""
+    w = np.maximum(eigenvalues, 0.0)
     ridge = reg * float(w.sum()) / max(w.size, 1)
     top = float(w.max()) + ridge
     keep = w + ridge > top * w.size * np.finfo(np.float64).eps
@@ -60,7 +61,7 @@ def scorer_tolerance(scorer, dtype=np.float64, held_out=False):
     ``held_out=True``: of held-out scores under its directions.
     """
     reg = scorer.reg
-    kappa = max(_kappa(c.sigma_xx, reg) + _kappa(c.sigma_yy, reg) for c in scorer._fitted.ccas)
+    kappa = max(_kappa(c.spectrum_x, reg) + _kappa(c.spectrum_y, reg) for c in scorer._fitted.ccas)
     m, k = scorer.n_rows_, scorer.n_components_
     u = unit_roundoff(dtype)
     rows = m if u < 1e-10 else min(m, 4096)  # float32: per product
