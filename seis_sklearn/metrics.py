@@ -23,8 +23,8 @@ from numba import njit
 
 from ._accumulate import accumulate
 from ._cca import descending_eigh, deterministic_signs
-from ._matricize import resolve_layout
-from ._validation import check_choice, check_finite, check_views, first_line
+from ._matricize import matricize, resolve_layout
+from ._validation import check_choice, check_finite, check_views, chunk_samples, first_line
 
 __all__ = [
     "channelwise_geed",
@@ -354,11 +354,25 @@ def cka_from_moments(moments):
     return float(np.sum(cross * cross) / denominator)
 
 
-def linear_cka(A, B, *, layout="auto", matricization="flatten"):
-    """Linear centred kernel alignment (Kornblith et al. 2019).
+def linear_cka(A, B, *, layout="auto", matricization="flatten", debiased=False):
+    """Linear centred kernel alignment (Kornblith et al. 2019), biased or debiased.
 
-    ``CKA = ‖X̃ᵀỸ‖²_F / (‖X̃ᵀX̃‖_F ‖ỸᵀỸ‖_F)`` on the column-centred matricized
-    views (rows: samples for ``"flatten"``; see :func:`seis_sklearn.matricize`).
+    ``CKA = ‖X̃ᵀỸ‖²_F / (‖X̃ᵀX̃‖_F ‖ỸᵀỸ‖_F)`` on the centred matricized views (rows:
+    samples for ``"flatten"``; see :func:`seis_sklearn.matricize`; each feature
+    centred by its mean, SPEC §2.1).
+
+    ``debiased=True`` replaces each HSIC by the unbiased estimator of Song et al.
+    (2012), as Nguyen, Raghu & Kornblith (2021) do: with ``a_i = ‖x̃_i‖²`` and
+    ``b_i = ‖ỹ_i‖²`` the squared norms of the centred rows and ``n`` the rows,
+    ``h(X, Y) = ‖X̃ᵀỸ‖²_F − n/(n − 2)·Σ_i a_i b_i + Σa·Σb/((n − 1)(n − 2))`` and
+    ``CKA_u = h(X, Y) / sqrt(h(X, X)·h(Y, Y))`` — the U-centred Gram matrices of the
+    rows, computed without them. The biased estimator is far from 0 for unrelated
+    views when the features are not few against the samples (independent Gaussian
+    activations, 32 samples of 256 features: ≈ 0.89); the debiased one is near 0
+    there, and can be slightly negative. Exact, in two passes over the samples (the
+    moments, then the rows' norms about the means): memory maps and dask arrays
+    stream. With ``"spatial"``/``"channel"`` the rows of a sample are not
+    independent observations, so the bias removed is that of the rows' estimator.
 
     Parameters
     ----------
@@ -366,12 +380,95 @@ def linear_cka(A, B, *, layout="auto", matricization="flatten"):
         As in :func:`seis_sklearn.seis_score` (numpy, memory maps, dask).
     layout : str, default="auto"
     matricization : {"flatten", "spatial", "channel"}, default="flatten"
+    debiased : bool, default=False
+        The unbiased HSIC estimator (needs at least 4 rows).
 
     Returns
     -------
-    float in [0, 1]
+    float
+        In [0, 1] when biased; debiased, near 0 for unrelated views and at most 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from seis_sklearn.metrics import linear_cka
+    >>> rng = np.random.default_rng(0)
+    >>> A, B = rng.normal(size=(32, 256)), rng.normal(size=(32, 256))
+    >>> round(linear_cka(A, B), 2), abs(linear_cka(A, B, debiased=True)) < 0.05
+    (0.88, True)
     """
-    return cka_from_moments(_moments_of(A, B, layout, matricization))
+    if not isinstance(debiased, (bool, np.bool_)):
+        raise TypeError(f"debiased must be True or False; got {type(debiased).__name__}")
+    min_samples = 2
+    if debiased:
+        min_samples = 4 if matricization == "flatten" else 2
+    (A, B), layout = check_views([A, B], ["A", "B"], layout, matricization,
+                                 min_samples=min_samples)  # fmt: skip
+    moments = accumulate([A, B], layout, matricization, names=("A", "B"))
+    if not debiased:
+        return cka_from_moments(moments)
+    return _debiased_cka_from_sums(moments, *_centred_row_norms([A, B], moments.mean,
+                                                               layout, matricization))  # fmt: skip
+
+
+def _centred_row_norms(arrays, means, layout, matricization):
+    """``Σ_i a_i b_i``, ``Σ_i a_i²`` and ``Σ_i b_i²`` for the squared norms ``a_i``,
+    ``b_i`` of the rows of two views centred by their per-feature ``means`` (G, R,
+    d), one chunk of samples at a time, in float64."""
+    n = arrays[0].shape[0]
+    step = chunk_samples(arrays[0].shape)
+    products = np.zeros(3)
+    for start in range(0, n, step):
+        norms = []
+        for a, mean in zip(arrays, means, strict=True):
+            chunk = _host(a[start : start + step])
+            rows = matricize(chunk, layout, matricization).astype(np.float64)
+            rows = rows.reshape(len(chunk), *mean.shape)
+            rows -= mean
+            norms.append(np.einsum("srj,srj->sr", rows, rows).ravel())
+        products += [norms[0] @ norms[1], norms[0] @ norms[0], norms[1] @ norms[1]]
+    return products
+
+
+def _host(chunk):
+    """A chunk as a numpy array (dask computed, torch copied to the host)."""
+    if hasattr(chunk, "detach"):
+        return chunk.detach().cpu().numpy()
+    return np.asarray(chunk)
+
+
+def _unbiased_hsic(frobenius, norm_products, total_x, total_y, n):
+    """``n(n − 3)`` times the unbiased HSIC of linear kernels (Song et al. 2012), from
+    ``‖XᵀY‖²_F``, ``Σ a_i b_i`` and ``Σa``, ``Σb`` of ``n`` centred rows."""
+    return frobenius - n / (n - 2) * norm_products + total_x * total_y / ((n - 1) * (n - 2))
+
+
+def _debiased_cka_from_sums(moments, ab, aa, bb):
+    """Debiased linear CKA (:func:`linear_cka`) from the centred products of a pair and
+    the sums of products of its rows' squared norms (``Σab``, ``Σa²``, ``Σb²``)."""
+    n = moments.n_rows
+    if n < 4:
+        raise ValueError(
+            f"debiased linear CKA needs at least 4 rows (the unbiased HSIC divides by "
+            f"n − 3); A and B have {n}"
+        )
+    auto_x, auto_y, cross = moments.auto[0], moments.auto[1], moments.cross[0]
+    t_x, t_y = float(np.trace(auto_x)), float(np.trace(auto_y))
+    hsic = _unbiased_hsic(float(np.sum(cross * cross)), ab, t_x, t_y, n)
+    self_x = _unbiased_hsic(float(np.sum(auto_x * auto_x)), aa, t_x, t_x, n)
+    self_y = _unbiased_hsic(float(np.sum(auto_y * auto_y)), bb, t_y, t_y, n)
+    # the self-terms are sums of squares of U-centred Gram entries: positive unless
+    # the view has no variance (zero up to rounding of its terms, ‖XᵀX‖²_F)
+    floors = [64 * n * np.finfo(np.float64).eps * float(np.sum(a * a)) for a in (auto_x, auto_y)]
+    bad = [name for name, h, f in zip("AB", (self_x, self_y), floors, strict=True) if not h > f]
+    if bad:
+        verb = "has" if len(bad) == 1 else "have"
+        raise ValueError(
+            f"debiased linear CKA is undefined: {' and '.join(bad)} {verb} no variance "
+            "left by the unbiased estimator (its U-centred Gram matrix is zero: a "
+            "constant view, for one)"
+        )
+    return float(min(hsic / np.sqrt(self_x * self_y), 1.0))
 
 
 #: Directions whose variance is below this fraction of the leading one count as null
