@@ -338,3 +338,23 @@ def test_compiled_resnet18_reports_through_the_command_line(tmp_path):
             assert got["equivariance"].to_numpy() == pytest.approx(
                 want["equivariance"].to_numpy(), abs=1e-6
             )
+
+
+def test_similarity_map_of_real_models(images):
+    """Layer × layer maps between two real libraries' networks: a torchvision ResNet-18
+    against a timm ResNet-18 (different module names, the same stage shapes) and a
+    torchvision model against itself — unit diagonal, symmetric, finite; the timm copy
+    given the torchvision weights (the same network) gives the self map."""
+    from seis_sklearn.adapters.torch import similarity_map
+
+    tv = torchvision.models.resnet18(weights=None).eval()
+    stages = ["layer1", "layer2", "layer3", "layer4", "fc"]
+    own = similarity_map(tv, images[64], stages, batch_size=8, progress=False)
+    values = own.to_numpy()
+    assert np.isfinite(values).all() and np.allclose(np.diag(values), 1.0, atol=1e-9)
+    assert np.allclose(values, values.T, atol=1e-9)
+    twin = tm("resnet18").eval()
+    twin.load_state_dict(tv.state_dict())  # the same architecture, the same names
+    both = similarity_map(tv, images[64], stages, model_b=twin, layers_b=stages, batch_size=8,
+                          progress=False)  # fmt: skip
+    assert np.allclose(both.to_numpy(), values, atol=1e-5)

@@ -49,6 +49,7 @@ from .._layout import check_layout_argument, manifest_layouts
 from ._families import default_layers, prefix_tokens
 from ._monitor import SEISMonitor
 from ._script import ScriptRecorder
+from ._similarity import plot_similarity_map, similarity_map
 
 __all__ = [
     "SEISMonitor",
@@ -57,8 +58,10 @@ __all__ = [
     "extract_activations",
     "find_layers",
     "layerwise_seis",
+    "plot_similarity_map",
     "prefix_tokens",
     "selector",
+    "similarity_map",
     "stream_scores",
 ]
 

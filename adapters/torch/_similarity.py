@@ -1,0 +1,269 @@
+"""Layer × layer similarity maps (Kornblith et al. 2019; Nguyen, Raghu & Kornblith 2021).
+
+Every layer of one model against every layer of another — or of one model on the
+inputs against itself on transformed inputs, to see where in depth what layer ``i``
+carries under the transform lands. The measure is linear CKA between the layers'
+flattened activations (each sample one row), computed batch by batch as Nguyen et
+al. do for networks too wide for one Gram matrix of all samples: for each batch,
+each layer's ``b × b`` linear Gram matrix, centred (``"cka"``) or U-centred
+(``"cka_debiased"``, the unbiased HSIC of Song et al. 2012); the HSIC estimates of
+every pair of layers summed over batches; the map is
+``Σ HSIC(K_i, L_j) / sqrt(Σ HSIC(K_i, K_i) · Σ HSIC(L_j, L_j))``. With one batch of
+all samples it is exactly :func:`seis_sklearn.metrics.linear_cka` of the flattened
+layers. Memory: one ``b × b`` matrix per layer; layers of any shapes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METRICS = ("cka", "cka_debiased")
+# Columns of a layer's flattened activations multiplied at a time into its Gram
+# matrix (float64 products of float32 activations, without a float64 copy of them).
+GRAM_COLUMNS = 8192
+
+
+def similarity_map(
+    model_a,
+    inputs,
+    layers_a,
+    *,
+    model_b=None,
+    layers_b=None,
+    transform=None,
+    metric="cka_debiased",
+    batch_size=256,
+    device=None,
+    select=None,
+    progress=True,
+):
+    """Similarity of every layer of one model with every layer of another, or of a
+    model on ``x`` with itself on ``transform(x)``.
+
+    Parameters
+    ----------
+    model_a : torch.nn.Module
+    inputs : torch.Tensor, ndarray or iterable of batches
+        As in :func:`seis_sklearn.adapters.torch.extract_activations`. With two
+        models, an iterable must give the same batches twice (checked).
+    layers_a : str or sequence of str
+        Modules of ``model_a`` (rows of the map).
+    model_b : torch.nn.Module, optional
+        The second model (columns); default ``model_a``.
+    layers_b : str or sequence of str, optional
+        Its modules; default ``layers_a`` when ``model_b`` is not given.
+    transform : callable, optional
+        Columns are ``model_b``'s layers (default ``model_a``'s) on the transformed
+        inputs; only with one model.
+    metric : {"cka_debiased", "cka"}, default="cka_debiased"
+        Linear CKA with the unbiased (Song et al. 2012) or the ordinary HSIC,
+        summed over batches (module docstring).
+    batch_size : int, default=256
+        Samples per batch of the estimator (and of the forward passes); at least 4
+        for ``"cka_debiased"``. A last batch smaller than that is not used (said in
+        a warning and in ``attrs["samples_used"]``).
+    device, select, progress
+        As in :func:`~seis_sklearn.adapters.torch.extract_activations`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows ``layers_a``, columns ``layers_b`` (a module called several times per
+        forward gives ``name#1``, …). ``attrs``: ``metric``, ``batch_size``,
+        ``samples_used``, ``transform``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from seis_sklearn.adapters.torch import similarity_map
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    >>> x = torch.randn(64, 8)
+    >>> m = similarity_map(net, x, ["0", "1", "2"], batch_size=32, progress=False)
+    >>> m.round(2).values.diagonal().tolist()
+    [1.0, 1.0, 1.0]
+    """
+    from seis_sklearn.report import _pandas
+
+    from . import _forward_batches, _import_torch
+
+    _import_torch()  # the error that says how to install it
+    if metric == "seis":
+        raise ValueError(
+            "metric: 'seis' is not a map metric here — SEIS compares two views of one "
+            "layer in one shared basis, so layers of different shapes have no score; "
+            "score a layer under a transform with layerwise_seis. Choose from "
+            f"{', '.join(map(repr, METRICS))}"
+        )
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; got {metric!r}")
+    debiased = metric == "cka_debiased"
+    smallest = 4 if debiased else 2
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < smallest:
+        raise ValueError(
+            f"batch_size must be an int >= {smallest} for metric={metric!r} (each batch "
+            f"is one estimate); got {batch_size!r}"
+        )
+    two_models = model_b is not None and model_b is not model_a
+    if two_models and transform is not None:
+        raise ValueError(
+            "transform compares one model on x with itself on transform(x): give "
+            "model_b or transform, not both"
+        )
+    if layers_b is None:
+        if two_models:
+            raise ValueError("layers_b: name the layers of model_b (see find_layers)")
+        layers_b = layers_a
+    model_b = model_b if model_b is not None else model_a
+    run = dict(batch_size=batch_size, device=device, select=select)
+
+    if two_models:
+        digests_a, digests_b = [], []
+        first = _forward_batches(model_a, inputs, layers_a, None, progress=progress,
+                                 digests=digests_a, **run)  # fmt: skip
+        second = _forward_batches(model_b, inputs, layers_b, None, progress=False,
+                                  digests=digests_b, **run)  # fmt: skip
+        next(first), next(second)
+
+        def pairs():
+            for (rows, views_a), (_, views_b) in zip(first, second, strict=True):
+                if digests_a[-1] != digests_b[-1]:
+                    raise ValueError(
+                        "inputs gave different batches to the two models (a shuffling "
+                        "loader?): pass a tensor, an array or a loader that does not shuffle"
+                    )
+                yield rows, views_a["original"], views_b["original"]
+
+    else:
+        views = None if transform is None else {"original": None, "transformed": transform}
+        layers = list(dict.fromkeys([*_as_list(layers_a), *_as_list(layers_b)]))
+        batches = _forward_batches(model_a, inputs, layers, views, progress=progress, **run)
+        next(batches)
+        column_view = "original" if transform is None else "transformed"
+
+        def pairs():
+            for rows, recorded in batches:
+                yield rows, recorded["original"], recorded[column_view]
+
+    keys_a = keys_b = None
+    cross = self_a = self_b = None
+    used = skipped = 0
+    for (start, stop), acts_a, acts_b in pairs():
+        b = stop - start
+        if b < smallest:
+            skipped += b
+            continue
+        if keys_a is None:
+            keys_a = _keys(acts_a, layers_a)
+            keys_b = _keys(acts_b, layers_b)
+            cross = np.zeros((len(keys_a), len(keys_b)))
+            self_a, self_b = np.zeros(len(keys_a)), np.zeros(len(keys_b))
+        grams_a = np.stack([_centred_gram(acts_a[k], debiased) for k in keys_a])
+        grams_b = np.stack([_centred_gram(acts_b[k], debiased) for k in keys_b])
+        scale = 1.0 / (b * (b - 3)) if debiased else 1.0 / (b - 1) ** 2
+        flat_a, flat_b = grams_a.reshape(len(keys_a), -1), grams_b.reshape(len(keys_b), -1)
+        cross += scale * (flat_a @ flat_b.T)
+        self_a += scale * np.einsum("ij,ij->i", flat_a, flat_a)
+        self_b += scale * np.einsum("ij,ij->i", flat_b, flat_b)
+        used += b
+    if keys_a is None:
+        raise ValueError(
+            f"inputs gave no batch of at least {smallest} samples: nothing to estimate"
+        )
+    if skipped:
+        import warnings
+
+        warnings.warn(
+            f"similarity_map: the last {skipped} samples (a batch smaller than {smallest}) "
+            "were not used",
+            UserWarning,
+            stacklevel=2,
+        )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = cross / np.sqrt(np.outer(self_a, self_b))
+    values[~(np.outer(self_a, self_b) > 0)] = np.nan  # a layer without variance
+    frame = _pandas().DataFrame(np.minimum(values, 1.0), index=keys_a, columns=keys_b)
+    frame.index.name, frame.columns.name = "layer_a", "layer_b"
+    frame.attrs.update(metric=metric, batch_size=batch_size, samples_used=used,
+                       transform=None if transform is None else _name(transform))  # fmt: skip
+    return frame
+
+
+def plot_similarity_map(frame, ax=None, **imshow):
+    """Heatmap of a :func:`similarity_map` frame.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Rows and columns are layers.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; default a new figure's.
+    **imshow
+        Passed to ``Axes.imshow`` (default ``vmin=0, vmax=1, cmap="magma"``).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        size = (1.2 + 0.35 * frame.shape[1], 1.0 + 0.35 * frame.shape[0])
+        ax = Figure(figsize=size, layout="constrained").subplots()
+    options = dict(vmin=0.0, vmax=1.0, cmap="magma") | imshow
+    image = ax.imshow(frame.to_numpy(dtype=float), **options)
+    ax.set_xticks(range(frame.shape[1]), [str(c) for c in frame.columns], rotation=90)
+    ax.set_yticks(range(frame.shape[0]), [str(i) for i in frame.index])
+    ax.set_xlabel(frame.columns.name or "layer_b")
+    ax.set_ylabel(frame.index.name or "layer_a")
+    title = frame.attrs.get("metric", "")
+    if frame.attrs.get("transform"):
+        title += f" (columns on {frame.attrs['transform']})"
+    ax.set_title(title)
+    ax.figure.colorbar(image, ax=ax)
+    return ax
+
+
+def _as_list(layers):
+    return [layers] if isinstance(layers, str) else list(layers)
+
+
+def _keys(recorded, layers):
+    """The recorded keys of ``layers`` (a module called several times: ``name#1``, …),
+    in the order the layers were named."""
+    out = []
+    for name in _as_list(layers):
+        out += [k for k in recorded if k == name or k.split("#")[0] == name]
+    return out
+
+
+def _centred_gram(activations, debiased):
+    """The linear Gram matrix of a batch's flattened activations, centred (biased HSIC)
+    or U-centred (unbiased: zero diagonal, Song et al. 2012), in float64."""
+    x = np.asarray(activations).reshape(activations.shape[0], -1)
+    x = x - x.mean(axis=0, dtype=np.float64).astype(x.dtype)  # numerically: HSIC ignores it
+    n = x.shape[0]
+    gram = np.zeros((n, n))
+    for start in range(0, x.shape[1], GRAM_COLUMNS):
+        part = x[:, start : start + GRAM_COLUMNS].astype(np.float64)
+        gram += part @ part.T
+    if debiased:
+        np.fill_diagonal(gram, 0.0)
+        means = gram.sum(axis=0) / (n - 2)
+        means -= means.sum() / (2 * (n - 1))
+        gram -= means[:, None]
+        gram -= means[None, :]
+        np.fill_diagonal(gram, 0.0)
+    else:
+        means = gram.mean(axis=0)
+        means -= means.mean() / 2
+        gram -= means[:, None]
+        gram -= means[None, :]
+    return gram
+
+
+def _name(transform):
+    from .._common import describe
+
+    return describe(transform) or getattr(transform, "__name__", "transform")

@@ -1,0 +1,169 @@
+"""Layer × layer similarity maps: known answers and an independent computation."""
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from seis_sklearn.adapters.torch import (  # noqa: E402
+    extract_activations,
+    plot_similarity_map,
+    similarity_map,
+)
+from seis_sklearn.adapters.torch import transforms as TT  # noqa: E402
+
+from seis_sklearn.metrics import linear_cka  # noqa: E402
+
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(6, 4, 3, padding=1),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    ).eval()
+
+
+LAYERS = ["0", "1", "2", "3", "5"]
+
+
+def _centred(x, debiased):
+    """A batch's Gram matrix, centred (biased HSIC, with 1/(b − 1)) or U-centred from
+    its closed form (Song et al. 2012: row sums over b − 2, the total over (b − 1)(b −
+    2), diagonal zero; with 1/sqrt(b(b − 3))), so that <K̃, L̃> is the HSIC estimate —
+    written with centring matrices and sums, not as the module computes it."""
+    b = len(x)
+    x = x.reshape(b, -1).astype(np.float64)
+    g = x @ x.T
+    if not debiased:
+        H = np.eye(b) - 1.0 / b
+        return H @ g @ H / (b - 1)
+    g = g - np.diag(np.diag(g))
+    one = np.ones(b)
+    rows = g @ one / (b - 2)
+    total = one @ g @ one / ((b - 1) * (b - 2))
+    u = g - rows[:, None] - rows[None, :] + total
+    u -= np.diag(np.diag(u))
+    return u / np.sqrt(b * (b - 3))
+
+
+def _hsic_sums(acts_a, acts_b, batch, debiased):
+    """CKA from the HSIC estimates of every batch summed (an independent form of the
+    minibatch estimator)."""
+    n = len(acts_a[0])
+    cross = np.zeros((len(acts_a), len(acts_b)))
+    self_a, self_b = np.zeros(len(acts_a)), np.zeros(len(acts_b))
+    for start in range(0, n, batch):
+        if min(start + batch, n) - start < (4 if debiased else 2):
+            continue
+        ga = [_centred(x[start : start + batch], debiased) for x in acts_a]
+        gb = [_centred(y[start : start + batch], debiased) for y in acts_b]
+        for i, x in enumerate(ga):
+            self_a[i] += np.sum(x * x)
+            for j, y in enumerate(gb):
+                cross[i, j] += np.sum(x * y)
+        for j, y in enumerate(gb):
+            self_b[j] += np.sum(y * y)
+    return cross / np.sqrt(np.outer(self_a, self_b))
+
+
+@pytest.mark.parametrize("metric", ["cka_debiased", "cka"])
+def test_one_batch_is_linear_cka_of_the_flattened_layers(metric):
+    """With one batch of every sample the map is linear CKA of the flattened layers
+    (``seis_sklearn.metrics.linear_cka``, from moments) wherever two layers have one
+    shape, and the map of a model with itself has a unit diagonal and is symmetric."""
+    net = _net()
+    x = torch.randn(40, 3, 6, 6)
+    frame = similarity_map(net, x, LAYERS, metric=metric, batch_size=40, progress=False)
+    acts = extract_activations(net, x, LAYERS, progress=False)
+    debiased = metric == "cka_debiased"
+    assert frame.shape == (5, 5) and list(frame.index) == LAYERS
+    assert np.allclose(np.diag(frame.to_numpy()), 1.0, atol=1e-12)
+    assert np.allclose(frame.to_numpy(), frame.to_numpy().T, atol=1e-12)
+    # float64 copies: linear_cka multiplies float32 activations in float32
+    a0, a1 = acts["0"].astype(np.float64), acts["1"].astype(np.float64)
+    want = linear_cka(a0, a1, matricization="flatten", debiased=debiased)
+    assert frame.loc["0", "1"] == pytest.approx(want, abs=1e-9)
+    independent = _hsic_sums([acts[k] for k in LAYERS], [acts[k] for k in LAYERS], 40, debiased)
+    assert np.allclose(frame.to_numpy(), independent, atol=1e-9)
+    assert frame.attrs["samples_used"] == 40 and frame.attrs["metric"] == metric
+
+
+def test_batches_sum_their_estimates_and_a_small_last_batch_is_said():
+    net = _net()
+    x = torch.randn(70, 3, 6, 6)
+    with pytest.warns(UserWarning, match="last 2 samples"):
+        frame = similarity_map(net, x, LAYERS, batch_size=17, progress=False)
+    acts = extract_activations(net, x, LAYERS, progress=False)
+    independent = _hsic_sums([acts[k] for k in LAYERS], [acts[k] for k in LAYERS], 17, True)
+    assert np.allclose(frame.to_numpy(), independent, atol=1e-9)
+    assert frame.attrs["samples_used"] == 68
+
+
+def test_two_models_and_a_transform():
+    """A copy of the model with its channels permuted (an orthogonal map of every
+    hidden layer's features: CKA is invariant to it) gives the model's own map; a
+    transform that changes nothing gives the self map too; under rot90 the pooled
+    layers are invariant (their entry with themselves is 1)."""
+    net = _net()
+    x = torch.randn(48, 3, 6, 6)
+    own = similarity_map(net, x, LAYERS, batch_size=16, progress=False)
+    other = copy.deepcopy(net)
+    perm = torch.randperm(6)
+    with torch.no_grad():
+        other[0].weight.copy_(net[0].weight[perm])
+        other[0].bias.copy_(net[0].bias[perm])
+        other[2].weight.copy_(net[2].weight[:, perm])
+    both = similarity_map(net, x, LAYERS, model_b=other, layers_b=LAYERS, batch_size=16,
+                          progress=False)  # fmt: skip
+    assert np.allclose(both.to_numpy(), own.to_numpy(), atol=1e-9)
+    same = similarity_map(net, x, LAYERS, transform=lambda b: b.clone(), batch_size=16,
+                          progress=False)  # fmt: skip
+    assert np.allclose(same.to_numpy(), own.to_numpy(), atol=1e-9)
+
+    class Head(torch.nn.Module):  # a 1×1 convolution (equivariant), a 3×3 one (not)
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(1)
+            self.point = torch.nn.Conv2d(3, 5, 1)
+            self.conv = torch.nn.Conv2d(5, 5, 3, padding=1)
+            self.pool = torch.nn.AdaptiveAvgPool2d(1)
+
+        def forward(self, b):
+            return self.pool(self.conv(self.point(b)))
+
+    head = Head().eval()
+    names = ["point", "conv", "pool"]
+    rot = similarity_map(head, x, names, transform=TT.rot90, batch_size=16, progress=False)
+    # flattened features: rotating an equivariant map permutes them, to which CKA is
+    # blind (1); a layer whose response changes under the rotation scores below 1
+    assert rot.loc["point", "point"] == pytest.approx(1.0, abs=1e-6)
+    assert rot.loc["conv", "conv"] < 0.99
+    assert rot.attrs["transform"]
+    ax = plot_similarity_map(rot)
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+
+
+def test_similarity_map_refuses_what_it_cannot_compute():
+    net = _net()
+    x = torch.randn(16, 3, 6, 6)
+    with pytest.raises(ValueError, match="'seis' is not a map metric"):
+        similarity_map(net, x, LAYERS, metric="seis", progress=False)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        similarity_map(net, x, LAYERS, metric="svcca", progress=False)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 4"):
+        similarity_map(net, x, LAYERS, batch_size=3, progress=False)
+    with pytest.raises(ValueError, match="model_b or transform"):
+        similarity_map(net, x, LAYERS, model_b=_net(), layers_b=LAYERS, transform=TT.rot90,
+                       progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="layers_b"):
+        similarity_map(net, x, LAYERS, model_b=_net(), progress=False)
+    loader = torch.utils.data.DataLoader(x, batch_size=8, shuffle=True)
+    with pytest.raises(ValueError, match="different batches"):
+        similarity_map(net, loader, LAYERS, model_b=_net(), layers_b=LAYERS, batch_size=8,
+                       progress=False)  # fmt: skip
