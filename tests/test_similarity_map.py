@@ -163,7 +163,21 @@ def test_similarity_map_refuses_what_it_cannot_compute():
                        progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="layers_b"):
         similarity_map(net, x, LAYERS, model_b=_net(), progress=False)
-    loader = torch.utils.data.DataLoader(x, batch_size=8, shuffle=True)
-    with pytest.raises(ValueError, match="different batches"):
-        similarity_map(net, loader, LAYERS, model_b=_net(), layers_b=LAYERS, batch_size=8,
-                       progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="layers_b: the model has no module named 'nope'"):
+        similarity_map(net, x, LAYERS, model_b=_net(), layers_b=["nope"], progress=False)
+    # the forward passes' inference mode ended with the map, error or not
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    assert not net[0]._forward_hooks
+
+
+def test_two_models_see_the_same_batches_from_a_shuffling_loader():
+    """Each batch goes through both models: a shuffling loader pairs them right (a
+    model against its own copy gives its self map's unit diagonal), and grad mode is
+    as it was afterwards."""
+    net = _net()
+    x = torch.randn(48, 3, 6, 6)
+    loader = torch.utils.data.DataLoader(x, batch_size=16, shuffle=True)
+    frame = similarity_map(net, loader, LAYERS, model_b=copy.deepcopy(net), layers_b=LAYERS,
+                           progress=False)  # fmt: skip
+    assert np.allclose(np.diag(frame.to_numpy()), 1.0, atol=1e-9)
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()

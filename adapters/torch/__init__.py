@@ -47,6 +47,7 @@ from .._common import (
 )
 from .._layout import check_layout_argument, manifest_layouts
 from ._families import default_layers, prefix_tokens
+from ._lie import lie_derivative
 from ._monitor import SEISMonitor
 from ._script import ScriptRecorder
 from ._similarity import plot_similarity_map, similarity_map
@@ -58,6 +59,7 @@ __all__ = [
     "extract_activations",
     "find_layers",
     "layerwise_seis",
+    "lie_derivative",
     "plot_similarity_map",
     "prefix_tokens",
     "selector",
@@ -219,20 +221,20 @@ def _numpy_action(transform):
     return action
 
 
-def _check_layers(model, layers):
+def _check_layers(model, layers, argument="layers"):
     modules = dict(model.named_modules())
     if isinstance(layers, str):
         layers = [layers]
     layers = list(layers)
     if not layers:
-        raise ValueError("layers is empty: name at least one module (see find_layers)")
+        raise ValueError(f"{argument} is empty: name at least one module (see find_layers)")
     for name in layers:
         if name not in modules or name == "":
             close = difflib.get_close_matches(str(name), [n for n in modules if n], n=3)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"layers: the model has no module named {name!r}{hint}")
+            raise ValueError(f"{argument}: the model has no module named {name!r}{hint}")
     if len(set(layers)) != len(layers):
-        raise ValueError("layers names a module twice")
+        raise ValueError(f"{argument} names a module twice")
     return layers, [modules[n] for n in layers]
 
 

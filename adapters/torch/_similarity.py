@@ -45,7 +45,7 @@ def similarity_map(
     model_a : torch.nn.Module
     inputs : torch.Tensor, ndarray or iterable of batches
         As in :func:`seis_sklearn.adapters.torch.extract_activations`. With two
-        models, an iterable must give the same batches twice (checked).
+        models, each batch goes through both (one pass over the inputs).
     layers_a : str or sequence of str
         Modules of ``model_a`` (rows of the map).
     model_b : torch.nn.Module, optional
@@ -118,55 +118,57 @@ def similarity_map(
     model_b = model_b if model_b is not None else model_a
     run = dict(batch_size=batch_size, device=device, select=select)
 
-    if two_models:
-        digests_a, digests_b = [], []
-        first = _forward_batches(model_a, inputs, layers_a, None, progress=progress,
-                                 digests=digests_a, **run)  # fmt: skip
-        second = _forward_batches(model_b, inputs, layers_b, None, progress=False,
-                                  digests=digests_b, **run)  # fmt: skip
-        next(first), next(second)
+    if two_models:  # one module running both on every batch: one pass, the same batches
+        from . import _check_layers
+
+        names_a, _ = _check_layers(model_a, layers_a, "layers_a")
+        names_b, _ = _check_layers(model_b, layers_b, "layers_b")
+        torch = _import_torch()
+
+        class Both(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.b = model_a, model_b
+
+            def forward(self, x):
+                return self.a(x), self.b(x)
+
+        param_b = next(model_b.parameters(), None)
+        home_b = param_b.device if param_b is not None else None
+        layers = [f"a.{n}" for n in names_a] + [f"b.{n}" for n in names_b]
+        batches = _forward_batches(Both(), inputs, layers, None, progress=progress, **run)
 
         def pairs():
-            for (rows, views_a), (_, views_b) in zip(first, second, strict=True):
-                if digests_a[-1] != digests_b[-1]:
-                    raise ValueError(
-                        "inputs gave different batches to the two models (a shuffling "
-                        "loader?): pass a tensor, an array or a loader that does not shuffle"
-                    )
-                yield rows, views_a["original"], views_b["original"]
+            for rows, recorded in batches:
+                view = recorded["original"]
+                yield (
+                    rows,
+                    {k[2:]: v for k, v in view.items() if k.startswith("a.")},
+                    {k[2:]: v for k, v in view.items() if k.startswith("b.")},
+                )
 
     else:
+        home_b = None
         views = None if transform is None else {"original": None, "transformed": transform}
         layers = list(dict.fromkeys([*_as_list(layers_a), *_as_list(layers_b)]))
         batches = _forward_batches(model_a, inputs, layers, views, progress=progress, **run)
-        next(batches)
         column_view = "original" if transform is None else "transformed"
 
         def pairs():
             for rows, recorded in batches:
                 yield rows, recorded["original"], recorded[column_view]
 
-    keys_a = keys_b = None
-    cross = self_a = self_b = None
-    used = skipped = 0
-    for (start, stop), acts_a, acts_b in pairs():
-        b = stop - start
-        if b < smallest:
-            skipped += b
-            continue
-        if keys_a is None:
-            keys_a = _keys(acts_a, layers_a)
-            keys_b = _keys(acts_b, layers_b)
-            cross = np.zeros((len(keys_a), len(keys_b)))
-            self_a, self_b = np.zeros(len(keys_a)), np.zeros(len(keys_b))
-        grams_a = np.stack([_centred_gram(acts_a[k], debiased) for k in keys_a])
-        grams_b = np.stack([_centred_gram(acts_b[k], debiased) for k in keys_b])
-        scale = 1.0 / (b * (b - 3)) if debiased else 1.0 / (b - 1) ** 2
-        flat_a, flat_b = grams_a.reshape(len(keys_a), -1), grams_b.reshape(len(keys_b), -1)
-        cross += scale * (flat_a @ flat_b.T)
-        self_a += scale * np.einsum("ij,ij->i", flat_a, flat_a)
-        self_b += scale * np.einsum("ij,ij->i", flat_b, flat_b)
-        used += b
+    next(batches)
+    # the batch generator runs the model under torch.inference_mode(), which stays on
+    # in this thread while it is suspended: close it however the loop ends
+    try:
+        keys_a, keys_b, cross, self_a, self_b, used, skipped = _accumulate(
+            pairs(), layers_a, layers_b, debiased, smallest
+        )
+    finally:
+        batches.close()
+        if home_b is not None:  # the pair was moved back to model_a's device
+            model_b.to(home_b)
     if keys_a is None:
         raise ValueError(
             f"inputs gave no batch of at least {smallest} samples: nothing to estimate"
@@ -188,6 +190,32 @@ def similarity_map(
     frame.attrs.update(metric=metric, batch_size=batch_size, samples_used=used,
                        transform=None if transform is None else _name(transform))  # fmt: skip
     return frame
+
+
+def _accumulate(pairs, layers_a, layers_b, debiased, smallest):
+    """The HSIC estimates of every pair of layers summed over the batches ``pairs``
+    yields (``((start, stop), activations_a, activations_b)``)."""
+    keys_a = keys_b = cross = self_a = self_b = None
+    used = skipped = 0
+    for (start, stop), acts_a, acts_b in pairs:
+        b = stop - start
+        if b < smallest:
+            skipped += b
+            continue
+        if keys_a is None:
+            keys_a = _keys(acts_a, layers_a)
+            keys_b = _keys(acts_b, layers_b)
+            cross = np.zeros((len(keys_a), len(keys_b)))
+            self_a, self_b = np.zeros(len(keys_a)), np.zeros(len(keys_b))
+        grams_a = np.stack([_centred_gram(acts_a[k], debiased) for k in keys_a])
+        grams_b = np.stack([_centred_gram(acts_b[k], debiased) for k in keys_b])
+        scale = 1.0 / (b * (b - 3)) if debiased else 1.0 / (b - 1) ** 2
+        flat_a, flat_b = grams_a.reshape(len(keys_a), -1), grams_b.reshape(len(keys_b), -1)
+        cross += scale * (flat_a @ flat_b.T)
+        self_a += scale * np.einsum("ij,ij->i", flat_a, flat_a)
+        self_b += scale * np.einsum("ij,ij->i", flat_b, flat_b)
+        used += b
+    return keys_a, keys_b, cross, self_a, self_b, used, skipped
 
 
 def plot_similarity_map(frame, ax=None, **imshow):

@@ -1,0 +1,267 @@
+"""The Lie derivative of a model's output under continuous image transformations.
+
+Gruver, Finzi, Goldblum & Wilson (2023), "The Lie derivative for measuring learned
+equivariance": for a one-parameter family of warps ``T_t`` of the input (translation
+along x or y, rotation, isotropic scaling), ``L f(x) = d/dt f(T_t x)|_{t=0}`` — zero
+for a model invariant to the family, and its size the local equivariance error (LEE).
+For a map-valued output the warp is undone on the output, ``d/dt T_{−t} f(T_t x)``.
+
+The warp follows the conventions of that paper's code, so that the numbers compare:
+``T_t`` is an affine warp of the normalised coordinates (the image spans [−1, 1],
+``align_corners=True``), sampled bilinearly with the coordinates reflected at the
+border; translation moves by ``t`` in those units (the image is 2 wide), rotation is
+by ``t`` radians about the centre, scaling multiplies the sampling grid by ``1 − t``.
+At ``t = 0`` the sampling points are the pixels themselves, where bilinear
+interpolation has a kink: its derivative is the one-sided difference towards the
+neighbour above the sampling coordinate (``floor``). Where the coordinate of a pixel
+rounds to just below its integer (normalised coordinates are not exact in binary
+unless the side less one is a power of two) that is the difference towards the other
+neighbour — as in the reference.
+
+The input's tangent ``v = d/dt T_t x`` comes from forward-mode differentiation of the
+warp; ``L f = J_f(x) v`` from forward-mode differentiation of the model
+(``torch.func.jvp``), or — for an operation without a forward-mode formula — from two
+reverse passes (``(vᵀJ)`` differentiated in ``v``), as the reference computes it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+GENERATORS = ("translate_x", "translate_y", "rotate", "scale")
+OUTPUTS = ("probabilities", "logits", "map")
+
+
+def lie_derivative(
+    model,
+    inputs,
+    generators=GENERATORS,
+    *,
+    output="probabilities",
+    batch_size=64,
+    device=None,
+    progress=True,
+):
+    """Local equivariance error of a model under continuous warps of its input images.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Run in eval mode (restored afterwards).
+    inputs : torch.Tensor or ndarray of shape (n_samples, channels, height, width)
+        Images.
+    generators : sequence of str, default all
+        ``"translate_x"``, ``"translate_y"``, ``"rotate"``, ``"scale"``
+        (module docstring: units of ``t``).
+    output : {"probabilities", "logits", "map"}, default="probabilities"
+        ``"probabilities"``: the softmax of the output's last axis (the reference's
+        end-to-end LEE of a classifier); ``"logits"``: the output as it is;
+        ``"map"``: an ``(n, c, h, w)`` output, warped back (equivariance).
+    batch_size : int, default=64
+    device : str or torch.device, optional
+        Default CUDA when available, else CPU.
+    progress : bool, default=True
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per sample, one column per generator: the mean absolute Lie
+        derivative over the output's entries (``|L f|`` averaged over classes, as the
+        reference reports it). ``frame.mean()`` is the model's LEE per generator.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from seis_sklearn.adapters.torch import lie_derivative
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
+    ...                           torch.nn.LazyLinear(10))
+    >>> x = torch.randn(8, 3, 17, 17)
+    >>> _ = net(x)
+    >>> lee = lie_derivative(net, x, progress=False)
+    >>> list(lee.columns), bool((lee.mean() > 0).all())
+    (['translate_x', 'translate_y', 'rotate', 'scale'], True)
+    """
+    from seis_sklearn.report import _pandas
+
+    from .._common import progress_bar
+    from . import _import_torch
+
+    torch = _import_torch()
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if isinstance(generators, str):
+        generators = [generators]
+    generators = list(generators)
+    for name in generators:
+        if name not in GENERATORS:
+            raise ValueError(
+                f"generators: unknown generator {name!r}; choose from "
+                f"{', '.join(map(repr, GENERATORS))}"
+            )
+    if not generators:
+        raise ValueError("generators is empty: name at least one")
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUTS))}; got {output!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
+    x = (
+        torch.from_numpy(np.ascontiguousarray(inputs))
+        if isinstance(inputs, np.ndarray)
+        else inputs
+    )
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise ValueError(
+            "inputs must be images of shape (n_samples, channels, height, width); got "
+            f"{getattr(inputs, 'shape', type(inputs).__name__)}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"inputs must be floating point; got {x.dtype}")
+    device = torch.device(
+        device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    modes = {m: m.training for m in model.modules()}
+    rows = {name: [] for name in generators}
+    bar = progress_bar(len(x), progress)
+    try:
+        model.eval()
+        for start in range(0, len(x), batch_size):
+            batch = x[start : start + batch_size].to(device)
+            for name in generators:
+                derivative = _lie_derivative(model, batch, name, output, torch)
+                rows[name].append(derivative.abs().flatten(1).mean(dim=1).detach().cpu())
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+        if bar is not None:
+            bar.close()
+    frame = _pandas().DataFrame({k: torch.cat(v).double().numpy() for k, v in rows.items()})
+    frame.index.name = "sample"
+    frame.attrs.update(output=output)
+    return frame
+
+
+def _lie_derivative(model, x, generator, output, torch):
+    """``L f(x)`` for one batch: the input's tangent, then the model's JVP along it."""
+    v = warp_tangent(x, generator)
+
+    def f(inp):
+        out = model(inp)
+        if output == "probabilities":
+            return torch.softmax(out, dim=-1)
+        if output == "map" and out.ndim != 4:
+            raise ValueError(
+                f"output='map' needs an (n, c, h, w) output; the model gives {tuple(out.shape)}"
+            )
+        return out
+
+    try:
+        out, derivative = torch.func.jvp(f, (x,), (v,))
+    except (NotImplementedError, RuntimeError) as exc:
+        if "forward AD" not in str(exc) and "forward-mode" not in str(exc):
+            raise
+        # fused kernels (flash attention) have no forward-mode formula: their plain
+        # composition has, and it has the double backward the fallback needs
+        with _math_attention(torch):
+            try:
+                out, derivative = torch.func.jvp(f, (x,), (v,))
+            except (NotImplementedError, RuntimeError) as again:
+                if "forward AD" not in str(again) and "forward-mode" not in str(again):
+                    raise
+                out, derivative = _jvp_by_two_vjps(f, x, v, torch)
+    if output == "map":  # d/dt T_{-t} f(T_t x) = J v − (d/ds T_s f(x))
+        derivative = derivative - warp_tangent(out.detach(), generator)
+    return derivative
+
+
+def _math_attention(torch):
+    """A context in which scaled dot-product attention is computed by its plain
+    composition of products and a softmax (torch ≥ 2.3; elsewhere nothing changes)."""
+    import contextlib
+
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def _jvp_by_two_vjps(f, x, v, torch):
+    """``(f(x), J_f(x) v)`` from reverse mode only: ``J v = d/du (uᵀJ)ᵀ v``."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        out = f(x)
+        u = torch.zeros_like(out, requires_grad=True)
+        (vjp,) = torch.autograd.grad(out, x, u, create_graph=True)
+        (jvp,) = torch.autograd.grad(vjp, u, v)
+    return out.detach(), jvp.detach()
+
+
+def warp_tangent(images, generator):
+    """``d/dt T_t x`` at ``t = 0`` for images ``(n, c, h, w)`` (module docstring)."""
+    import torch
+
+    t = torch.zeros((), dtype=images.dtype, device=images.device)
+    one = torch.ones_like(t)
+    images = images.detach()
+    return torch.func.jvp(lambda s: warp(images, s, generator), (t,), (one,))[1]
+
+
+def warp(images, t, generator):
+    """The images warped by ``T_t`` (bilinear, coordinates reflected at the border)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = images.shape[0]
+    zero, one = torch.zeros_like(t), torch.ones_like(t)
+    if generator == "translate_x":
+        rows = [one, zero, t, zero, one, zero]
+    elif generator == "translate_y":
+        rows = [one, zero, zero, zero, one, t]
+    elif generator == "rotate":
+        c, s = torch.cos(t), torch.sin(t)
+        rows = [c, s, zero, -s, c, zero]
+    else:  # scale: the sampling grid shrinks by 1 − t (the image grows)
+        rows = [one - t, zero, zero, zero, one - t, zero]
+    theta = torch.stack(rows).reshape(1, 2, 3).expand(n, 2, 3)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=True)
+    return bilinear(images, grid)
+
+
+def bilinear(images, grid):
+    """Bilinear sampling of ``images`` (n, c, h, w) at ``grid`` (n, h', w', 2) of
+    normalised coordinates (``align_corners=True``), neighbours outside the image
+    reflected back into it; written with gathers, so that forward-mode
+    differentiation runs through it (``torch.nn.functional.grid_sample`` has none)."""
+    import torch
+
+    n, c, h, w = images.shape
+    x = (grid[..., 0] + 1) / 2 * (w - 1)
+    y = (grid[..., 1] + 1) / 2 * (h - 1)
+    x0, y0 = torch.floor(x).detach(), torch.floor(y).detach()
+    fx, fy = x - x0, y - y0  # the weights carry the derivative in the coordinates
+    flat = images.reshape(n, c, h * w)
+
+    def at(ix, iy):
+        ix = _reflect(ix, w).long()
+        iy = _reflect(iy, h).long()
+        index = (iy * w + ix).reshape(n, 1, -1).expand(n, c, -1)
+        return torch.gather(flat, 2, index).reshape(n, c, *grid.shape[1:3])
+
+    fx, fy = fx.unsqueeze(1), fy.unsqueeze(1)
+    return (
+        at(x0, y0) * (1 - fx) * (1 - fy)
+        + at(x0 + 1, y0) * fx * (1 - fy)
+        + at(x0, y0 + 1) * (1 - fx) * fy
+        + at(x0 + 1, y0 + 1) * fx * fy
+    )
+
+
+def _reflect(index, size):
+    """Integer positions reflected into ``[0, size − 1]`` (−1 → 1, size → size − 2)."""
+    last = size - 1
+    if last == 0:
+        return index * 0
+    return last - (last - index.abs()).abs()
