@@ -135,31 +135,31 @@ def product_dtype(dtype):
 _SCRATCHES = weakref.WeakValueDictionary()
 
 
-def _scratch(n):
-    """A float32 n × n buffer for one product, shared by every accumulator of this
-    thread (their products never overlap in one thread; dask's threads get their own):
-    a report that holds many layers' statistics holds one buffer per width, not one per
-    accumulator. Each accumulator keeps a reference to the buffer it uses, so that it
-    lives as long as one of them does."""
-    key = (threading.get_ident(), n)
-    buffer = _SCRATCHES.get(key)
-    if buffer is None:
-        buffer = np.empty((n, n), np.float32)
-        _SCRATCHES[key] = buffer
-    return buffer
-
-
-def _row_buffer(rows, width, dtype):
-    """A buffer of at least ``rows`` × ``width`` centred values of ``dtype`` for a chunk
-    multiplied at once, shared like :func:`_scratch` (the chunk is centred into it
-    and its product taken before another accumulator of the thread runs)."""
-    key = (threading.get_ident(), width, np.dtype(dtype).str)
+def _shared(key, rows, width, dtype, floor=0):
+    """A buffer of at least ``rows`` (and ``floor``) × ``width`` values of ``dtype``,
+    shared by every accumulator of this thread under ``key`` (their products never
+    overlap in one thread; dask's threads get their own): a report that holds many
+    layers' statistics holds one buffer of a kind per width, not one per accumulator.
+    Each accumulator keeps a reference to the buffer it uses, so that it lives as long
+    as one of them does."""
+    key = (threading.get_ident(), key, width, np.dtype(dtype).str)
     buffer = _SCRATCHES.get(key)
     if buffer is None or buffer.shape[0] < rows:
-        floor = FLOAT32_PRODUCT_ROWS if np.dtype(dtype) == np.float32 else 0
         buffer = np.empty((max(rows, floor), width), dtype)
         _SCRATCHES[key] = buffer
     return buffer
+
+
+def _scratch(n):
+    """The float32 n × n product of the stacked rows (:func:`_shared`)."""
+    return _shared("product", n, n, np.float32)
+
+
+def _row_buffer(rows, width, dtype):
+    """Centred rows of a chunk multiplied at once (:func:`_shared`): it is centred into
+    the buffer and its product taken before another accumulator of the thread runs."""
+    floor = FLOAT32_PRODUCT_ROWS if np.dtype(dtype) == np.float32 else 0
+    return _shared("rows", rows, width, dtype, floor)
 
 
 class MomentAccumulator:
@@ -384,54 +384,37 @@ def shifted_block_moments(auto, lower, sums, shift, n):
         ``P̃_gᵀP̃_h = Z_gᵀZ_h − n·Σ_r z̄_{g,r}ᵀ z̄_{h,r}`` with ``z̄ = sums / n``.
     """
     centre = sums / n  # mean of Z per feature: μ − s
-    for g in range(auto.shape[0]):
-        correction = _outer_sum(centre[g], centre[g])
-        correction *= n
-        auto[g] -= correction
-        if g:
-            cross = lower[g - 1]
-            np.copyto(cross, cross.T.copy())  # Z_0ᵀZ_g
-            correction = _outer_sum(centre[0], centre[g])
-            correction *= n
-            cross -= correction
+    for cross in lower:
+        np.copyto(cross, cross.T.copy())  # Z_0ᵀZ_g
+    _add_mean_products(auto, lower, centre, -n)
     mean = np.asarray(shift, dtype=np.float64) + centre
     return Moments(n, mean, auto, lower)
 
 
-def shifted_moments(joint, sums, shift, n):
-    """:class:`Moments` from shifted sums: ``joint = ZᵀZ`` of the stacked ``Z_g = x_g − s_g``.
-
-    Parameters
-    ----------
-    joint : ndarray of shape (G·d, G·d)
-        float64; its diagonal blocks are read in full, and the blocks below them.
-    sums : ndarray of shape (G, R, d)
-        float64 per-feature sums of ``Z_g``.
-    shift : ndarray of shape (G, R, d)
-        The shifts ``s_g``.
-    n : int
-        Samples.
-
-    Returns
-    -------
-    Moments
-        ``P̃_gᵀP̃_h = Z_gᵀZ_h − n·Σ_r z̄_{g,r}ᵀ z̄_{h,r}`` with ``z̄ = sums / n``.
-    """
-    G, d = sums.shape[0], sums.shape[2]
-    centre = sums / n  # mean of Z per feature: μ − s
-    auto = np.empty((G, d, d))
-    cross = np.empty((max(G - 1, 0), d, d))
-    for g in range(G):
-        block = joint[g * d : (g + 1) * d, g * d : (g + 1) * d]
-        a = auto[g]
-        np.copyto(a, block)
-        a -= n * _outer_sum(centre[g], centre[g])
+def _add_mean_products(auto, cross, means, factor):
+    """``auto[g] += factor·Σ_r m_{g,r}ᵀm_{g,r}`` and ``cross[g−1] += factor·Σ_r
+    m_{0,r}ᵀm_{g,r}`` for per-feature means (or mean offsets) ``m`` (G, R, d), in
+    place, one d × d temporary at a time."""
+    for g in range(auto.shape[0]):
+        term = _outer_sum(means[g], means[g])
+        term *= factor
+        auto[g] += term
         if g:
-            # the lower-left block (rows of view g, columns of view 0) is Z_gᵀZ_0
-            lower_left = joint[g * d : (g + 1) * d, :d]
-            cross[g - 1] = lower_left.T - n * _outer_sum(centre[0], centre[g])
-    mean = np.asarray(shift, dtype=np.float64) + centre
-    return Moments(n, mean, auto, cross)
+            term = _outer_sum(means[0], means[g])
+            term *= factor
+            cross[g - 1] += term
+
+
+def shifted_moments(joint, sums, shift, n):
+    """:class:`Moments` from shifted sums: ``joint = ZᵀZ`` of the stacked ``Z_g = x_g − s_g``
+    (the torch accumulator's), through :func:`shifted_block_moments` on copies of the
+    blocks it reads: the diagonal ones in full and the first column (``Z_gᵀZ_0``).
+    ``sums``, ``shift`` and ``n`` as there."""
+    G, d = sums.shape[0], sums.shape[2]
+    blocks = [slice(g * d, (g + 1) * d) for g in range(G)]
+    auto = np.stack([joint[b, b] for b in blocks])
+    lower = np.stack([joint[b, :d] for b in blocks[1:]]) if G > 1 else np.empty((0, d, d))
+    return shifted_block_moments(auto, lower, sums, shift, n)
 
 
 # Chunks of these dtypes are centred by the Numba kernel, straight from a strided view
@@ -558,14 +541,7 @@ def recentred(moments, fitted_mean, overwrite=False):
     n = moments.n_samples
     auto = moments.auto if overwrite else moments.auto.copy()
     cross = moments.cross if overwrite else moments.cross.copy()
-    for g in range(auto.shape[0]):
-        term = _outer_sum(spread[g], spread[g])
-        term *= n
-        auto[g] += term
-        if g:
-            term = _outer_sum(spread[0], spread[g])
-            term *= n
-            cross[g - 1] += term
+    _add_mean_products(auto, cross, spread, n)
     return Moments(n, delta, auto, cross)
 
 

@@ -399,9 +399,7 @@ def linear_cka(A, B, *, layout="auto", matricization="flatten", debiased=False):
     """
     if not isinstance(debiased, (bool, np.bool_)):
         raise TypeError(f"debiased must be True or False; got {type(debiased).__name__}")
-    min_samples = 2
-    if debiased:
-        min_samples = 4 if matricization == "flatten" else 2
+    min_samples = 4 if debiased and matricization == "flatten" else 2
     (A, B), layout = check_views([A, B], ["A", "B"], layout, matricization,
                                  min_samples=min_samples)  # fmt: skip
     moments = accumulate([A, B], layout, matricization, names=("A", "B"))

@@ -157,20 +157,15 @@ def _lie_derivative(model, x, generator, output, torch):
             )
         return out
 
-    try:
-        out, derivative = torch.func.jvp(f, (x,), (v,))
-    except (NotImplementedError, RuntimeError) as exc:
-        if "forward AD" not in str(exc) and "forward-mode" not in str(exc):
-            raise
-        # fused kernels (flash attention) have no forward-mode formula: their plain
-        # composition has, and it has the double backward the fallback needs
-        with _math_attention(torch):
-            try:
-                out, derivative = torch.func.jvp(f, (x,), (v,))
-            except (NotImplementedError, RuntimeError) as again:
-                if "forward AD" not in str(again) and "forward-mode" not in str(again):
-                    raise
-                out, derivative = _jvp_by_two_vjps(f, x, v, torch)
+    # attention by its plain composition of products and a softmax: fused kernels
+    # (flash attention) have neither a forward-mode formula nor a double backward
+    with _math_attention(torch):
+        try:
+            out, derivative = torch.func.jvp(f, (x,), (v,))
+        except (NotImplementedError, RuntimeError) as exc:
+            if "forward AD" not in str(exc) and "forward-mode" not in str(exc):
+                raise
+            out, derivative = _jvp_by_two_vjps(f, x, v, torch)
     if output == "map":  # d/dt T_{-t} f(T_t x) = J v − (d/ds T_s f(x))
         derivative = derivative - warp_tangent(out.detach(), generator)
     return derivative
