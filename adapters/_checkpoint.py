@@ -22,6 +22,7 @@ import numpy as np
 
 from seis_sklearn._files import atomic_write, safe_stem
 from seis_sklearn._moments import Moments
+from seis_sklearn.metrics import RowNormSums
 
 MANIFEST = "checkpoint.json"
 FORMAT = "seis-checkpoint"
@@ -103,11 +104,15 @@ class Checkpoint:
                 kept[key] = Resumed(_load(self.folder / entry["kept"]))
                 held[key] = Resumed(_load(self.folder / entry["held"]))
             deviation = deviations.get(view)
-            if deviation is not None and saved.get("deviation"):
+            if deviation is not None and deviation.eed is not None and saved.get("deviation"):
                 sums, counts, failed = saved["deviation"]
-                deviation.sums.update(sums)
-                deviation.counts.update(counts)
-                deviation.failed.update(failed)
+                deviation.eed.sums.update(sums)
+                deviation.eed.counts.update(counts)
+                deviation.eed.failed.update(failed)
+            if deviation is not None and deviation.norms is not None:
+                for key, name in saved.get("norms", {}).items():
+                    with np.load(self.folder / name) as arrays:
+                        deviation.norms[key] = RowNormSums.from_state(dict(arrays))
 
     def save(self, position, views, state, deviations):
         """Save every layer's statistics and the position reached (files first, the
@@ -129,8 +134,16 @@ class Checkpoint:
                 entries[key] = {"kept": f"{stem}.kept.npz", "held": f"{stem}.held.npz"}
             deviation = deviations.get(view)
             record = {"layers": entries}
-            if deviation is not None:
-                record["deviation"] = [deviation.sums, deviation.counts, sorted(deviation.failed)]
+            if deviation is not None and deviation.eed is not None:
+                eed = deviation.eed
+                record["deviation"] = [eed.sums, eed.counts, sorted(eed.failed)]
+            if deviation is not None and deviation.norms is not None:
+                record["norms"] = {}
+                for j, (key, sums) in enumerate(deviation.norms.items()):
+                    name = f"v{i:03d}-n{j:04d}-{safe_stem(key)}.norms.npz"
+                    with open(self.folder / name, "wb") as f:
+                        np.savez(f, **sums.state())
+                    record["norms"][key] = name
             manifest["views"][_view_name(view)] = record
         atomic_write(self.folder / MANIFEST, (json.dumps(manifest) + "\n").encode())
 

@@ -295,6 +295,48 @@ class ChannelDeviation:
         return {k: (np.nan if k in self.failed else -self.sums[k] / self.counts[k]) for k in keys}
 
 
+class PassSums:
+    """What a report's metrics need beyond the moments, summed batch by batch: the
+    channelwise G-EED term (``eed``, a :class:`ChannelDeviation`) and, for the
+    debiased CKA, each layer's :class:`~seis_sklearn.metrics.RowNormSums` (``norms``)."""
+
+    def __init__(self, eed=None, norms=False):
+        self.eed, self.norms = eed, ({} if norms else None)
+
+    def add(self, per_view, plans):
+        """A batch's ``{"original": …, "transformed": …}`` (host arrays); ``plans``: layer
+        key → its plan (``layout``, ``params["matricization"]``; failed ones skipped)."""
+        from seis_sklearn._matricize import matricize
+        from seis_sklearn.metrics import RowNormSums
+
+        if self.eed is not None:
+            self.eed.add(per_view)
+        if self.norms is None:
+            return
+        for key, original in per_view["original"].items():
+            plan = plans.get(key)
+            if plan is None or plan.get("failed"):
+                continue
+            layout, mode = plan["layout"], plan["params"]["matricization"]
+            rows = [matricize(a, layout, mode) for a in (original, per_view["transformed"][key])]
+            self.norms.setdefault(key, RowNormSums()).add(*rows)
+
+    def values(self, name, moments):
+        """Layer key → the value of metric ``name`` (``"channel_eed"`` or
+        ``"cka_debiased"``; NaN where it is undefined)."""
+        from seis_sklearn.metrics import cka_debiased_from_moments
+
+        if name == "channel_eed":
+            return self.eed.values() if self.eed is not None else {}
+        out = {}
+        for key, sums in (self.norms or {}).items():
+            try:
+                out[key] = cka_debiased_from_moments(moments[key], sums)
+            except (KeyError, ValueError):  # not scored, or no variance left
+                out[key] = np.nan
+        return out
+
+
 def stream(batches, held_out, seis_params, *, dtype=None, deviation=None, readings=None):
     """Held-out SEIS of every layer of a pair-mode batch generator, never storing it.
 
@@ -348,7 +390,7 @@ def stream_views(
     held_out, seis_params, dtype, readings
         As in :func:`stream`.
     deviations : dict, optional
-        View key → :class:`ChannelDeviation` (or None).
+        View key → :class:`PassSums` (or None).
     checkpoint : Checkpoint, optional
         Between batches, a stop asked for saves the statistics there and raises
         :class:`KeyboardInterrupt` (:mod:`seis_sklearn.adapters._checkpoint`); with
@@ -394,7 +436,9 @@ def stream_views(
                 pair = {"original": per_view["original"], "transformed": per_view[view]}
                 _stream_batch(pair, phase, *state[view], seis_params, readings)
                 if view in deviations:
-                    deviations[view].add({"original": host["original"], "transformed": host[view]})
+                    deviations[view].add(
+                        {"original": host["original"], "transformed": host[view]}, state[view][0]
+                    )
             del per_view, pair, host  # the next batch is computed while these names hold one
     bar = progress_bar(
         sum(len(state[v][0]) for v in views), progress, desc="layers fitted", unit="layer"
@@ -960,13 +1004,17 @@ def layerwise_rows(
     from seis_sklearn.metrics import REPORT_METRICS
     from seis_sklearn.report import result_row
 
-    eed = deviation.values() if deviation is not None else {}
+    summed = {
+        name: deviation.values(name, moments or {}) if deviation is not None else {}
+        for name in metrics
+        if name in ("channel_eed", "cka_debiased")
+    }
     rows = []
     for depth, (key, result) in enumerate(results.items()):
         values = {}
         for name in metrics:
-            if name == "channel_eed":
-                values[name] = eed.get(key, np.nan)
+            if name in summed:
+                values[name] = summed[name].get(key, np.nan)
             elif key not in moments:  # a layer that was not scored
                 values[name] = np.nan
             else:
@@ -994,10 +1042,16 @@ def _layout_choice(readings, key):
 
 
 def deviation_for(metrics, action, seis_params, readings=None):
-    """A :class:`ChannelDeviation` when ``metrics`` asks for ``channel_eed``, else None."""
-    if "channel_eed" not in metrics:
+    """A :class:`PassSums` when ``metrics`` asks for ``channel_eed`` or
+    ``cka_debiased``, else None."""
+    if "channel_eed" not in metrics and "cka_debiased" not in metrics:
         return None
-    return ChannelDeviation(action, seis_params.get("layout", "auto"), readings)
+    eed = (
+        ChannelDeviation(action, seis_params.get("layout", "auto"), readings)
+        if "channel_eed" in metrics
+        else None
+    )
+    return PassSums(eed, norms="cka_debiased" in metrics)
 
 
 def in_sample(pairs, seis_params, metrics=(), deviation=None, readings=None, progress=False):
@@ -1043,7 +1097,10 @@ def in_sample(pairs, seis_params, metrics=(), deviation=None, readings=None, pro
             moments.pop(k, None)
             continue
         if deviation is not None:
-            deviation.add({"original": {k: a}, "transformed": {k: b}})
+            mode = params.get("matricization", "spatial")
+            plan = {"layout": resolve_layout(params.get("layout", "auto"), a.ndim),
+                    "params": {"matricization": mode}}  # fmt: skip
+            deviation.add({"original": {k: a}, "transformed": {k: b}}, {k: plan})
     if bar is not None:
         bar.close()
     return results, shapes, moments, choices

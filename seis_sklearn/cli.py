@@ -70,7 +70,7 @@ examples:
   seis paper                     # writes paper-output/claims.md, claims.csv, figures
   seis paper --out /tmp/paper --epochs 8 --force
 """
-PAPER_OUTPUTS = ("claims.csv", "claims.md", "scores.csv", "tracking.csv")
+PAPER_OUTPUTS = ("claims.csv", "claims.md", "scores.csv", "tracking.csv", "measures.csv")
 
 
 class CommandError(Exception):
@@ -209,9 +209,10 @@ def _statistics_options(parser, metrics=False):
     group.add_argument("--jobs", type=int, default=None, metavar="N", help="parallel replicates")
     if metrics:
         group.add_argument(
-            "--metrics", action="append", choices=("cka", "svcca", "pwcca", "channel_eed"),
-            metavar="NAME",
-            help="add a column: cka, svcca, pwcca, or (models) channel_eed (repeatable)",
+            "--metrics", action="append",
+            choices=("cka", "cka_debiased", "svcca", "pwcca", "channel_eed"), metavar="NAME",
+            help="add a column: cka, cka_debiased, svcca, pwcca, or (models) channel_eed "
+            "(repeatable)",
         )  # fmt: skip
 
 
@@ -453,10 +454,13 @@ def build_parser():
         help="the paper's claims checked on small models trained here (a few minutes)",
         description=(
             "Train small models on scikit-learn's digits — a CNN encoder plain and "
-            "rotation-augmented, a U-Net, a multi-task model, a ViT and an MLP-Mixer — track "
-            "them during training, score them layer by layer and judge each claim of the "
-            "SEIS paper by a fixed rule: claims.md/claims.csv, scores.csv, tracking.csv and "
-            "one figure per claim in --out. Needs the torch extra."
+            "rotation-augmented, a U-Net, a multi-task model, a ViT and an MLP-Mixer — with "
+            "several seeds, track them during training, score them layer by layer and judge "
+            "each claim of the SEIS paper by a fixed rule on the spread between seeds: "
+            "claims.md/claims.csv, effects_by_seed.csv, scores.csv, tracking.csv, one figure "
+            "per claim, and SEIS beside CKA, debiased CKA, G-EED and the Lie derivative on the "
+            "CNN's layers with their rank agreement (measures.csv, measures_agreement.csv, "
+            "measures.png) in --out. Needs the torch extra."
         ),
         epilog=PAPER_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -466,6 +470,8 @@ def build_parser():
     paper.add_argument("--epochs", type=_positive_int, default=6)
     paper.add_argument("--images", type=_positive_int, default=1000, metavar="N",
                        help="training images per model (default 1000)")  # fmt: skip
+    paper.add_argument("--seeds", type=_positive_int, default=5, metavar="N",
+                       help="train every model with seeds 0 … N−1 (default 5)")  # fmt: skip
     paper.add_argument("--force", action="store_true", help="replace a finished run in --out")
     return parser
 
@@ -899,13 +905,25 @@ def _out_lock(folder):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _pair_metric(name, moments, A, B, layout, mode):
+    """One metric column of a saved pair's row (NaN where the metric is undefined)."""
+    from .metrics import REPORT_METRICS, cka_debiased_from_moments, row_norm_sums
+
+    if name != "cka_debiased":
+        return REPORT_METRICS[name](moments)
+    try:
+        return cka_debiased_from_moments(moments, row_norm_sums(A, B, layout, mode))
+    except ValueError:  # no variance left by the unbiased estimator
+        return float("nan")
+
+
 def _report_pairs(args, settings, done):
     from seis_sklearn.adapters._common import check_tokens, layer_params, read_as, unscored
     from seis_sklearn.adapters._layout import read_layers
 
     from . import seis_score
     from .io import LayerPair
-    from .metrics import REPORT_METRICS, _moments_of
+    from .metrics import _moments_of
     from .report import result_row
 
     tokens, n_prefix = settings["tokens"]
@@ -934,8 +952,10 @@ def _report_pairs(args, settings, done):
             )
             metrics = {}
             if settings["metrics"]:
-                moments = _moments_of(A, B, reading.layout, layer_settings["matricization"])
-                metrics = {name: REPORT_METRICS[name](moments) for name in settings["metrics"]}
+                mode = layer_settings["matricization"]
+                moments = _moments_of(A, B, reading.layout, mode)
+                metrics = {name: _pair_metric(name, moments, A, B, reading.layout, mode)
+                           for name in settings["metrics"]}  # fmt: skip
         except ValueError as exc:
             result = unscored(layer["name"], first_line(exc), str(layout), params, "")
             reading, choice = None, ""
@@ -1291,9 +1311,11 @@ def cmd_paper(args):
             f"--out {folder}: already holds {', '.join(finished)}; pass --force to overwrite"
         )
     log = (lambda message: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    table = paper.run(folder, epochs=args.epochs, n_train=args.images, log=log)
+    table = paper.run(folder, epochs=args.epochs, n_train=args.images,
+                      seeds=range(args.seeds), log=log)  # fmt: skip
     print(paper.format_claims(table), end="")
-    _say(args, f"wrote {folder / 'claims.md'}, claims.csv, scores.csv, tracking.csv, figures")
+    _say(args, f"wrote {folder / 'claims.md'}, claims.csv, effects_by_seed.csv, scores.csv, "
+               "tracking.csv, measures.csv, measures_agreement.csv, figures")  # fmt: skip
     return EXIT_OK
 
 

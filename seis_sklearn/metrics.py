@@ -27,7 +27,10 @@ from ._matricize import matricize, resolve_layout
 from ._validation import check_choice, check_finite, check_views, chunk_samples, first_line
 
 __all__ = [
+    "RowNormSums",
     "channelwise_geed",
+    "cka",
+    "cka_debiased_from_moments",
     "latent_geed",
     "linear_cka",
     "pwcca",
@@ -370,9 +373,11 @@ def linear_cka(A, B, *, layout="auto", matricization="flatten", debiased=False):
     views when the features are not few against the samples (independent Gaussian
     activations, 32 samples of 256 features: ≈ 0.89); the debiased one is near 0
     there, and can be slightly negative. Exact, in two passes over the samples (the
-    moments, then the rows' norms about the means): memory maps and dask arrays
-    stream. With ``"spatial"``/``"channel"`` the rows of a sample are not
-    independent observations, so the bias removed is that of the rows' estimator.
+    moments, then the rows' norms: :class:`RowNormSums`): memory maps and dask
+    arrays stream. With ``"spatial"``/``"channel"`` the estimator's observations are
+    the rows (a sample's rows are not independent, so the bias removed is that of
+    the rows' estimator), centred by their mean over all rows — the U-centring's
+    own, not SEIS's mean per row position.
 
     Parameters
     ----------
@@ -405,27 +410,124 @@ def linear_cka(A, B, *, layout="auto", matricization="flatten", debiased=False):
     moments = accumulate([A, B], layout, matricization, names=("A", "B"))
     if not debiased:
         return cka_from_moments(moments)
-    return _debiased_cka_from_sums(moments, *_centred_row_norms([A, B], moments.mean,
-                                                               layout, matricization))  # fmt: skip
+    return cka_debiased_from_moments(moments, row_norm_sums(A, B, layout, matricization))
 
 
-def _centred_row_norms(arrays, means, layout, matricization):
-    """``Σ_i a_i b_i``, ``Σ_i a_i²`` and ``Σ_i b_i²`` for the squared norms ``a_i``,
-    ``b_i`` of the rows of two views centred by their per-feature ``means`` (G, R,
-    d), one chunk of samples at a time, in float64."""
-    n = arrays[0].shape[0]
-    step = chunk_samples(arrays[0].shape)
-    products = np.zeros(3)
+#: ``cka(A, B, debiased=True)``: the name the literature uses for :func:`linear_cka`.
+cka = linear_cka
+
+
+def row_norm_sums(A, B, layout, matricization):
+    """:class:`RowNormSums` of two views' matricized rows, one chunk of samples at a time."""
+    sums = RowNormSums()
+    n = A.shape[0]
+    step = chunk_samples(A.shape)
     for start in range(0, n, step):
-        norms = []
-        for a, mean in zip(arrays, means, strict=True):
-            chunk = _host(a[start : start + step])
-            rows = matricize(chunk, layout, matricization).astype(np.float64)
-            rows = rows.reshape(len(chunk), *mean.shape)
-            rows -= mean
-            norms.append(np.einsum("srj,srj->sr", rows, rows).ravel())
-        products += [norms[0] @ norms[1], norms[0] @ norms[0], norms[1] @ norms[1]]
-    return products
+        sums.add(*(matricize(_host(a[start : start + step]), layout, matricization)
+                   for a in (A, B)))  # fmt: skip
+    return sums
+
+
+class RowNormSums:
+    """What the debiased CKA needs beyond the moments, from one pass over the rows.
+
+    The unbiased HSIC weighs the rows' squared norms about their mean ``m`` — known
+    only at the end of a pass. About a centre fixed by the first chunk (``c``), with
+    ``u_i = x_i − c``, ``A_i = ‖u_i‖²`` (and ``w_i``, ``B_i`` for the second view),
+    ``‖x_i − m‖² = A_i − 2 u_i·δ + ‖δ‖²`` for ``δ = m − c``: the sums ``ΣA_iB_i``,
+    ``ΣA_i²``, ``ΣB_i²``, ``ΣA_i``, ``ΣB_i`` and the vectors ``ΣA_i u_i``, ``ΣB_i u_i``,
+    ``ΣA_i w_i``, ``ΣB_i w_i``, ``Σu_i``, ``Σw_i`` give every sum of products of the
+    norms about ``m`` (:func:`cka_debiased_from_moments`), in float64 whatever the
+    rows' dtype, in any chunking.
+    """
+
+    def __init__(self):
+        self.centre, self.scalars, self.vectors, self.n_rows = None, np.zeros(5), None, 0
+
+    def add(self, x, y):
+        """Add a chunk of rows of the two views (2-D arrays, rows aligned)."""
+        x, y = np.asarray(x), np.asarray(y)
+        if self.centre is None:
+            self.centre = np.stack([x.mean(axis=0, dtype=np.float64),
+                                    y.mean(axis=0, dtype=np.float64)])  # fmt: skip
+            self.vectors = np.zeros((6, x.shape[1]))
+        u = x - self.centre[0]  # float64
+        w = y - self.centre[1]
+        a, b = np.einsum("ij,ij->i", u, u), np.einsum("ij,ij->i", w, w)
+        self.scalars += [a @ b, a @ a, b @ b, a.sum(), b.sum()]
+        self.vectors += np.stack([a @ u, b @ u, a @ w, b @ w, u.sum(axis=0), w.sum(axis=0)])
+        self.n_rows += len(u)
+
+    def state(self):
+        """The sums as arrays (a checkpoint's); :meth:`from_state` reads them back."""
+        return {"centre": self.centre, "scalars": self.scalars, "vectors": self.vectors,
+                "n_rows": np.array(self.n_rows)}  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state):
+        sums = cls()
+        sums.centre, sums.scalars = np.asarray(state["centre"]), np.asarray(state["scalars"])
+        sums.vectors, sums.n_rows = np.asarray(state["vectors"]), int(state["n_rows"])
+        return sums
+
+
+def cka_debiased_from_moments(moments, sums):
+    """Debiased linear CKA (:func:`linear_cka`) of the rows of a pair, from its centred
+    moments and the :class:`RowNormSums` of the same rows.
+
+    The rows are the estimator's observations, centred by their mean (over all rows:
+    the unbiased HSIC is unchanged by one shift of all rows, not by a shift per row
+    position); with one row per sample that is the per-feature centring of SEIS.
+    """
+    n = moments.n_rows
+    if n < 4:
+        raise ValueError(
+            f"debiased linear CKA needs at least 4 rows (the unbiased HSIC divides by "
+            f"n − 3); A and B have {n}"
+        )
+    if sums.n_rows != n:
+        raise ValueError(f"the row norms cover {sums.n_rows} rows, the moments {n}")
+    per_row = moments.n_samples  # samples behind each row position's mean
+    mu, nu = moments.mean[0], moments.mean[1]  # (R, d)
+    m, m2 = mu.mean(axis=0), nu.mean(axis=0)
+    dx, dy = mu - m, nu - m2
+
+    def about_mean(product, left, right):  # Σ_r N (μ_r − m)(ν_r − m')ᵀ added
+        return product + per_row * (left.T @ right)
+
+    xx = about_mean(moments.auto[0], dx, dx)
+    yy = about_mean(moments.auto[1], dy, dy)
+    xy = about_mean(moments.cross[0], dx, dy)
+    t_x, t_y = float(np.trace(xx)), float(np.trace(yy))
+    # the norms about m from the sums about c: a_i = A_i − 2 p_i + k, p_i = u_i·δ
+    d, d2 = m - sums.centre[0], m2 - sums.centre[1]
+    k, k2 = d @ d, d2 @ d2
+    s_ab, s_aa, s_bb, s_a, s_b = sums.scalars
+    a_u, b_u, a_w, b_w, s_u, s_w = sums.vectors
+    p, q = d @ s_u, d2 @ s_w
+    ex, ey = (mu - sums.centre[0]) @ d, (nu - sums.centre[1]) @ d2  # (μ_r − c)·δ
+    pq = d @ moments.cross[0] @ d2 + per_row * (ex @ ey)
+    pp = d @ moments.auto[0] @ d + per_row * (ex @ ex)
+    qq = d2 @ moments.auto[1] @ d2 + per_row * (ey @ ey)
+    ab = (s_ab - 2 * (d2 @ a_w) + k2 * s_a - 2 * (d @ b_u) + 4 * pq - 2 * k2 * p + k * s_b
+          - 2 * k * q + n * k * k2)  # fmt: skip
+    aa = s_aa - 4 * (d @ a_u) + 2 * k * s_a + 4 * pp - 4 * k * p + n * k * k
+    bb = s_bb - 4 * (d2 @ b_w) + 2 * k2 * s_b + 4 * qq - 4 * k2 * q + n * k2 * k2
+    hsic = _unbiased_hsic(float(np.sum(xy * xy)), ab, t_x, t_y, n)
+    self_x = _unbiased_hsic(float(np.sum(xx * xx)), aa, t_x, t_x, n)
+    self_y = _unbiased_hsic(float(np.sum(yy * yy)), bb, t_y, t_y, n)
+    # the self-terms are sums of squares of U-centred Gram entries: positive unless
+    # the view has no variance (zero up to rounding of its terms, ‖XᵀX‖²_F)
+    floors = [64 * n * np.finfo(np.float64).eps * float(np.sum(a * a)) for a in (xx, yy)]
+    bad = [name for name, h, f in zip("AB", (self_x, self_y), floors, strict=True) if not h > f]
+    if bad:
+        verb = "has" if len(bad) == 1 else "have"
+        raise ValueError(
+            f"debiased linear CKA is undefined: {' and '.join(bad)} {verb} no variance "
+            "left by the unbiased estimator (its U-centred Gram matrix is zero: a "
+            "constant view, for one)"
+        )
+    return float(min(hsic / np.sqrt(self_x * self_y), 1.0))
 
 
 def _host(chunk):
@@ -439,34 +541,6 @@ def _unbiased_hsic(frobenius, norm_products, total_x, total_y, n):
     """``n(n − 3)`` times the unbiased HSIC of linear kernels (Song et al. 2012), from
     ``‖XᵀY‖²_F``, ``Σ a_i b_i`` and ``Σa``, ``Σb`` of ``n`` centred rows."""
     return frobenius - n / (n - 2) * norm_products + total_x * total_y / ((n - 1) * (n - 2))
-
-
-def _debiased_cka_from_sums(moments, ab, aa, bb):
-    """Debiased linear CKA (:func:`linear_cka`) from the centred products of a pair and
-    the sums of products of its rows' squared norms (``Σab``, ``Σa²``, ``Σb²``)."""
-    n = moments.n_rows
-    if n < 4:
-        raise ValueError(
-            f"debiased linear CKA needs at least 4 rows (the unbiased HSIC divides by "
-            f"n − 3); A and B have {n}"
-        )
-    auto_x, auto_y, cross = moments.auto[0], moments.auto[1], moments.cross[0]
-    t_x, t_y = float(np.trace(auto_x)), float(np.trace(auto_y))
-    hsic = _unbiased_hsic(float(np.sum(cross * cross)), ab, t_x, t_y, n)
-    self_x = _unbiased_hsic(float(np.sum(auto_x * auto_x)), aa, t_x, t_x, n)
-    self_y = _unbiased_hsic(float(np.sum(auto_y * auto_y)), bb, t_y, t_y, n)
-    # the self-terms are sums of squares of U-centred Gram entries: positive unless
-    # the view has no variance (zero up to rounding of its terms, ‖XᵀX‖²_F)
-    floors = [64 * n * np.finfo(np.float64).eps * float(np.sum(a * a)) for a in (auto_x, auto_y)]
-    bad = [name for name, h, f in zip("AB", (self_x, self_y), floors, strict=True) if not h > f]
-    if bad:
-        verb = "has" if len(bad) == 1 else "have"
-        raise ValueError(
-            f"debiased linear CKA is undefined: {' and '.join(bad)} {verb} no variance "
-            "left by the unbiased estimator (its U-centred Gram matrix is zero: a "
-            "constant view, for one)"
-        )
-    return float(min(hsic / np.sqrt(self_x * self_y), 1.0))
 
 
 #: Directions whose variance is below this fraction of the leading one count as null
@@ -589,18 +663,26 @@ REPORT_METRICS = {
 }
 
 
-def check_report_metrics(metrics):
-    """Validate the ``metrics=`` of a layerwise report; return the list of names."""
+def check_report_metrics(metrics, *, lee=False):
+    """Validate the ``metrics=`` of a layerwise report; return the list of names.
+
+    ``lee``: the report can add the Lie derivative's column (PyTorch models only)."""
     if metrics is None:
         return []
     if isinstance(metrics, str):
         metrics = [metrics]
     metrics = list(metrics)
+    known = [*REPORT_METRICS, "cka_debiased", "channel_eed", *(["lee"] if lee else [])]
     for name in metrics:
-        if name not in REPORT_METRICS and name != "channel_eed":
+        if name == "lee" and not lee:
+            raise ValueError(
+                "metrics: 'lee' (the Lie derivative) needs the model itself: it is a column "
+                "of seis_sklearn.adapters.torch.layerwise_seis only"
+            )
+        if name not in known:
             raise ValueError(
                 f"metrics: unknown metric {name!r}; choose from "
-                f"{', '.join(map(repr, [*REPORT_METRICS, 'channel_eed']))} (latent and "
+                f"{', '.join(map(repr, known))} (latent and "
                 "softmax G-EED need whole orbits: see seis_sklearn.metrics)"
             )
     return metrics

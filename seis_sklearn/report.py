@@ -186,6 +186,80 @@ def plot_layerwise(frame, *, title=None, weighted=False, ax=None):
     return ax.figure
 
 
+#: Columns :func:`plot_measures` draws when a report has them, and their titles.
+MEASURE_TITLES = {
+    "equivariance": "SEIS S_E",
+    "invariance": "SEIS S_I",
+    "cka": "linear CKA",
+    "cka_debiased": "debiased CKA",
+    "svcca": "SVCCA",
+    "pwcca": "PWCCA",
+    "channel_eed": "G-EED (channel term)",
+    "lee": "LEE share",
+}
+
+
+def plot_measures(frame, measures=None, *, title=None):
+    """Every measure of a report against depth, one panel each (their scales differ),
+    one line per transform: SEIS beside the metrics from the literature.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        A report table, e.g. of ``layerwise_seis(..., metrics=["cka_debiased",
+        "channel_eed", "lee"])``.
+    measures : sequence of str, optional
+        Columns to draw; default every column of :data:`MEASURE_TITLES` the frame has
+        with a value.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from seis_sklearn.report import plot_measures
+    >>> frame = pd.DataFrame({"layer": ["a", "b"], "depth": [0, 1], "transform": "rot90",
+    ...                       "equivariance": [0.9, 0.5], "invariance": [0.1, 0.4],
+    ...                       "cka": [0.8, 0.6]})
+    >>> [ax.get_title() for ax in plot_measures(frame).axes]
+    ['SEIS S_E', 'SEIS S_I', 'linear CKA']
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "the figure needs matplotlib: pip install 'seis-sklearn[plot]'"
+        ) from None
+    if measures is None:
+        measures = [m for m in MEASURE_TITLES if m in frame and frame[m].notna().any()]
+    measures = list(measures)
+    missing = [m for m in measures if m not in frame]
+    if missing or not measures:
+        raise ValueError(
+            f"measures: the report has no column {missing[0]!r}"
+            if missing
+            else "measures: the report has none of the measures' columns"
+        )
+    fig = Figure(figsize=(2.6 * len(measures) + 0.6, 3.0), layout="constrained")
+    axes = fig.subplots(1, len(measures), squeeze=False)[0]
+    ticks = frame.drop_duplicates("depth").sort_values("depth")
+    for ax, name in zip(axes, measures, strict=True):
+        for i, (transform, group) in enumerate(frame.groupby("transform", sort=False)):
+            group = group.sort_values("depth")
+            ax.plot(group["depth"], group[name].astype(float), "-o", ms=3, color=f"C{i % 10}",
+                    label=str(transform))  # fmt: skip
+        ax.set_xticks(ticks["depth"], ticks["layer"], rotation=45, ha="right", fontsize=7)
+        ax.set_title(MEASURE_TITLES.get(name, name), fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def save_report(frame, out, *, title=None):
     """Write ``report.csv`` and ``layers.png`` in ``out`` (created), each atomically.
 

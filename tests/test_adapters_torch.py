@@ -609,3 +609,67 @@ def test_a_wide_streamed_layer_is_fitted_on_its_rows(monkeypatch):
     for column in ("equivariance", "invariance", "cka", "svcca"):
         a, b = rows_report[column].to_numpy(), moments_report[column].to_numpy()
         assert np.all(np.abs(a - b) <= tol32), (column, a, b, tol32)
+
+
+def test_debiased_cka_and_lie_derivative_columns(net):
+    """``cka_debiased``: streamed or stored, the metric of all samples' activations in
+    the layer's matricization; ``lee``: each layer's share of the output's Lie
+    derivative under the transform's generator (rotation for rot90 and rotate, the
+    translation of its axis for translate, none for a flip)."""
+    import functools
+
+    from seis_sklearn.adapters.torch import layerwise_lie_derivative, layerwise_seis
+    from seis_sklearn.adapters.torch import transforms as TT
+
+    from seis_sklearn.metrics import linear_cka
+
+    x = np.random.default_rng(5).normal(size=(40, 1, 7, 7)).astype(np.float32)
+    chosen = {"rot90": TT.rot90, "flip": TT.hflip,
+              "shift": functools.partial(TT.translate, shift=(1.0, 0.0))}  # fmt: skip
+    layers = ["conv1", "conv2", "head"]
+    lee = layerwise_lie_derivative(net, x, ["rotate", "translate_y"], layers=layers,
+                                   progress=False)  # fmt: skip
+    for held_out in (0.25, None):
+        frame = layerwise_seis(net, x, chosen, layers=layers, held_out=held_out, batch_size=16,
+                               progress=False, metrics=["cka_debiased", "lee"])  # fmt: skip
+        for name, transform in chosen.items():
+            pairs = extract_activations(net, x, layers, transform=transform, progress=False)
+            rows = frame[frame["transform"] == name].set_index("layer")
+            for layer in layers:
+                a, b = pairs[layer]
+                mode = rows.loc[layer, "matricization"]
+                want = linear_cka(a, b, matricization=mode, debiased=True)
+                assert rows.loc[layer, "cka_debiased"] == pytest.approx(want, abs=1e-6)
+            generator = {"rot90": "rotate", "flip": "", "shift": "translate_y"}[name]
+            assert (rows["lee_generator"] == generator).all()
+            if generator:
+                assert np.allclose(rows["lee"].to_numpy(), lee.loc[layers, generator], rtol=1e-5)
+            else:
+                assert rows["lee"].isna().all()
+    with pytest.raises(ValueError, match="'lee' .* needs the model itself"):
+        from seis_sklearn.metrics import check_report_metrics
+
+        check_report_metrics(["lee"])
+
+
+def test_plot_measures_draws_every_measure_of_a_report(net):
+    """One panel per measure the report carries, one line per transform, the values
+    of the table; a measure it lacks is named in the error."""
+    from seis_sklearn.adapters.torch import layerwise_seis
+    from seis_sklearn.adapters.torch import transforms as TT
+
+    from seis_sklearn.report import plot_measures
+
+    x = np.random.default_rng(6).normal(size=(24, 1, 7, 7)).astype(np.float32)
+    frame = layerwise_seis(net, x, {"rot90": TT.rot90, "flip": TT.hflip},
+                           layers=["conv1", "conv2", "head"], progress=False,
+                           metrics=["cka_debiased", "lee"])  # fmt: skip
+    fig = plot_measures(frame)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["SEIS S_E", "SEIS S_I", "debiased CKA", "LEE share"]
+    lines = {line.get_label(): line for line in fig.axes[2].get_lines()}
+    assert set(lines) == {"rot90", "flip"}
+    want = frame[frame["transform"] == "rot90"].sort_values("depth")["cka_debiased"]
+    assert np.allclose(lines["rot90"].get_ydata(), want.to_numpy(float))
+    with pytest.raises(ValueError, match="no column 'pwcca'"):
+        plot_measures(frame, ["pwcca"])

@@ -341,7 +341,8 @@ def test_a_stopped_shared_pass_keeps_its_statistics_and_resumes(tmp_path, sig):
     (tmp_path / "slow.py").write_text(SLOW)
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(96, 3, 8, 8)))
     base = ["report", "--model", "slow.py:slow", "--inputs", "x.npy", "--transform", "rot90",
-            "--transform", "hflip", "--transform", "vflip", "--batch-size", "8", "-q"]  # fmt: skip
+            "--transform", "hflip", "--transform", "vflip", "--batch-size", "8", "-q",
+            "--metrics", "cka_debiased", "--metrics", "channel_eed"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "seis_sklearn", *base, "--out", "cut"], cwd=tmp_path, env=env,
@@ -371,3 +372,9 @@ def test_a_stopped_shared_pass_keeps_its_statistics_and_resumes(tmp_path, sig):
     # (the uninterrupted run fits small layers from their kept rows, the resumed one from
     # moments) — SPEC §2.6's float32 bound
     assert np.abs(got[columns].to_numpy() - want[columns].to_numpy()).max() < 1e-4
+    # the sums behind the debiased CKA and the channel term are saved and read back
+    # (the CKA also reads the moments: the same float32 bound)
+    extra = ["cka_debiased", "channel_eed"]
+    assert np.allclose(got[extra].to_numpy(float), want[extra].to_numpy(float), rtol=0,
+                       atol=1e-4, equal_nan=True)  # fmt: skip
+    assert got["cka_debiased"].notna().all()

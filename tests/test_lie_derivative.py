@@ -126,3 +126,138 @@ def test_lie_derivative_refuses_bad_input():
         lie_derivative(net, torch.randn(2, 192), progress=False)
     with pytest.raises(TypeError, match="floating point"):
         lie_derivative(net, torch.zeros(2, 3, 8, 8, dtype=torch.int64), progress=False)
+
+
+def _circular_cnn(relu):
+    layers = [torch.nn.Conv2d(3, 6, 3, padding=1, padding_mode="circular")]
+    layers += [torch.nn.ReLU()] if relu else []
+    layers += [torch.nn.Conv2d(6, 6, 3, padding=1, padding_mode="circular"),
+               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+               torch.nn.Linear(6, 5)]  # fmt: skip
+    return torch.nn.Sequential(*layers).double()
+
+
+def test_a_circular_cnn_without_nonlinearities_is_translation_invariant_on_the_torus():
+    """Warping with wrap-around is a shift of the torus, which circular convolutions
+    commute with and global average pooling ignores: translation LEE 0 to rounding.
+    With a ReLU between the convolutions the sub-pixel shift no longer commutes (the
+    aliasing the paper describes): a positive LEE, and all of it the ReLU's."""
+    from seis_sklearn.adapters.torch import layerwise_lie_derivative
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, SIZE, SIZE, dtype=torch.float64)
+    shifts = ["translate_x", "translate_y"]
+    linear = _circular_cnn(relu=False)
+    scale = np.abs(linear(x).detach().numpy()).mean()
+    lee = lie_derivative(linear, x, shifts, output="logits", border="wrap", progress=False)
+    assert lee.to_numpy().max() < 1e-13 * scale
+    relu = _circular_cnn(relu=True)
+    lee = lie_derivative(relu, x, shifts, output="logits", border="wrap", progress=False)
+    assert (lee.to_numpy() > 1e-3 * scale).all()
+    # reflected borders break the invariance even without the ReLU
+    lee = lie_derivative(linear, x, shifts, output="logits", progress=False)
+    assert (lee.to_numpy() > 1e-3 * scale).all()
+    parts = layerwise_lie_derivative(relu, x, shifts, output="logits", border="wrap",
+                                     progress=False)  # fmt: skip
+    assert parts.loc["1", "module"] == "ReLU"
+    others = parts.drop(index="1")[shifts].to_numpy()
+    assert others.max() < 1e-12 * parts.loc["1", shifts].min()
+
+
+def _contribution_by_jacobians(net, x, i, generator):
+    """``J_{f←m} L m`` for module i of a Sequential, written out: the module's JVP
+    along the warp's tangent of its input, less the tangent of its output where it is
+    a map, times the full Jacobian of the softmax of the modules after it."""
+    with torch.no_grad():
+        before = net[:i](x)
+        out = net[i](before)
+    if before.ndim != 4 or before.shape[-1] == 1:  # no image: the warp does not reach it
+        return np.zeros(len(x))
+    _, jv = torch.func.jvp(net[i], (before,), (warp_tangent(before, generator),))
+    own = jv - warp_tangent(out, generator) if out.ndim == 4 and out.shape[-1] > 1 else jv
+    rest = torch.nn.Sequential(*net[i + 1 :], torch.nn.Softmax(dim=-1))
+    rows = []
+    for k in range(len(x)):
+        jac = torch.autograd.functional.jacobian(rest, out[k : k + 1])
+        rows.append(jac.reshape(jac.shape[1], -1) @ own[k].reshape(-1))
+    return torch.stack(rows).abs().mean(dim=1).detach().numpy()
+
+
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_layerwise_contributions_are_the_jacobians_and_add_up(generator):
+    """Each module's contribution equals the product written out with full Jacobians;
+    in a chain of modules they add up to the output's Lie derivative; in-place
+    activations change nothing."""
+    from seis_sklearn.adapters.torch import layerwise_lie_derivative
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(inplace=True),
+        torch.nn.Conv2d(4, 4, 3, stride=2), torch.nn.Tanh(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 6),
+    ).double()  # fmt: skip
+    x = torch.randn(3, 3, SIZE, SIZE, dtype=torch.float64)
+    got = layerwise_lie_derivative(net, x, [generator], batch_size=2, progress=False)
+    assert list(got.index) == [str(i) for i in range(7)]
+    assert list(got["module"]) == [type(m).__name__ for m in net]
+    plain = torch.nn.Sequential(*[torch.nn.ReLU() if isinstance(m, torch.nn.ReLU) else m
+                                  for m in net])  # fmt: skip
+    for i in range(7):
+        want = _contribution_by_jacobians(plain, x, i, generator).mean()
+        assert np.isclose(got.loc[str(i), generator], want, rtol=1e-9, atol=1e-18)
+    whole = lie_derivative(net, x, [generator], progress=False)[generator].mean()
+    assert np.isclose(got.attrs["output_lee"][generator], whole, rtol=1e-12)
+    assert got.attrs["unattributed"][generator] < 1e-12 * whole
+    again = layerwise_lie_derivative(plain, x, [generator], progress=False)
+    assert np.allclose(again[generator].to_numpy(), got[generator].to_numpy(), rtol=1e-12)
+
+
+def test_dict_and_tuple_outputs_and_blocks_called_twice():
+    """A dict output is read at its logits, a tuple at its first tensor; a module called
+    twice gets a row per call; blocks (not leaves) can be named."""
+    from seis_sklearn.adapters.torch import layerwise_lie_derivative
+
+    torch.manual_seed(2)
+
+    class Net(torch.nn.Module):
+        def __init__(self, wrap):
+            super().__init__()
+            self.wrap = wrap
+            self.block = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Tanh())
+            self.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * SIZE**2, 4))
+
+        def forward(self, x):
+            logits = self.head(self.block(self.block(x)))
+            return {"hidden": x, "logits": logits} if self.wrap == "dict" else (
+                (logits, x) if self.wrap == "tuple" else logits)  # fmt: skip
+
+    x = torch.randn(4, 3, SIZE, SIZE)
+    plain = Net(None)
+    want = lie_derivative(plain, x, progress=False).to_numpy()
+    for wrap in ("dict", "tuple"):
+        model = Net(wrap)
+        model.load_state_dict(plain.state_dict())
+        assert np.allclose(lie_derivative(model, x, progress=False).to_numpy(), want, rtol=1e-6)
+    parts = layerwise_lie_derivative(Net("dict"), x, ["rotate"], layers=["block", "head"],
+                                     progress=False)  # fmt: skip
+    assert list(parts.index) == ["block#1", "block#2", "head"]
+    assert list(parts["module"]) == ["Sequential"] * 3
+    assert parts.attrs["unattributed"]["rotate"] < 1e-5 * parts.attrs["output_lee"]["rotate"]
+
+
+def test_tensors_read_as_images_channels_last_and_tokens():
+    """An NHWC tensor's tangent is the NCHW one's, transposed; tokens after a class
+    token that tile the grid get the tangent of their grid, the class token none; a
+    tensor that tiles nothing gets none."""
+    from seis_sklearn.adapters.torch._lie_layers import image_tangent
+
+    x = torch.randn(2, 5, 8, 8)
+    want = warp_tangent(x, "rotate")
+    got = image_tangent(x.permute(0, 2, 3, 1), "rotate", "reflect", (32, 32), None)
+    assert torch.allclose(got, want.permute(0, 2, 3, 1))
+    tokens = torch.cat([torch.randn(2, 1, 5), x.flatten(2).transpose(1, 2)], dim=1)
+    got = image_tangent(tokens, "rotate", "reflect", (32, 32), 1)
+    assert torch.equal(got[:, 0], torch.zeros(2, 5))
+    assert torch.allclose(got[:, 1:], want.flatten(2).transpose(1, 2))
+    assert image_tangent(torch.randn(2, 7, 5), "rotate", "reflect", (32, 32), 0) is None
+    assert image_tangent(torch.randn(2, 10), "rotate", "reflect", (32, 32), 0) is None

@@ -360,9 +360,9 @@ def test_debiased_cka_streams_and_reads_rows_of_every_matricization(rng, tmp_pat
     da = pytest.importorskip("dask.array")
     dA, dB = da.from_array(A, chunks=(7, 3, 4, 5)), da.from_array(B, chunks=(7, 3, 4, 5))
     assert linear_cka(dA, dB, debiased=True) == pytest.approx(want, rel=1e-12)
-    # spatial: rows (sample, channel), each (channel, position) centred by its mean
-    rows = [x - x.mean(axis=0) for x in (A, B)]
-    rows = [r.reshape(30 * 3, 20) for r in rows]
+    # spatial: the estimator's observations are the rows (sample, channel) — the
+    # U-centring centres them by their mean over all rows, not per channel
+    rows = [x.reshape(30 * 3, 20) for x in (A, B)]
     got = linear_cka(A, B, matricization="spatial", debiased=True)
     assert got == pytest.approx(_u_centred_cka_rows(*rows), rel=1e-10)
     Q = np.linalg.qr(rng.normal(size=(60, 60)))[0]
@@ -370,8 +370,40 @@ def test_debiased_cka_streams_and_reads_rows_of_every_matricization(rng, tmp_pat
     assert linear_cka(flat[0] @ Q, 1e-3 * flat[1], debiased=True) == pytest.approx(want, rel=1e-9)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    n_chunks=st.integers(1, 6),
+    rows_per_sample=st.integers(1, 4),
+    offset=st.sampled_from([0.0, 3.0, -1e3]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_row_norm_sums_give_the_estimator_in_any_chunking(n_chunks, rows_per_sample, offset,
+                                                         seed):  # fmt: skip
+    """The debiased CKA from moments and norms summed about the first chunk's centre is
+    the U-centred estimator of all rows, however the rows are chunked and wherever
+    the first chunk's centre falls (offsets up to 1e3: the expansion about it cancels
+    as the raw products do, so the tolerance grows with (1 + |offset|)²)."""
+    from seis_sklearn._accumulate import accumulate
+    from seis_sklearn.metrics import RowNormSums, cka_debiased_from_moments
+
+    rng = np.random.default_rng(seed)
+    n, d = 24, 5
+    # spatial mode of (N, C, 1, d) maps: rows (sample, channel), positions as features
+    A = rng.normal(size=(n, rows_per_sample, 1, d)) + offset
+    B = 0.5 * A + rng.normal(size=A.shape) + rng.normal(size=(1, rows_per_sample, 1, d))
+    moments = accumulate([A, B], "NCHW", "spatial", names=("A", "B"))
+    sums = RowNormSums()
+    for part in np.array_split(np.arange(n), n_chunks):
+        sums.add(A[part].reshape(-1, d), B[part].reshape(-1, d))
+    got = cka_debiased_from_moments(moments, sums)
+    want = _u_centred_cka_rows(A.reshape(-1, d), B.reshape(-1, d))
+    assert got == pytest.approx(want, abs=1e-9 * (1 + abs(offset)) ** 2)
+    again = RowNormSums.from_state(sums.state())
+    assert cka_debiased_from_moments(moments, again) == got
+
+
 def _u_centred_cka_rows(X, Y):
-    """The debiased estimator on rows already centred as the metric centres them."""
+    """The debiased estimator of the rows as observations (U-centring centres them)."""
 
     def centre(g):
         n = g.shape[0]

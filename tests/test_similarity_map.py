@@ -149,11 +149,36 @@ def test_two_models_and_a_transform():
     assert [t.get_text() for t in ax.get_xticklabels()] == names
 
 
+def test_seis_map_is_seis_score_of_layers_of_equal_shapes():
+    """``metric="seis"``: S_E (and S_I in attrs) of every two layers of equal shapes —
+    the scores of the two layers' stored activations — and NaN between layers of
+    other shapes; an equivariant 1×1 convolution scores 1 against itself."""
+    from seis_sklearn import seis_score
+
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 36, 5))  # fmt: skip
+    x = torch.randn(50, 3, 6, 6)
+    layers = ["0", "2", "4"]
+    got = similarity_map(net, x, layers, transform=TT.hflip, metric="seis", batch_size=16,
+                         progress=False)  # fmt: skip
+    plain = extract_activations(net, x, layers, progress=False)
+    moved = extract_activations(net, TT.hflip(x), layers, progress=False)
+    for a in layers:
+        for b in layers:
+            if plain[a].shape != moved[b].shape:
+                assert np.isnan(got.loc[a, b]) and np.isnan(got.attrs["invariance"].loc[a, b])
+                continue
+            want = seis_score(plain[a], moved[b])
+            assert got.loc[a, b] == pytest.approx(want.equivariance, abs=1e-5)
+            assert got.attrs["invariance"].loc[a, b] == pytest.approx(want.invariance, abs=1e-5)
+    assert got.loc["0", "0"] > 0.9999
+
+
 def test_similarity_map_refuses_what_it_cannot_compute():
     net = _net()
     x = torch.randn(16, 3, 6, 6)
-    with pytest.raises(ValueError, match="'seis' is not a map metric"):
-        similarity_map(net, x, LAYERS, metric="seis", progress=False)
     with pytest.raises(ValueError, match="metric must be one of"):
         similarity_map(net, x, LAYERS, metric="svcca", progress=False)
     with pytest.raises(ValueError, match="batch_size must be an int >= 4"):

@@ -385,3 +385,38 @@ def test_lie_derivative_of_real_models(monkeypatch):
     for m, want in zip(models, forward, strict=True):
         got = lie_derivative(m.eval(), x, progress=False)
         assert np.allclose(got.to_numpy(), want.to_numpy(), rtol=1e-4, atol=1e-9)
+
+
+def test_layerwise_lie_derivative_of_real_models():
+    """Each block's share of the output's Lie derivative in real networks: the stem,
+    the stages, the pooling and the head of a torchvision ResNet-18 (in-place ReLUs,
+    a ReLU module called twice per block) are a chain whose shares add up to the
+    output's; a timm ViT's blocks read as a class token before a grid of patches,
+    where the position embedding added outside every module is what stays
+    unattributed; a Hugging Face ViT's dict output is read at its logits."""
+    from seis_sklearn.adapters.torch import layerwise_lie_derivative, lie_derivative
+
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    resnet = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    chain = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
+             "avgpool", "fc"]  # fmt: skip
+    parts = layerwise_lie_derivative(resnet, x, ["rotate"], layers=chain, progress=False)
+    assert list(parts.index) == chain
+    whole = lie_derivative(resnet, x, ["rotate"], progress=False)["rotate"].mean()
+    assert np.isclose(parts.attrs["output_lee"]["rotate"], whole, rtol=1e-4)
+    assert parts.attrs["unattributed"]["rotate"] < 1e-3 * whole
+    assert (parts.loc[chain[:-2], "rotate"] > 0).all() and parts.loc["fc", "rotate"] == 0
+    vit = tm("vit_tiny_patch16_224", img_size=32, patch_size=4, num_classes=10).eval()
+    blocks = [f"blocks.{i}" for i in range(len(vit.blocks))]
+    parts = layerwise_lie_derivative(vit, x, ["translate_x"], layers=["patch_embed", *blocks],
+                                     progress=False)  # fmt: skip
+    assert (parts["translate_x"] > 0).all()
+    assert parts.attrs["unattributed"]["translate_x"] > 0  # the position embedding's share
+    hf = transformers.ViTForImageClassification(transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=5)).eval()  # fmt: skip
+    lee = lie_derivative(hf, x, ["scale"], progress=False)
+    assert lee.shape == (3, 1) and (lee.to_numpy() > 0).all()
+    parts = layerwise_lie_derivative(hf, x, ["scale"], layers=["vit.layers.0"],
+                                     progress=False)  # fmt: skip
+    assert parts.loc["vit.layers.0", "scale"] > 0

@@ -48,6 +48,7 @@ from .._common import (
 from .._layout import check_layout_argument, manifest_layouts
 from ._families import default_layers, prefix_tokens
 from ._lie import lie_derivative
+from ._lie_layers import layerwise_lie_derivative, lee_columns
 from ._monitor import SEISMonitor
 from ._script import ScriptRecorder
 from ._similarity import plot_similarity_map, similarity_map
@@ -59,6 +60,7 @@ __all__ = [
     "extract_activations",
     "find_layers",
     "layerwise_seis",
+    "layerwise_lie_derivative",
     "lie_derivative",
     "plot_similarity_map",
     "prefix_tokens",
@@ -697,7 +699,15 @@ def layerwise_seis(
         the same matricization as SEIS (streamed too); ``"channel_eed"``, the
         channelwise G-EED term of the transform (−mean cosine between the
         channels of ``f(gx)`` and the transform applied to ``f(x)``; −1 =
-        exactly equivariant; NaN for layers without spatial axes).
+        exactly equivariant; NaN for layers without spatial axes);
+        ``"cka_debiased"``, linear CKA with the unbiased HSIC
+        (:func:`seis_sklearn.metrics.linear_cka`, exact over all samples in the same
+        pass); ``"lee"``, the layer's share of the Lie derivative of the model's
+        output (:func:`layerwise_lie_derivative`: the softmax of a 2-D output, a
+        map output warped back) under the continuous generator its transform is a
+        step of (``lee_generator``: ``rot90``/``rotate`` → rotation, ``translate``
+        → translation along its axis, ``scale``; NaN for flips), computed in passes
+        of its own after the report's.
     matricization : {"auto", "spatial", "flatten", "channel"}, default="auto"
         As in :class:`~seis_sklearn.SEISScorer`, per layer; ``"auto"`` takes
         spatial where a layer has a map (or token axis) of more than 2×2
@@ -777,7 +787,9 @@ def layerwise_seis(
     from seis_sklearn.report import report_frame
 
     torch = _import_torch()
-    metrics = check_report_metrics(metrics)
+    metrics = check_report_metrics(metrics, lee=True)
+    lee = "lee" in metrics
+    metrics = [m for m in metrics if m != "lee"]
     if not isinstance(transforms, dict) or not transforms:
         raise TypeError("transforms must be a non-empty dict of name → callable")
     if len(transforms) > 1 and isinstance(inputs, Iterator):
@@ -838,7 +850,10 @@ def layerwise_seis(
         action=_numpy_action, seis_params=seis_params, metrics=metrics, readings=readings,
         expected=layers, on_rows=on_rows, checkpoint=checkpoint,
     )  # fmt: skip
-    return report_frame(rows)
+    frame = report_frame(rows)
+    if lee:
+        frame = lee_columns(frame, model, inputs, transforms, batch_size, device, progress)
+    return frame
 
 
 def _probe_inputs(inputs, torch):

@@ -18,6 +18,10 @@ rounds to just below its integer (normalised coordinates are not exact in binary
 unless the side less one is a power of two) that is the difference towards the other
 neighbour — as in the reference.
 
+``border="wrap"`` takes the neighbours outside the image from its other side instead
+(the image is a torus): a translation is then a shift of the torus, which a circular
+convolution commutes with.
+
 The input's tangent ``v = d/dt T_t x`` comes from forward-mode differentiation of the
 warp; ``L f = J_f(x) v`` from forward-mode differentiation of the model
 (``torch.func.jvp``), or — for an operation without a forward-mode formula — from two
@@ -26,10 +30,13 @@ reverse passes (``(vᵀJ)`` differentiated in ``v``), as the reference computes 
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 GENERATORS = ("translate_x", "translate_y", "rotate", "scale")
 OUTPUTS = ("probabilities", "logits", "map")
+BORDERS = ("reflect", "wrap")
 
 
 def lie_derivative(
@@ -38,6 +45,7 @@ def lie_derivative(
     generators=GENERATORS,
     *,
     output="probabilities",
+    border="reflect",
     batch_size=64,
     device=None,
     progress=True,
@@ -56,7 +64,11 @@ def lie_derivative(
     output : {"probabilities", "logits", "map"}, default="probabilities"
         ``"probabilities"``: the softmax of the output's last axis (the reference's
         end-to-end LEE of a classifier); ``"logits"``: the output as it is;
-        ``"map"``: an ``(n, c, h, w)`` output, warped back (equivariance).
+        ``"map"``: an ``(n, c, h, w)`` output, warped back (equivariance). A dict
+        output (Hugging Face's) is read at its ``"logits"`` (else its first tensor),
+        a tuple at its first tensor.
+    border : {"reflect", "wrap"}, default="reflect"
+        Where the warp's neighbours outside the image come from (module docstring).
     batch_size : int, default=64
     device : str or torch.device, optional
         Default CUDA when available, else CPU.
@@ -84,7 +96,56 @@ def lie_derivative(
     """
     from seis_sklearn.report import _pandas
 
+    torch, x, generators, device = _check(
+        model, inputs, generators, output, border, batch_size, device
+    )
+    rows = {name: [] for name in generators}
+    with evaluating(model), progress_bar_of(len(x), progress) as bar:
+        for start in range(0, len(x), batch_size):
+            batch = x[start : start + batch_size].to(device)
+            for name in generators:
+                derivative = _lie_derivative(model, batch, name, output, border, torch)
+                rows[name].append(_mean_abs(derivative))
+            if bar is not None:
+                bar.update(len(batch))
+    frame = _pandas().DataFrame({k: torch.cat(v).double().numpy() for k, v in rows.items()})
+    frame.index.name = "sample"
+    frame.attrs.update(output=output, border=border)
+    return frame
+
+
+@contextlib.contextmanager
+def progress_bar_of(total, enabled):
+    """A progress bar over samples (None when disabled), closed afterwards."""
     from .._common import progress_bar
+
+    bar = progress_bar(total, enabled)
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """The model in eval mode, every module's mode restored afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+
+
+def _mean_abs(t):
+    """Per sample, the mean absolute entry (on the host)."""
+    return t.abs().flatten(1).mean(dim=1).detach().cpu()
+
+
+def _check(model, inputs, generators, output, border, batch_size, device):
+    """torch, the inputs as a tensor, the generators as a list and the device, checked."""
     from . import _import_torch
 
     torch = _import_torch()
@@ -117,38 +178,29 @@ def lie_derivative(
         )
     if not x.is_floating_point():
         raise TypeError(f"inputs must be floating point; got {x.dtype}")
+    if border not in BORDERS:
+        raise ValueError(f"border must be one of {', '.join(map(repr, BORDERS))}; got {border!r}")
     device = torch.device(
         device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     )
-    modes = {m: m.training for m in model.modules()}
-    rows = {name: [] for name in generators}
-    bar = progress_bar(len(x), progress)
-    try:
-        model.eval()
-        for start in range(0, len(x), batch_size):
-            batch = x[start : start + batch_size].to(device)
-            for name in generators:
-                derivative = _lie_derivative(model, batch, name, output, torch)
-                rows[name].append(derivative.abs().flatten(1).mean(dim=1).detach().cpu())
-            if bar is not None:
-                bar.update(len(batch))
-    finally:
-        for module, training in modes.items():
-            module.train(training)
-        if bar is not None:
-            bar.close()
-    frame = _pandas().DataFrame({k: torch.cat(v).double().numpy() for k, v in rows.items()})
-    frame.index.name = "sample"
-    frame.attrs.update(output=output)
-    return frame
+    return torch, x, generators, device
 
 
-def _lie_derivative(model, x, generator, output, torch):
+def _lie_derivative(model, x, generator, output, border, torch):
     """``L f(x)`` for one batch: the input's tangent, then the model's JVP along it."""
-    v = warp_tangent(x, generator)
+    v = warp_tangent(x, generator, border)
+    out, derivative = _jvp(_head(model, output, torch), x, v, torch)
+    if output == "map":  # d/dt T_{-t} f(T_t x) = J v − (d/ds T_s f(x))
+        derivative = derivative - warp_tangent(out.detach(), generator, border)
+    return derivative
+
+
+def _head(model, output, torch):
+    """The function of the inputs whose derivative is taken: the model's output tensor,
+    its softmax for ``"probabilities"``."""
 
     def f(inp):
-        out = model(inp)
+        out = output_tensor(model(inp))
         if output == "probabilities":
             return torch.softmax(out, dim=-1)
         if output == "map" and out.ndim != 4:
@@ -157,25 +209,44 @@ def _lie_derivative(model, x, generator, output, torch):
             )
         return out
 
+    return f
+
+
+def output_tensor(out):
+    """A model's output as one tensor: a dict's ``"logits"`` (else its first tensor
+    value; Hugging Face's outputs are dicts), a tuple's or list's first tensor."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        if isinstance(out.get("logits"), torch.Tensor):
+            return out["logits"]
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        for item in out:
+            if isinstance(item, torch.Tensor):
+                return item
+    raise TypeError(f"the model's output holds no tensor: {type(out).__name__}")
+
+
+def _jvp(f, x, v, torch):
+    """``(f(x), J_f(x) v)``: forward mode, or two reverse passes where an operation has
+    no forward-mode formula."""
     # attention by its plain composition of products and a softmax: fused kernels
     # (flash attention) have neither a forward-mode formula nor a double backward
     with _math_attention(torch):
         try:
-            out, derivative = torch.func.jvp(f, (x,), (v,))
+            return torch.func.jvp(f, (x,), (v,))
         except (NotImplementedError, RuntimeError) as exc:
             if "forward AD" not in str(exc) and "forward-mode" not in str(exc):
                 raise
-            out, derivative = _jvp_by_two_vjps(f, x, v, torch)
-    if output == "map":  # d/dt T_{-t} f(T_t x) = J v − (d/ds T_s f(x))
-        derivative = derivative - warp_tangent(out.detach(), generator)
-    return derivative
+            return _jvp_by_two_vjps(f, x, v, torch)
 
 
 def _math_attention(torch):
     """A context in which scaled dot-product attention is computed by its plain
     composition of products and a softmax (torch ≥ 2.3; elsewhere nothing changes)."""
-    import contextlib
-
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
     except ImportError:  # pragma: no cover - torch < 2.3
@@ -194,18 +265,19 @@ def _jvp_by_two_vjps(f, x, v, torch):
     return out.detach(), jvp.detach()
 
 
-def warp_tangent(images, generator):
+def warp_tangent(images, generator, border="reflect"):
     """``d/dt T_t x`` at ``t = 0`` for images ``(n, c, h, w)`` (module docstring)."""
     import torch
 
     t = torch.zeros((), dtype=images.dtype, device=images.device)
     one = torch.ones_like(t)
     images = images.detach()
-    return torch.func.jvp(lambda s: warp(images, s, generator), (t,), (one,))[1]
+    return torch.func.jvp(lambda s: warp(images, s, generator, border), (t,), (one,))[1]
 
 
-def warp(images, t, generator):
-    """The images warped by ``T_t`` (bilinear, coordinates reflected at the border)."""
+def warp(images, t, generator, border="reflect"):
+    """The images warped by ``T_t`` (bilinear; the neighbours beyond the border
+    reflected back, or taken from the other side with ``border="wrap"``)."""
     import torch
     import torch.nn.functional as F
 
@@ -222,14 +294,15 @@ def warp(images, t, generator):
         rows = [one - t, zero, zero, zero, one - t, zero]
     theta = torch.stack(rows).reshape(1, 2, 3).expand(n, 2, 3)
     grid = F.affine_grid(theta, list(images.shape), align_corners=True)
-    return bilinear(images, grid)
+    return bilinear(images, grid, border)
 
 
-def bilinear(images, grid):
+def bilinear(images, grid, border="reflect"):
     """Bilinear sampling of ``images`` (n, c, h, w) at ``grid`` (n, h', w', 2) of
     normalised coordinates (``align_corners=True``), neighbours outside the image
-    reflected back into it; written with gathers, so that forward-mode
-    differentiation runs through it (``torch.nn.functional.grid_sample`` has none)."""
+    reflected back into it (``border="wrap"``: taken modulo its size); written with
+    gathers, so that forward-mode differentiation runs through it
+    (``torch.nn.functional.grid_sample`` has none)."""
     import torch
 
     n, c, h, w = images.shape
@@ -238,10 +311,11 @@ def bilinear(images, grid):
     x0, y0 = torch.floor(x).detach(), torch.floor(y).detach()
     fx, fy = x - x0, y - y0  # the weights carry the derivative in the coordinates
     flat = images.reshape(n, c, h * w)
+    inside = _reflect if border == "reflect" else (lambda index, size: index.remainder(size))
 
     def at(ix, iy):
-        ix = _reflect(ix, w).long()
-        iy = _reflect(iy, h).long()
+        ix = inside(ix, w).long()
+        iy = inside(iy, h).long()
         index = (iy * w + ix).reshape(n, 1, -1).expand(n, c, -1)
         return torch.gather(flat, 2, index).reshape(n, c, *grid.shape[1:3])
 

@@ -11,13 +11,21 @@ every pair of layers summed over batches; the map is
 ``Σ HSIC(K_i, L_j) / sqrt(Σ HSIC(K_i, K_i) · Σ HSIC(L_j, L_j))``. With one batch of
 all samples it is exactly :func:`seis_sklearn.metrics.linear_cka` of the flattened
 layers. Memory: one ``b × b`` matrix per layer; layers of any shapes.
+
+``"seis"`` maps SEIS instead: for every two layers whose activations have the same
+shape (SEIS compares two views in one shared basis: layers of other shapes have no
+score, NaN), ``S_E`` of layer ``i`` on the rows' inputs against layer ``j`` on the
+columns' — exact over all samples, from moments accumulated batch by batch
+(:meth:`seis_sklearn.SEISScorer.partial_fit`, SEIS's defaults) — and ``S_I`` beside
+it in ``attrs["invariance"]``. Memory: three ``d × d`` float64 matrices per pair of
+equal shapes (``d`` the matricized width).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-METRICS = ("cka", "cka_debiased")
+METRICS = ("cka", "cka_debiased", "seis")
 # Columns of a layer's flattened activations multiplied at a time into its Gram
 # matrix (float64 products of float32 activations, without a float64 copy of them).
 GRAM_COLUMNS = 8192
@@ -55,9 +63,10 @@ def similarity_map(
     transform : callable, optional
         Columns are ``model_b``'s layers (default ``model_a``'s) on the transformed
         inputs; only with one model.
-    metric : {"cka_debiased", "cka"}, default="cka_debiased"
+    metric : {"cka_debiased", "cka", "seis"}, default="cka_debiased"
         Linear CKA with the unbiased (Song et al. 2012) or the ordinary HSIC,
-        summed over batches (module docstring).
+        summed over batches; or SEIS's ``S_E`` of layers of equal shapes (module
+        docstring).
     batch_size : int, default=256
         Samples per batch of the estimator (and of the forward passes); at least 4
         for ``"cka_debiased"``. A last batch smaller than that is not used (said in
@@ -70,7 +79,8 @@ def similarity_map(
     pandas.DataFrame
         Rows ``layers_a``, columns ``layers_b`` (a module called several times per
         forward gives ``name#1``, …). ``attrs``: ``metric``, ``batch_size``,
-        ``samples_used``, ``transform``.
+        ``samples_used``, ``transform``; with ``"seis"``, ``invariance`` (the
+        ``S_I`` map).
 
     Examples
     --------
@@ -89,13 +99,6 @@ def similarity_map(
     from . import _forward_batches, _import_torch
 
     _import_torch()  # the error that says how to install it
-    if metric == "seis":
-        raise ValueError(
-            "metric: 'seis' is not a map metric here — SEIS compares two views of one "
-            "layer in one shared basis, so layers of different shapes have no score; "
-            "score a layer under a transform with layerwise_seis. Choose from "
-            f"{', '.join(map(repr, METRICS))}"
-        )
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; got {metric!r}")
     debiased = metric == "cka_debiased"
@@ -162,9 +165,12 @@ def similarity_map(
     # the batch generator runs the model under torch.inference_mode(), which stays on
     # in this thread while it is suspended: close it however the loop ends
     try:
-        keys_a, keys_b, cross, self_a, self_b, used, skipped = _accumulate(
-            pairs(), layers_a, layers_b, debiased, smallest
-        )
+        if metric == "seis":
+            keys_a, keys_b, scorers, used, skipped = _accumulate_seis(pairs(), layers_a, layers_b)
+        else:
+            keys_a, keys_b, cross, self_a, self_b, used, skipped = _accumulate(
+                pairs(), layers_a, layers_b, debiased, smallest
+            )
     finally:
         batches.close()
         if home_b is not None:  # the pair was moved back to model_a's device
@@ -182,13 +188,23 @@ def similarity_map(
             UserWarning,
             stacklevel=2,
         )
-    with np.errstate(divide="ignore", invalid="ignore"):
-        values = cross / np.sqrt(np.outer(self_a, self_b))
-    values[~(np.outer(self_a, self_b) > 0)] = np.nan  # a layer without variance
-    frame = _pandas().DataFrame(np.minimum(values, 1.0), index=keys_a, columns=keys_b)
+    invariance = None
+    if metric == "seis":
+        values, invariance = _seis_values(scorers, keys_a, keys_b)
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = cross / np.sqrt(np.outer(self_a, self_b))
+        values[~(np.outer(self_a, self_b) > 0)] = np.nan  # a layer without variance
+        values = np.minimum(values, 1.0)
+    frame = _pandas().DataFrame(values, index=keys_a, columns=keys_b)
     frame.index.name, frame.columns.name = "layer_a", "layer_b"
+    if invariance is not None:
+        invariance = _pandas().DataFrame(invariance, index=keys_a, columns=keys_b)
+        invariance.index.name, invariance.columns.name = "layer_a", "layer_b"
     frame.attrs.update(metric=metric, batch_size=batch_size, samples_used=used,
                        transform=None if transform is None else _name(transform))  # fmt: skip
+    if invariance is not None:
+        frame.attrs["invariance"] = invariance
     return frame
 
 
@@ -216,6 +232,42 @@ def _accumulate(pairs, layers_a, layers_b, debiased, smallest):
         self_b += scale * np.einsum("ij,ij->i", flat_b, flat_b)
         used += b
     return keys_a, keys_b, cross, self_a, self_b, used, skipped
+
+
+def _accumulate_seis(pairs, layers_a, layers_b):
+    """SEIS moments of every two layers of equal shapes, summed over the batches."""
+    from seis_sklearn import SEISScorer
+
+    keys_a = keys_b = None
+    scorers, failed = {}, set()
+    used = 0
+    for (start, stop), acts_a, acts_b in pairs:
+        if keys_a is None:
+            keys_a, keys_b = _keys(acts_a, layers_a), _keys(acts_b, layers_b)
+        for ka in keys_a:
+            for kb in keys_b:
+                a, b = np.asarray(acts_a[ka]), np.asarray(acts_b[kb])
+                if a.shape[1:] != b.shape[1:] or (ka, kb) in failed:
+                    continue
+                try:
+                    scorers.setdefault((ka, kb), SEISScorer()).partial_fit(a, b)
+                except ValueError:  # NaN activations, a layout that does not fit: NaN
+                    failed.add((ka, kb))
+                    scorers.pop((ka, kb), None)
+        used += stop - start
+    return keys_a, keys_b, scorers, used, 0
+
+
+def _seis_values(scorers, keys_a, keys_b):
+    """``S_E`` and ``S_I`` maps from the fitted scorers (NaN: no score)."""
+    equivariance = np.full((len(keys_a), len(keys_b)), np.nan)
+    invariance = equivariance.copy()
+    for i, ka in enumerate(keys_a):
+        for j, kb in enumerate(keys_b):
+            result = getattr(scorers.get((ka, kb)), "result_", None)
+            if result is not None:
+                equivariance[i, j], invariance[i, j] = result.equivariance, result.invariance
+    return equivariance, invariance
 
 
 def plot_similarity_map(frame, ax=None, **imshow):
