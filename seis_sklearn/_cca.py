@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._blas import symmetrize
+from ._blas import symmetrize, syrk_lower
 
 _EPS = np.finfo(np.float64).eps
 # Relative gap below which two eigenvalues belong to one cluster (SPEC §2.2 step 3).
@@ -504,11 +504,12 @@ def _alignments(V_x, U_e, V_y, W_e):
 def singular_pairs(K, floor):
     """The SVD ``K = U diag(ρ) Wᵀ`` of a square matrix, from a symmetric eigensolver.
 
-    ``KᵀK = W diag(ρ²) Wᵀ`` by ``eigh`` — a third of the time of an SVD at the sizes of
-    a layer's canonical pairs (k = 2,800: 7 s against 20 s, benchmarks/README.md) —
-    then ``ρ_i = ‖K w_i‖``, accurate to rounding in absolute terms even where ``ρ²``
-    is not, and ``u_i = K w_i / ρ_i``. Pairs with ``ρ_i ≤ floor`` (zero to rounding)
-    get an orthonormal basis of the rest of the space for ``u_i``: any is as good as
+    ``KᵀK = W diag(ρ²) Wᵀ`` (its lower triangle by SYRK) by ``eigh`` — a third of the
+    time of an SVD at the sizes of a layer's canonical pairs (k = 2,800: 7 s against
+    20 s, benchmarks/README.md) — then ``ρ_i = ‖K w_i‖``, accurate to rounding in
+    absolute terms even where ``ρ²`` is not, and ``u_i = K w_i / ρ_i``. Pairs with
+    ``ρ_i ≤ floor`` (zero to rounding) get an orthonormal basis of the rest of the space
+    for ``u_i``: any is as good as
     the SVD's there (:func:`fit_cca` treats them as null pairs).
 
     Returns
@@ -518,8 +519,9 @@ def singular_pairs(K, floor):
         Descending.
     W : ndarray of shape (k, k)
     """
-    gram = K.T @ K
-    W = np.linalg.eigh(gram)[1]
+    gram = np.empty((K.shape[1], K.shape[1]))
+    syrk_lower(np.ascontiguousarray(K), gram)  # KᵀK: half the flops of a product
+    W = np.linalg.eigh(gram, UPLO="L")[1]
     del gram
     W = np.ascontiguousarray(W[:, ::-1])  # ρ² descending, up to rounding
     U = K @ W
@@ -601,12 +603,27 @@ def held_out_scores(cca, projected, invariance="trace", view=1):
     cov = np.einsum("ij,ij->j", dir_x, c_xy @ dir_y)
     var_x = np.einsum("ij,ij->j", dir_x, c_xx @ dir_x)
     var_y = np.einsum("ij,ij->j", dir_y, c_yy @ dir_y)
+    traces = (np.trace(c_xy), np.trace(c_xx), np.trace(c_yy))
+    return scores_of_variates(cca, cov, var_x, var_y, traces, invariance)
+
+
+def scores_of_variates(cca, cov, var_x, var_y, traces, invariance="trace"):
+    """The held-out scores from the fitted variates' covariances and variances on the
+    new data, and the traces ``tr Σ′_xy, tr Σ′_xx, tr Σ′_yy`` in the basis (SPEC §2.4).
+
+    Returns
+    -------
+    (dict, ndarray)
+        The four scores, and the held-out correlations ``ρ′_i``.
+    """
     den = np.sqrt(np.maximum(var_x, 0.0) * np.maximum(var_y, 0.0))
     rho = np.zeros_like(cov)
     ok = (den > 0) & ~cca.null
     rho[ok] = cov[ok] / den[ok]
     rho = np.clip(rho, -1.0, 1.0)
-    agreement = _trace_agreement(c_xy, c_xx, c_yy)
+    t_xy, t_xx, t_yy = traces
+    den = np.sqrt(max(t_xx, 0.0) * max(t_yy, 0.0))
+    agreement = float(max(t_xy, 0.0) / den) if den > 0 else 0.0
     return _scores(rho, cca.alignments, cca.weights, agreement, invariance), rho
 
 

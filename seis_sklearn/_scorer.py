@@ -11,11 +11,11 @@ from ._fit import (
     fit_views,
     gather,
     held_out,
+    held_out_moments,
     in_sample,
     resolve_solver,
 )
 from ._latent import estimate as estimate_latent
-from ._moments import project_moments
 from ._result import SCORE_NAMES
 from ._stack import denoised_reading, is_stack
 from ._validation import (
@@ -434,10 +434,10 @@ class SEISScorer(BaseEstimator):
         self._check_sample_shape(arrays[0])
         return self._score_rows(arrays, view_names, orbit)
 
-    def _score_moments(self, moments):
+    def _score_moments(self, moments, names=("X", "y"), orbit=False):
         """Held-out result from the d × d moments of new pairs (streaming scoring)."""
         check_is_fitted(self)
-        return self._score_projected(project_moments(moments, self.components_.T))
+        return self._held_out(held_out_moments, moments, names, orbit)
 
     def _score_rows(self, arrays, names, orbit=False):
         """Held-out result of new views given as validated arrays in the fitted layout
@@ -451,13 +451,15 @@ class SEISScorer(BaseEstimator):
 
     def _score_projected(self, projected, names=("X", "y"), orbit=False):
         """Held-out result from the moments of new views projected on ``V_k``."""
+        return self._held_out(held_out, projected, names, orbit)
+
+    def _held_out(self, score, moments, names, orbit):
+        """``score`` (:func:`held_out` or :func:`held_out_moments`) under the fit."""
         check_choice(self.invariance, "invariance", INVARIANCE_MODES)
         fitted = self._fitted
         fitted.basis.components = self.components_.T  # kept once, as components_
         try:
-            return held_out(
-                fitted, projected, names, self.invariance, self._label, self.layout_, orbit
-            )
+            return score(fitted, moments, names, self.invariance, self._label, self.layout_, orbit)
         finally:
             fitted.basis.components = None
 

@@ -646,9 +646,12 @@ def test_debiased_cka_and_lie_derivative_columns(net):
                 assert np.allclose(rows["lee"].to_numpy(), lee.loc[layers, generator], rtol=1e-5)
             else:
                 assert rows["lee"].isna().all()
-    with pytest.raises(ValueError, match="'lee' .* needs the model itself"):
-        from seis_sklearn.metrics import check_report_metrics
+    with pytest.raises(TypeError, match="one-shot iterator .* the 'lee' column"):
+        layerwise_seis(net, iter([torch.from_numpy(x)]), {"rot90": TT.rot90}, progress=False,
+                       metrics=["lee"])  # fmt: skip
+    from seis_sklearn.metrics import check_report_metrics
 
+    with pytest.raises(ValueError, match="'lee' .* needs the model itself"):
         check_report_metrics(["lee"])
 
 

@@ -11,7 +11,7 @@ from scipy.spatial.distance import pdist
 from scipy.special import softmax
 from scipy.stats import entropy
 
-from seis_sklearn import transforms
+from seis_sklearn import metrics, transforms
 from seis_sklearn.metrics import (
     _channel_cosines,
     _mean_distinct,
@@ -209,6 +209,13 @@ def test_linear_cka_against_hsic(rng):
     Q, _ = np.linalg.qr(rng.normal(size=(18, 18)))
     flat = X.reshape(40, -1)
     assert linear_cka(flat, 3.0 * flat @ Q) == pytest.approx(1.0, rel=1e-12)
+    # known answer of the debiased estimator: identical views (up to an orthogonal map
+    # and a scale) → 1, at any number of samples from its 4 up, in every matricization
+    for n in (4, 7, 40):
+        for mode in ("flatten", "spatial", "channel"):
+            got = linear_cka(X[:n], 0.5 * X[:n] + 2.0, matricization=mode, debiased=True)
+            assert got == pytest.approx(1.0, rel=1e-9)
+    assert metrics.cka(flat, 3.0 * flat @ Q, debiased=True) == pytest.approx(1.0, rel=1e-12)
 
 
 def test_svcca_against_svd_then_qr_cca(rng):

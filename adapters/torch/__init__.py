@@ -792,6 +792,12 @@ def layerwise_seis(
     metrics = [m for m in metrics if m != "lee"]
     if not isinstance(transforms, dict) or not transforms:
         raise TypeError("transforms must be a non-empty dict of name → callable")
+    if lee and isinstance(inputs, Iterator):
+        raise TypeError(
+            f"inputs is a one-shot iterator ({type(inputs).__name__}), and the 'lee' column "
+            "reads the inputs again after the report's pass: pass a tensor, an array, a "
+            "list of batches or a DataLoader"
+        )
     if len(transforms) > 1 and isinstance(inputs, Iterator):
         raise TypeError(
             f"inputs is a one-shot iterator ({type(inputs).__name__}), and a report of "
