@@ -345,6 +345,14 @@ def test_debiased_cka_is_near_zero_for_unrelated_views_where_the_biased_is_not()
     # each value scatters with a standard deviation ≈ 0.045 (measured over 200 seeds):
     # their mean over 100 within 0.02 is 4σ, each within 0.25 5σ
     assert abs(np.mean(debiased)) < 0.02 and max(np.abs(debiased)) < 0.25
+    # at any n: the mean over independent pairs is 0 within four of its standard errors
+    # (estimated from the same values), from the estimator's smallest n up
+    for n in (5, 12, 128):
+        values = [
+            linear_cka(*np.random.default_rng(1000 + seed).normal(size=(2, n, 64)), debiased=True)
+            for seed in range(60)
+        ]
+        assert abs(np.mean(values)) < 4 * np.std(values, ddof=1) / np.sqrt(len(values))
     # the same views, dependent: both see it
     rng = np.random.default_rng(0)
     A = rng.normal(size=(32, 256))
