@@ -245,6 +245,45 @@ def test_dict_and_tuple_outputs_and_blocks_called_twice():
     assert parts.attrs["unattributed"]["rotate"] < 1e-5 * parts.attrs["output_lee"]["rotate"]
 
 
+def test_modules_with_tuple_and_dict_outputs_get_their_share():
+    """A module that returns a tuple (attention's output and weights) or a dict has its
+    share injected into the tensor it is read at: the shares still add up."""
+    from seis_sklearn.adapters.torch import layerwise_lie_derivative
+
+    class Pair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return torch.tanh(self.conv(x)), None
+
+    class Named(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return {"extra": None, "logits": torch.relu(self.conv(x))}
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pair, self.named = Pair(), Named()
+            self.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * SIZE**2, 4))
+
+        def forward(self, x):
+            return self.head(self.named(self.pair(x)[0])["logits"])
+
+    torch.manual_seed(4)
+    net = Net().double()
+    x = torch.randn(3, 3, SIZE, SIZE, dtype=torch.float64)
+    parts = layerwise_lie_derivative(net, x, ["rotate"], layers=["pair", "named", "head"],
+                                     progress=False)  # fmt: skip
+    assert (parts.loc[["pair", "named"], "rotate"] > 0).all()
+    assert parts.attrs["unattributed"]["rotate"] < 1e-12 * parts.attrs["output_lee"]["rotate"]
+
+
 def test_tensors_read_as_images_channels_last_and_tokens():
     """An NHWC tensor's tangent is the NCHW one's, transposed; tokens after a class
     token that tile the grid get the tangent of their grid, the class token none; a

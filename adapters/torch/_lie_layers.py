@@ -264,9 +264,9 @@ class _Sites:
                 return None
             self.seen[name] = self.seen.get(name, 0) + 1
             key = name if self.counts[name] == 1 else f"{name}#{self.seen[name]}"
-            if key != self.target or not _is_tensor(output):
+            if key != self.target:
                 return None
-            return output + self.eps * self.tangent
+            return _with_added(output, self.eps * self.tangent)
 
         return hook
 
@@ -336,6 +336,26 @@ class _Sites:
     def remove(self):
         for handle in self.handles:
             handle.remove()
+
+
+def _with_added(output, delta):
+    """The module's output with ``delta`` added to the tensor :func:`output_tensor` reads
+    (the tensor itself, a dict's ``"logits"`` or first tensor, a tuple's first tensor)."""
+    import copy
+
+    if _is_tensor(output):
+        return output + delta
+    if isinstance(output, dict):
+        key = next(k for k in ("logits", *output) if _is_tensor(output.get(k)))
+        changed = copy.copy(output)
+        changed[key] = output[key] + delta
+        return changed
+    items = list(output)
+    i = next(i for i, v in enumerate(items) if _is_tensor(v))
+    items[i] = items[i] + delta
+    if isinstance(output, list):
+        return items
+    return type(output)(*items) if hasattr(output, "_fields") else tuple(items)
 
 
 def _is_tensor(a):
