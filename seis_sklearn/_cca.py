@@ -539,8 +539,13 @@ def singular_pairs(K, floor):
 
 def _trace_agreement(sigma_xy, sigma_xx, sigma_yy):
     """``max(0, tr Σ_xy) / sqrt(tr Σ_xx · tr Σ_yy)``; 0 when a view has no variance."""
-    den = np.sqrt(max(np.trace(sigma_xx), 0.0) * max(np.trace(sigma_yy), 0.0))
-    return float(max(np.trace(sigma_xy), 0.0) / den) if den > 0 else 0.0
+    return _agreement(np.trace(sigma_xy), np.trace(sigma_xx), np.trace(sigma_yy))
+
+
+def _agreement(t_xy, t_xx, t_yy):
+    """:func:`_trace_agreement` from the three traces."""
+    den = np.sqrt(max(t_xx, 0.0) * max(t_yy, 0.0))
+    return float(max(t_xy, 0.0) / den) if den > 0 else 0.0
 
 
 def _scores(rho, alignments, weights, trace_agreement, invariance):
@@ -621,10 +626,7 @@ def scores_of_variates(cca, cov, var_x, var_y, traces, invariance="trace"):
     ok = (den > 0) & ~cca.null
     rho[ok] = cov[ok] / den[ok]
     rho = np.clip(rho, -1.0, 1.0)
-    t_xy, t_xx, t_yy = traces
-    den = np.sqrt(max(t_xx, 0.0) * max(t_yy, 0.0))
-    agreement = float(max(t_xy, 0.0) / den) if den > 0 else 0.0
-    return _scores(rho, cca.alignments, cca.weights, agreement, invariance), rho
+    return _scores(rho, cca.alignments, cca.weights, _agreement(*traces), invariance), rho
 
 
 # ---------------------------------------------------------------- from a Gram matrix

@@ -294,6 +294,19 @@ class _SelectFailed(Exception):
         raise kind(f"layer {self.layer!r}: {text}") from error
 
 
+def call_keys(names):
+    """Keys of the module calls ``names`` (in execution order): the module's name, or
+    ``name#1``, ``name#2``, … (in call order) for a module called several times."""
+    counts = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    seen, keys = {}, []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        keys.append(name if counts[name] == 1 else f"{name}#{seen[name]}")
+    return keys
+
+
 class _Recorder:
     """Forward hooks logging every call of the watched modules, in execution order."""
 
@@ -315,16 +328,8 @@ class _Recorder:
         return hook
 
     def take(self):
-        """Keys in execution order → tensors; a module called several times gives
-        ``name#1``, ``name#2``, … (in call order)."""
-        counts = {}
-        for name, _ in self.log:
-            counts[name] = counts.get(name, 0) + 1
-        seen = {}
-        out = {}
-        for name, tensor in self.log:
-            seen[name] = seen.get(name, 0) + 1
-            out[name if counts[name] == 1 else f"{name}#{seen[name]}"] = tensor
+        """Keys in execution order → tensors (:func:`call_keys`)."""
+        out = dict(zip(call_keys([n for n, _ in self.log]), (t for _, t in self.log), strict=True))
         self.log = []
         return out
 

@@ -180,10 +180,16 @@ def _check(model, inputs, generators, output, border, batch_size, device):
         raise TypeError(f"inputs must be floating point; got {x.dtype}")
     if border not in BORDERS:
         raise ValueError(f"border must be one of {', '.join(map(repr, BORDERS))}; got {border!r}")
-    device = torch.device(
-        device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
-    return torch, x, generators, device
+    return torch, x, generators, resolve_device(device)
+
+
+def resolve_device(device):
+    """The device asked for, else CUDA when available, else the CPU."""
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _lie_derivative(model, x, generator, output, border, torch):

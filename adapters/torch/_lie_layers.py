@@ -27,9 +27,12 @@ grid of patches, zero on the prefix tokens.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from ._lie import (
+    GENERATORS,
     _check,
     _head,
     _jvp,
@@ -37,6 +40,7 @@ from ._lie import (
     evaluating,
     output_tensor,
     progress_bar_of,
+    resolve_device,
     warp_tangent,
 )
 
@@ -48,7 +52,7 @@ _IDENTITIES = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
 def layerwise_lie_derivative(
     model,
     inputs,
-    generators=("translate_x", "translate_y", "rotate", "scale"),
+    generators=GENERATORS,
     *,
     layers=None,
     output="probabilities",
@@ -280,14 +284,11 @@ class _Sites:
                 self.model(x)
         finally:
             self.mode = None
-        self.counts = {}
-        for name, *_ in self.log:
-            self.counts[name] = self.counts.get(name, 0) + 1
-        seen, calls = {}, {}
-        for name, module, args, kwargs in self.log:
-            seen[name] = seen.get(name, 0) + 1
-            calls[name if self.counts[name] == 1 else f"{name}#{seen[name]}"] = (
-                module, args, kwargs)  # fmt: skip
+        from . import call_keys
+
+        names = [name for name, *_ in self.log]
+        self.counts = {name: names.count(name) for name in set(names)}
+        calls = {key: call for key, (_, *call) in zip(call_keys(names), self.log, strict=True)}
         self.log = []
         return calls
 
@@ -315,18 +316,14 @@ class _Sites:
         back = image_tangent(out.detach(), generator, border, self.grid, self.model_prefix)
         return (jv if back is None else jv - back).detach()
 
+    @contextlib.contextmanager
     def injecting(self, key, tangent):
-        import contextlib
-
-        @contextlib.contextmanager
-        def context():
-            self.mode, self.target, self.tangent, self.seen = "inject", key, tangent, {}
-            try:
-                yield
-            finally:
-                self.mode, self.target, self.tangent = None, None, None
-
-        return context()
+        """Within: a forward pass adds ``e·tangent`` to call ``key``'s output."""
+        self.mode, self.target, self.tangent, self.seen = "inject", key, tangent, {}
+        try:
+            yield
+        finally:
+            self.mode, self.target, self.tangent = None, None, None
 
     def scaled(self, x, e):
         """The input unchanged; ``e`` becomes the factor of the injected tangent."""
@@ -469,17 +466,10 @@ def lee_columns(frame, model, inputs, transforms, batch_size, device, progress):
     batches, n = _batches(inputs, batch_size, torch)
     batches = (b.to(floating) if floating is not None else b for b in batches)
     table = attribute(model, batches, n, generators, names, "auto", "reflect",
-                      torch.device(device) if device is not None else _default_device(),
-                      progress)  # fmt: skip
+                      resolve_device(device), progress)  # fmt: skip
     frame["lee"] = [
         table.loc[layer, g] if g and layer in table.index else np.nan
         for layer, g in zip(frame["layer"], frame["lee_generator"], strict=True)
     ]
     frame.attrs["lee_output"] = table.attrs["output"]
     return frame
-
-
-def _default_device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -625,16 +625,15 @@ def _measures_figure(measures):
 
     fig = Figure(figsize=(12, 2.8), layout="constrained")
     axes = fig.subplots(1, len(MEASURES))
-    titles = {"equivariance": "SEIS S_E", "invariance": "SEIS S_I", "cka": "CKA",
-              "cka_debiased": "CKA (debiased)", "channel_eed": "G-EED (channel term)",
-              "lee": "LEE share (rotation)"}  # fmt: skip
+    from seis_sklearn.report import MEASURE_TITLES
+
     stats = measures.drop(columns=["layer", "seed"]).groupby("depth").agg(["mean", "std"])
     layers = measures.drop_duplicates("depth").sort_values("depth")["layer"]
     for ax, name in zip(axes, MEASURES, strict=True):
         ax.errorbar(stats.index, stats[(name, "mean")], stats[(name, "std")], fmt="-o", ms=3,
                     capsize=2)  # fmt: skip
         ax.set_xticks(stats.index, layers, rotation=40, fontsize=7)
-        ax.set_title(titles[name], fontsize=9)
+        ax.set_title(MEASURE_TITLES[name], fontsize=9)
         ax.grid(alpha=0.3)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
