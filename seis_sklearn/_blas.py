@@ -1,4 +1,5 @@
-"""SYRK from the BLAS library numpy itself runs on, where it can be found.
+"""SYRK and the symmetric eigensolver from the BLAS library numpy itself runs on, where
+it can be found.
 
 ``numpy.matmul(x.T, x)`` recognises the product of a matrix with its own transpose
 and calls SYRK, but then copies the computed triangle into the other one: for the
@@ -10,6 +11,13 @@ calls ``cblas_?syrk`` of *that* library — the one already loaded, found with
 ``RTLD_NOLOAD`` so that nothing else is ever loaded — and fills only the lower
 triangle. Elsewhere (numpy built against MKL, Accelerate, a system BLAS)
 :func:`syrk_lower` falls back to ``numpy.matmul``, which fills both triangles.
+
+:func:`eigh_inplace` calls the same library's LAPACK ``dsyevd`` — the routine
+``numpy.linalg.eigh`` calls, so the results are the same bits — on the caller's own
+matrix: ``numpy.linalg.eigh`` first copies its input into column-major order, one
+column at a time, which at d = 3,136 costs ≈ 10 % of the decomposition
+(``benchmarks/README.md``); a symmetric matrix is its own transpose, so its
+row-major buffer already is the column-major matrix LAPACK reads.
 """
 
 from __future__ import annotations
@@ -33,20 +41,26 @@ _REALS = {
 }
 
 
-def _numpy_openblas_syrk():
-    """``{dtype: function}`` for numpy's own OpenBLAS, or ``{}`` where not found."""
-    if not hasattr(os, "RTLD_NOLOAD"):  # pragma: no cover - Windows
-        return {}
+def _numpy_openblas_libraries():
+    """The OpenBLAS libraries numpy has loaded (only those: the same thread pool,
+    nothing new loaded)."""
     root = os.path.dirname(np.__file__)
     candidates = sorted(
         glob.glob(os.path.join(root, os.pardir, "numpy.libs", "*openblas*"))  # Linux
         + glob.glob(os.path.join(root, ".dylibs", "*openblas*"))  # macOS
     )
     for path in candidates:
-        try:  # only a library numpy has loaded already: the same pool, nothing new
-            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LOCAL)
+        try:
+            yield ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LOCAL)
         except OSError:  # pragma: no cover - a file numpy does not use
             continue
+
+
+def _numpy_openblas_syrk():
+    """``{dtype: function}`` for numpy's own OpenBLAS, or ``{}`` where not found."""
+    if not hasattr(os, "RTLD_NOLOAD"):  # pragma: no cover - Windows
+        return {}
+    for lib in _numpy_openblas_libraries():
         for pattern, integer in _SYMBOLS:
             names = {dtype: pattern.format(letter) for dtype, (letter, _) in _REALS.items()}
             if not all(hasattr(lib, name) for name in names.values()):
@@ -64,6 +78,80 @@ def _numpy_openblas_syrk():
 
 
 _SYRK = _numpy_openblas_syrk()
+
+_LAPACKE = (  # (name pattern, integer type), as _SYMBOLS
+    ("scipy_LAPACKE_{}64_", ctypes.c_int64),
+    ("LAPACKE_{}64_", ctypes.c_int64),
+    ("scipy_LAPACKE_{}", ctypes.c_int),
+    ("LAPACKE_{}", ctypes.c_int),
+)
+_COL_MAJOR = 102
+
+
+def _numpy_openblas_syevd():
+    """LAPACKE ``dsyevd`` of numpy's own OpenBLAS, or None where not found."""
+    if not hasattr(os, "RTLD_NOLOAD"):  # pragma: no cover - Windows
+        return None
+    for lib in _numpy_openblas_libraries():
+        for pattern, integer in _LAPACKE:
+            function = getattr(lib, pattern.format("dsyevd"), None)
+            if function is None:
+                continue
+            function.restype = integer
+            function.argtypes = [ctypes.c_int, ctypes.c_char, ctypes.c_char, integer,
+                                 ctypes.c_void_p, integer, ctypes.c_void_p]  # fmt: skip
+            return function
+    return None  # pragma: no cover - numpy without a bundled OpenBLAS
+
+
+_SYEVD = _numpy_openblas_syevd()
+
+
+def eigh_inplace(matrix, triangle="upper"):
+    """Eigenvalues (ascending) and eigenvectors of a real symmetric matrix, computed in
+    its own memory.
+
+    Parameters
+    ----------
+    matrix : ndarray of shape (n, n)
+        float64, C-contiguous; overwritten (by the eigenvectors, where numpy's
+        OpenBLAS is found). Only the ``triangle`` named is read.
+    triangle : {"upper", "lower"}, default="upper"
+        ``"upper"`` on a symmetric matrix gives the bits ``numpy.linalg.eigh`` gives
+        (which reads the lower triangle of its column-major copy: the same numbers
+        in the same order).
+
+    Returns
+    -------
+    eigenvalues : ndarray of shape (n,)
+    eigenvectors : ndarray of shape (n, n)
+        Columns (a transposed view of ``matrix``'s memory, or a new array where
+        ``numpy.linalg.eigh`` ran instead).
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        If the eigensolver does not converge (as ``numpy.linalg.eigh``).
+    """
+    usable = (
+        _SYEVD is not None
+        and matrix.dtype == np.float64
+        and matrix.ndim == 2
+        and matrix.shape[0] == matrix.shape[1]
+        and matrix.shape[0] > 0
+        and matrix.flags.c_contiguous
+        and matrix.flags.writeable
+    )
+    if not usable:
+        return np.linalg.eigh(matrix, UPLO="U" if triangle == "upper" else "L")
+    n = matrix.shape[0]
+    values = np.empty(n)
+    # the row-major upper triangle is the column-major lower one
+    uplo = b"L" if triangle == "upper" else b"U"
+    info = _SYEVD(_COL_MAJOR, b"V", uplo, n, matrix.ctypes.data, n, values.ctypes.data)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"Eigenvalues did not converge (dsyevd info={info})")
+    return values, matrix.T
 
 
 def syrk_lower(x, out, beta=0.0):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._blas import symmetrize, syrk_lower
+from ._blas import eigh_inplace, symmetrize, syrk_lower
 
 _EPS = np.finfo(np.float64).eps
 # Relative gap below which two eigenvalues belong to one cluster (SPEC §2.2 step 3).
@@ -60,7 +60,7 @@ def descending_eigh(S, rank=None, overwrite=False):
         values = np.zeros(d)
         values[:width] = w[::-1]
         return np.maximum(values, 0.0), Q @ U[:, ::-1]
-    w, V = np.linalg.eigh(S)
+    w, V = eigh_inplace(S)  # in S's memory: V is a view of it
     return np.maximum(w[::-1], 0.0), V[:, ::-1]
 
 
@@ -136,7 +136,7 @@ def spectrum(sigma, n_rows=0, overwrite=False):
     """Eigenvalues (ascending, rounding-level ones set to zero) and eigenvectors of a
     symmetric PSD k × k covariance of ``n_rows`` rows (``overwrite``: symmetrized in
     place, no copy of it made here)."""
-    w, V = np.linalg.eigh(symmetrize(sigma if overwrite else sigma.copy()))
+    w, V = eigh_inplace(symmetrize(sigma if overwrite else sigma.copy()))
     top = max(float(w.max(initial=0.0)), 0.0)
     floor = ROUNDING_FLOOR * (w.size + np.sqrt(n_rows)) * _EPS * top
     return np.where(w > floor, w, 0.0), V
@@ -521,7 +521,7 @@ def singular_pairs(K, floor):
     """
     gram = np.empty((K.shape[1], K.shape[1]))
     syrk_lower(np.ascontiguousarray(K), gram)  # KᵀK: half the flops of a product
-    W = np.linalg.eigh(gram, UPLO="L")[1]
+    W = eigh_inplace(gram, triangle="lower")[1]
     del gram
     W = np.ascontiguousarray(W[:, ::-1])  # ρ² descending, up to rounding
     U = K @ W

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
@@ -12,6 +14,7 @@ from ._fit import (
     gather,
     held_out,
     held_out_moments,
+    held_out_rows,
     in_sample,
     resolve_solver,
 )
@@ -443,6 +446,9 @@ class SEISScorer(BaseEstimator):
         """Held-out result of new views given as validated arrays in the fitted layout
         (also the streaming scoring of kept rows); ``names`` name them in errors."""
         check_is_fitted(self)
+        if backend_of(arrays) == "numpy":  # in memory: the variates from the rows
+            score = functools.partial(held_out_rows, matricization=self.matricization_)
+            return self._held_out(score, arrays, names, orbit)
         projected = accumulate(
             arrays, self.layout_, self.matricization_, names=names,
             projection=self.components_.T,

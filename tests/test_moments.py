@@ -466,6 +466,52 @@ def test_numpy_openblas_is_used_where_numpy_ships_it():
     assert _blas.syrk_lower(x[:, ::2], np.zeros((1, 1), np.float32)) is False  # strided
 
 
+@pytest.mark.parametrize("n", [1, 2, 37, 300])
+def test_eigh_inplace_is_numpy_eigh_in_the_matrix_own_memory(rng, n):
+    """numpy's own LAPACK dsyevd on the caller's matrix: on a symmetric matrix the
+    bits numpy.linalg.eigh gives (the same routine reading the same numbers), the
+    eigenvectors a view of the matrix; from either triangle alone the decomposition
+    of the symmetric matrix it stands for; numpy's eigh where it cannot run."""
+    import glob
+    import os
+
+    from seis_sklearn import _blas
+
+    a = rng.normal(size=(n, n + 3))
+    S = a @ a.T
+    S = (S + S.T) / 2
+    want_w, want_V = np.linalg.eigh(S)
+    work = S.copy()
+    w, V = _blas.eigh_inplace(work)
+    np.testing.assert_array_equal(w, want_w)
+    np.testing.assert_array_equal(V, want_V)
+    shipped = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs",
+                                     "*openblas*"))  # fmt: skip
+    assert (V.base is work or np.shares_memory(V, work)) == bool(shipped)
+    u = np.finfo(np.float64).eps
+    for triangle, part in (("lower", np.tril(S)), ("upper", np.triu(S))):
+        w, V = _blas.eigh_inplace(part.copy(), triangle=triangle)
+        # backward stable: ‖S V − V diag(w)‖ ≤ c·n·u·‖S‖, eigenvalues within c·n·u·‖S‖
+        norm = np.linalg.norm(S, 2)
+        np.testing.assert_allclose(w, want_w, rtol=0, atol=16 * n * u * norm)
+        assert np.linalg.norm(S @ V - V * w) <= 16 * n * u * norm
+        np.testing.assert_allclose(V.T @ V, np.eye(n), rtol=0, atol=16 * n * u)
+    # not C-contiguous, not float64: numpy's eigh of the triangle named
+    if n > 1:
+        w, V = _blas.eigh_inplace(np.asfortranarray(S))
+        np.testing.assert_array_equal(w, np.linalg.eigh(S, UPLO="U")[0])
+    w32, _ = _blas.eigh_inplace(S.astype(np.float32))
+    np.testing.assert_allclose(w32, want_w, rtol=0, atol=64 * n * np.finfo(np.float32).eps * norm)
+
+
+def test_eigh_inplace_raises_numpy_error_when_it_does_not_converge():
+    from seis_sklearn import _blas
+
+    bad = np.full((4, 4), np.nan)
+    with pytest.raises(np.linalg.LinAlgError):
+        _blas.eigh_inplace(bad)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_moments_equal_with_and_without_numpy_openblas(rng, dtype, monkeypatch):
     """The lower-triangle SYRK path (diagonal blocks mirrored in result) and numpy.matmul."""
