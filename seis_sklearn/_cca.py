@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._blas import eigh_inplace, symmetrize, syrk_lower
+from ._blas import eigh_inplace, symmetric_product, symmetrize, syrk_lower
 
 _EPS = np.finfo(np.float64).eps
 # Relative gap below which two eigenvalues belong to one cluster (SPEC §2.2 step 3).
@@ -345,8 +345,11 @@ class CCAFit:
     null: np.ndarray
 
 
-def project(C, V):
-    """``Vᵀ C V``."""
+def project(C, V, symmetric=False):
+    """``Vᵀ C V`` (``symmetric``: C is, and only the product's lower triangle is
+    computed, :func:`~seis_sklearn._blas.symmetric_product`)."""
+    if symmetric:
+        return symmetric_product(V, C @ V)
     return V.T @ C @ V
 
 
@@ -390,8 +393,8 @@ def pair_covariances(moments, basis, view=1):
     m = moments.n_rows
     V = basis.components
     return (
-        project(moments.auto[0], V) / m,
-        project(moments.auto[view], V) / m,
+        project(moments.auto[0], V, symmetric=True) / m,
+        project(moments.auto[view], V, symmetric=True) / m,
         project(moments.cross[view - 1], V) / m,
     )
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._blas import mirror_lower, syrk_lower
+from ._blas import mirror_lower, symmetric_product, syrk_lower
 from ._kernels import (
     add_lower_triangle,
     centre_into_view,
@@ -508,7 +508,7 @@ def project_moments(moments, V):
     return Moments(
         moments.n_samples,
         moments.mean @ V,
-        np.stack([V.T @ a @ V for a in moments.auto]),
+        np.stack([symmetric_product(V, a @ V) for a in moments.auto]),
         np.stack([V.T @ c @ V for c in moments.cross]),
     )
 

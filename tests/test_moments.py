@@ -609,3 +609,22 @@ def test_in_place_symmetric_helpers_equal_their_formulas(rng, n, block):
     want = np.tril(S) + np.tril(S, -1).T
     got = mirror_lower(S.copy(), block=block)
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("k", [1, 7, 511, 512, 700])
+def test_symmetric_product_is_the_product_exactly_symmetric(rng, k):
+    """``Vᵀ(CV)`` for a symmetric C by block rows of its lower triangle: the product to
+    rounding, exactly symmetric, for sizes below and above the blocked threshold."""
+    from seis_sklearn import _blas
+
+    d = k + 5
+    V = rng.normal(size=(d, k))
+    a = rng.normal(size=(d, d))
+    C = a @ a.T
+    CV = C @ V
+    got = _blas.symmetric_product(V, CV)
+    want = V.T @ CV
+    scale = np.abs(V).T @ np.abs(CV)
+    assert (np.abs(got - want) <= 4 * np.finfo(float).eps * np.sqrt(d) * scale).all()
+    if k >= _blas.SYMMETRIC_MIN:
+        np.testing.assert_array_equal(got, got.T)
