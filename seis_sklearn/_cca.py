@@ -135,7 +135,7 @@ ROUNDING_FLOOR = 16.0
 def spectrum(sigma, n_rows=0, overwrite=False):
     """Eigenvalues (ascending, rounding-level ones set to zero) and eigenvectors of a
     symmetric PSD k × k covariance of ``n_rows`` rows (``overwrite``: symmetrized in
-    place, no copy of it made here)."""
+    place and its memory reused for the eigenvectors, no copy of it made here)."""
     w, V = eigh_inplace(symmetrize(sigma if overwrite else sigma.copy()))
     top = max(float(w.max(initial=0.0)), 0.0)
     floor = ROUNDING_FLOOR * (w.size + np.sqrt(n_rows)) * _EPS * top
@@ -385,7 +385,7 @@ def _block_energy_share(eigenvalues, coefficients):
     if total == 0.0 or not keep.any():
         return 0.0
     projected = w[:, None] * (C @ Q[:, keep])  # Σ M q for each Σ-orthogonal direction q
-    return float(np.sum(np.einsum("ij,ij->j", projected, projected) / g[keep]) / total)
+    return float(np.sum(column_dots(projected, projected) / g[keep]) / total)
 
 
 def pair_covariances(moments, basis, view=1):
@@ -500,7 +500,7 @@ def _alignments(V_x, U_e, V_y, W_e):
     out = np.empty(k)
     for start in range(0, k, ALIGNMENT_COLUMNS):
         cols = slice(start, start + ALIGNMENT_COLUMNS)
-        out[cols] = np.einsum("ij,ij->j", V_x @ U_e[:, cols], V_y @ W_e[:, cols])
+        out[cols] = column_dots(V_x @ U_e[:, cols], V_y @ W_e[:, cols])
     return np.clip(out, -1.0, 1.0)
 
 
@@ -528,7 +528,7 @@ def singular_pairs(K, floor):
     del gram
     W = np.ascontiguousarray(W[:, ::-1])  # ρ² descending, up to rounding
     U = K @ W
-    rho = np.sqrt(np.einsum("ij,ij->j", U, U))
+    rho = np.sqrt(column_dots(U, U))
     order = np.argsort(-rho, kind="stable")
     if (order != np.arange(order.size)).any():
         rho, W, U = rho[order], W[:, order], U[:, order]
@@ -608,11 +608,16 @@ def held_out_scores(cca, projected, invariance="trace", view=1):
     """
     dir_x, dir_y = cca.directions_x, cca.directions_y
     c_xx, c_yy, c_xy = projected.auto[0], projected.auto[view], projected.cross[view - 1]
-    cov = np.einsum("ij,ij->j", dir_x, c_xy @ dir_y)
-    var_x = np.einsum("ij,ij->j", dir_x, c_xx @ dir_x)
-    var_y = np.einsum("ij,ij->j", dir_y, c_yy @ dir_y)
+    cov = column_dots(dir_x, c_xy @ dir_y)
+    var_x = column_dots(dir_x, c_xx @ dir_x)
+    var_y = column_dots(dir_y, c_yy @ dir_y)
     traces = (np.trace(c_xy), np.trace(c_xx), np.trace(c_yy))
     return scores_of_variates(cca, cov, var_x, var_y, traces, invariance)
+
+
+def column_dots(a, b):
+    """``aᵢ · bᵢ`` of every column i of two matrices of one shape."""
+    return np.einsum("ij,ij->j", a, b)
 
 
 def scores_of_variates(cca, cov, var_x, var_y, traces, invariance="trace"):

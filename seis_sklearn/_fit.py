@@ -27,6 +27,7 @@ from ._accumulate import accumulate, accumulate_folds, accumulate_gram, gram_com
 from ._cca import (
     LOW_RANK_FRACTION,
     SKETCH_OVERSAMPLING,
+    column_dots,
     degenerate_reason,
     fit_cca,
     gram_basis,
@@ -41,7 +42,7 @@ from ._cca import (
 )
 from ._gram import GramMoments
 from ._matricize import matricize, matrix_shape
-from ._moments import InputFiles, _page_releaser, project_moments, recentred
+from ._moments import InputFiles, _page_releaser, mean_spread, project_moments, recentred
 from ._result import SCORE_NAMES, SEISResult
 from ._validation import chunk_samples, raise_nonfinite
 
@@ -274,9 +275,8 @@ def held_out_moments(fitted, moments, names, invariance, label, layout, orbit):
     P = V @ V.T  # ⟨C, V Vᵀ⟩ = tr(VᵀCV)
     within = sum(float(np.vdot(a, P)) for a in moments.auto)
     _check_variance(within, n * float(np.sum((moments.mean @ V) ** 2)), k, names)
-    delta = moments.mean - fitted.means[:G]  # (G, R, d): recentred as recentred() does
-    spread = delta - delta.mean(axis=1, keepdims=True)
-    spread_v = spread @ V  # (G, R, k)
+    spread = mean_spread(moments.mean, fitted.means[:G])[1]  # (G, R, d), as recentred()
+    spread_v = spread @ V
 
     def recentred_times(C, left, right, D):  # (C + n Σ_r s_leftᵀ s_right) D
         return C @ D + n * (spread[left].T @ (spread[right] @ D))
@@ -287,9 +287,9 @@ def held_out_moments(fitted, moments, names, invariance, label, layout, orbit):
     elements = []
     for g, cca in enumerate(fitted.ccas, start=1):
         D_x, D_y = V @ cca.directions_x, V @ cca.directions_y
-        cov = np.einsum("ij,ij->j", D_x, recentred_times(moments.cross[g - 1], 0, g, D_y))
-        var_x = np.einsum("ij,ij->j", D_x, recentred_times(moments.auto[0], 0, 0, D_x))
-        var_y = np.einsum("ij,ij->j", D_y, recentred_times(moments.auto[g], g, g, D_y))
+        cov = column_dots(D_x, recentred_times(moments.cross[g - 1], 0, g, D_y))
+        var_x = column_dots(D_x, recentred_times(moments.auto[0], 0, 0, D_x))
+        var_y = column_dots(D_y, recentred_times(moments.auto[g], g, g, D_y))
         del D_x, D_y
         traces = (
             recentred_trace(moments.cross[g - 1], 0, g),
@@ -309,11 +309,12 @@ def held_out_rows(fitted, arrays, names, invariance, label, layout, orbit, *, ma
     The moments' way needs ``m′k(d + 2k) + 3k³`` multiply-adds per pair (the
     projection, the moments of the projected pair, three k × k products with the
     directions), this one ``m′k(d + k)`` per view: at k near d (a 56×56 map of a
-    held-out fifth, m′ ≈ d) about half. Two passes over the rows: the per-feature means
-    (each view is centred by them, then by the fitted means and the column means
-    as :func:`~seis_sklearn._moments.recentred` does: the spread of the means adds
-    ``N·Σ_r`` of their products), then the projections, ``matricization`` being the
-    fit's.
+    held-out fifth, m′ ≈ d) about half. One pass over the rows, ``matricization``
+    being the fit's: each view is shifted by its first sample (so that a constant view
+    sums to exactly nothing), its per-feature centred sums follow from the shifted ones
+    and their per-row totals, and the recentring of :func:`held_out` (the fitted means,
+    then the column means) adds the spread of the means as
+    :func:`~seis_sklearn._moments.recentred` does.
     """
     V = fitted.basis.components
     d, k = V.shape
@@ -323,52 +324,47 @@ def held_out_rows(fitted, arrays, names, invariance, label, layout, orbit, *, ma
     step = chunk_samples(arrays[0].shape, 8)
     release = _page_releaser(arrays)  # memory maps: their pages go after each chunk
     files = InputFiles(arrays)  # and their files are watched
+    shift = np.stack([matricize(a[:1], layout, matricization) for a in arrays]).astype(float)
+    pairs = [(g, cca.directions_x, cca.directions_y) for g, cca in enumerate(fitted.ccas, 1)]
+    totals = np.zeros((G, R, k))  # per view and row of a sample: Σ over samples of its row
+    products = np.zeros((G, 2))  # per view: tr of its scatter and of its cross with view 0
+    sums = np.zeros((len(pairs), 3, k))  # per pair: Σ x′y′, Σ x′², Σ y′² of each variate
 
-    def chunks(a):  # (samples, R, d) blocks of a view, as they are stored
+    def shifted(g, chunk):  # a chunk's rows less the view's first sample, on V_k
+        block = matricize(chunk, layout, matricization).reshape(-1, R, d)
+        return (block - shift[g]).reshape(-1, d) @ V
+
+    def variate_products(x, y):
+        return np.stack([column_dots(x, y), column_dots(x, x), column_dots(y, y)])
+
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite sums: raised below
         for start in range(0, n, step):
             files.before_chunk()
-            block = matricize(a[start : start + step], layout, matricization)
-            yield block.reshape(-1, R, d)
+            projected = [shifted(g, a[start : start + step]) for g, a in enumerate(arrays)]
             release()
-
-    means = np.zeros((G, R, d))
-    for g, a in enumerate(arrays):
-        for block in chunks(a):
-            means[g] += block.sum(axis=0, dtype=np.float64)
-        if not np.isfinite(means[g]).all():
-            raise_nonfinite(a, names[g])
-    files.after_pass()
-    files = InputFiles(arrays)  # the second pass
-    means /= n
-    pairs = [(g, cca.directions_x, cca.directions_y) for g, cca in enumerate(fitted.ccas, 1)]
-    sums = np.zeros((len(pairs), 3, k))  # per pair: Σ x′y′, Σ x′², Σ y′² of each variate
-    products = np.zeros((G, 2))  # per view: tr of its scatter and of its cross with view 0
-    for blocks in zip(*(chunks(a) for a in arrays), strict=True):
-        projected = [((b - means[g]).reshape(-1, d) @ V) for g, b in enumerate(blocks)]
-        for g, p in enumerate(projected):
-            products[g] += np.vdot(p, p), np.vdot(projected[0], p)
-        for i, (g, dir_x, dir_y) in enumerate(pairs):
-            x, y = projected[0] @ dir_x, projected[g] @ dir_y
-            sums[i] += (
-                np.einsum("ij,ij->j", x, y),
-                np.einsum("ij,ij->j", x, x),
-                np.einsum("ij,ij->j", y, y),
-            )
-        del projected
+            for g, p in enumerate(projected):
+                totals[g] += p.reshape(-1, R, k).sum(axis=0)
+                products[g] += np.vdot(p, p), np.vdot(projected[0], p)
+            for i, (g, dir_x, dir_y) in enumerate(pairs):
+                sums[i] += variate_products(projected[0] @ dir_x, projected[g] @ dir_y)
+            del projected
     files.after_pass()
     for g in range(G):
         if not np.isfinite(products[g]).all():
             raise_nonfinite(arrays[g], names[g])
-    _check_variance(float(products[:, 0].sum()), n * float(np.sum((means @ V) ** 2)), k, names)
-    delta = means - fitted.means[:G]  # the recentring of held_out, on the rows' means
-    spread = (delta - delta.mean(axis=1, keepdims=True)) @ V  # (G, R, k)
+    # about the per-feature means: Σ (z − z̄)(z′ − z̄′) = Σ z z′ − Σ_r t_r t′_r / n
+    products[:, 0] -= np.einsum("grk,grk->g", totals, totals) / n
+    products[:, 1] -= np.einsum("rk,grk->g", totals[0], totals) / n
+    mean_v = shift @ V + totals / n  # the per-feature means, in the basis
+    _check_variance(float(products[:, 0].sum()), n * float(np.sum(mean_v**2)), k, names)
+    spread = mean_spread(mean_v, fitted.means[:G] @ V)[1]  # (G, R, k)
     elements = []
     for i, (g, dir_x, dir_y) in enumerate(pairs):
-        sx, sy = spread[0] @ dir_x, spread[g] @ dir_y
-        cov, var_x, var_y = sums[i] + n * np.stack(
-            [np.einsum("ij,ij->j", sx, sy), np.einsum("ij,ij->j", sx, sx),
-             np.einsum("ij,ij->j", sy, sy)]
-        )  # fmt: skip
+        cov, var_x, var_y = (
+            sums[i]
+            - variate_products(totals[0] @ dir_x, totals[g] @ dir_y) / n
+            + n * variate_products(spread[0] @ dir_x, spread[g] @ dir_y)
+        )
         traces = (
             products[g, 1] + n * np.vdot(spread[0], spread[g]),
             products[0, 0] + n * np.vdot(spread[0], spread[0]),

@@ -513,6 +513,23 @@ def project_moments(moments, V):
     )
 
 
+def mean_spread(mean, fitted_mean):
+    """``δ_r = μ′_r − μ_r`` of held-out per-feature means against the fitted ones, and
+    its spread ``δ_r − δ̄`` about its mean over the rows of a sample (:func:`recentred`).
+
+    Parameters
+    ----------
+    mean, fitted_mean : ndarray of shape (G, R, c)
+
+    Returns
+    -------
+    (ndarray, ndarray)
+        ``δ`` and ``δ − δ̄``, both of shape (G, R, c).
+    """
+    delta = mean - fitted_mean
+    return delta, delta - delta.mean(axis=1, keepdims=True)
+
+
 def recentred(moments, fitted_mean, overwrite=False):
     """The moments of held-out views centred by fitted means, then by their column means.
 
@@ -536,8 +553,7 @@ def recentred(moments, fitted_mean, overwrite=False):
     Moments
         Whose ``auto``/``cross`` are the recentred scatters (``mean``: ``δ``).
     """
-    delta = moments.mean - fitted_mean
-    spread = delta - delta.mean(axis=1, keepdims=True)
+    delta, spread = mean_spread(moments.mean, fitted_mean)
     n = moments.n_samples
     auto = moments.auto if overwrite else moments.auto.copy()
     cross = moments.cross if overwrite else moments.cross.copy()
