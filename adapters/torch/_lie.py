@@ -12,11 +12,21 @@ The warp follows the conventions of that paper's code, so that the numbers compa
 border; translation moves by ``t`` in those units (the image is 2 wide), rotation is
 by ``t`` radians about the centre, scaling multiplies the sampling grid by ``1 − t``.
 At ``t = 0`` the sampling points are the pixels themselves, where bilinear
-interpolation has a kink: its derivative is the one-sided difference towards the
-neighbour above the sampling coordinate (``floor``). Where the coordinate of a pixel
-rounds to just below its integer (normalised coordinates are not exact in binary
-unless the side less one is a power of two) that is the difference towards the other
-neighbour — as in the reference.
+interpolation has a kink: its derivative there is the one-sided difference towards
+the neighbour above the sampling coordinate (``floor``), times the velocity of the
+pixel.
+
+``tangent="grid"`` (the default) samples at the pixel plus the warp's displacement,
+``j + (T_t p − p) · (size − 1)/2`` (``p`` the pixel's normalised coordinate), which is
+exactly ``j`` at ``t = 0``: the tangent is the velocity times the difference towards
+the next pixel at *every* pixel — one operator, the same at any size and in any dtype.
+``tangent="reference"`` samples at the reference's ``(T_t p + 1)/2 · (size − 1)``: a
+pixel's normalised coordinate is not exact in binary unless the side less one is a
+power of two, and where it rounds to just below its integer ``floor`` takes the
+difference towards the *other* neighbour (at 224 px, 36 of the columns and rows in
+float32, 34 in float64). Both agree where the side less one is a power of two (17, 33,
+65 px); docs/metrics.rst shows what the difference does to an exactly invariant
+network.
 
 ``border="wrap"`` takes the neighbours outside the image from its other side instead
 (the image is a torus): a translation is then a shift of the torus, which a circular
@@ -37,6 +47,7 @@ import numpy as np
 GENERATORS = ("translate_x", "translate_y", "rotate", "scale")
 OUTPUTS = ("probabilities", "logits", "map")
 BORDERS = ("reflect", "wrap")
+TANGENTS = ("grid", "reference")
 
 
 def lie_derivative(
@@ -46,6 +57,7 @@ def lie_derivative(
     *,
     output="probabilities",
     border="reflect",
+    tangent="grid",
     batch_size=64,
     device=None,
     progress=True,
@@ -69,6 +81,19 @@ def lie_derivative(
         a tuple at its first tensor.
     border : {"reflect", "wrap"}, default="reflect"
         Where the warp's neighbours outside the image come from (module docstring).
+    tangent : {"grid", "reference"}, default="grid"
+        How the sampling points of the warp are computed (module docstring; the
+        input's tangent at ``t = 0``). ``"grid"``: the pixel plus the warp's
+        displacement, so that the tangent is the velocity times the difference towards
+        the next pixel at every pixel, at every size and in every dtype — an exactly
+        invariant model reads 0 to rounding. ``"reference"``: the reference code's
+        coordinates, whose rounding takes the difference towards the previous pixel at
+        some pixels, depending on the size and the dtype (docs/metrics.rst: an exactly
+        invariant circular linear CNN then reads, at 16, 32 or 224 px, from 1 % to all
+        of the LEE of the same CNN with a ReLU, instead of 0). The two agree where the
+        image's side less one is a power of two (17, 33, 65 px). ``"grid"`` is the
+        default because its tangent is one operator whatever the size and dtype;
+        ``"reference"`` reproduces the published code's numbers at the other sizes.
     batch_size : int, default=64
     device : str or torch.device, optional
         Default CUDA when available, else CPU.
@@ -97,20 +122,21 @@ def lie_derivative(
     from seis_sklearn.report import _pandas
 
     torch, x, generators, device = _check(
-        model, inputs, generators, output, border, batch_size, device
+        model, inputs, generators, output, border, batch_size, device, tangent
     )
     rows = {name: [] for name in generators}
     with evaluating(model), progress_bar_of(len(x), progress) as bar:
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size].to(device)
             for name in generators:
-                derivative = _lie_derivative(model, batch, name, output, border, torch)
+                derivative = _lie_derivative(model, batch, name, output, border, tangent,
+                                             torch)  # fmt: skip
                 rows[name].append(_mean_abs(derivative))
             if bar is not None:
                 bar.update(len(batch))
     frame = _pandas().DataFrame({k: torch.cat(v).double().numpy() for k, v in rows.items()})
     frame.index.name = "sample"
-    frame.attrs.update(output=output, border=border)
+    frame.attrs.update(output=output, border=border, tangent=tangent)
     return frame
 
 
@@ -144,7 +170,7 @@ def _mean_abs(t):
     return t.abs().flatten(1).mean(dim=1).detach().cpu()
 
 
-def _check(model, inputs, generators, output, border, batch_size, device):
+def _check(model, inputs, generators, output, border, batch_size, device, tangent="grid"):
     """torch, the inputs as a tensor, the generators as a list and the device, checked."""
     from . import _import_torch
 
@@ -180,6 +206,10 @@ def _check(model, inputs, generators, output, border, batch_size, device):
         raise TypeError(f"inputs must be floating point; got {x.dtype}")
     if border not in BORDERS:
         raise ValueError(f"border must be one of {', '.join(map(repr, BORDERS))}; got {border!r}")
+    if not isinstance(tangent, str) or tangent not in TANGENTS:
+        raise ValueError(
+            f"tangent must be one of {', '.join(map(repr, TANGENTS))}; got {tangent!r}"
+        )
     return torch, x, generators, resolve_device(device)
 
 
@@ -192,12 +222,12 @@ def resolve_device(device):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _lie_derivative(model, x, generator, output, border, torch):
+def _lie_derivative(model, x, generator, output, border, tangent, torch):
     """``L f(x)`` for one batch: the input's tangent, then the model's JVP along it."""
-    v = warp_tangent(x, generator, border)
+    v = warp_tangent(x, generator, border, tangent)
     out, derivative = _jvp(_head(model, output, torch), x, v, torch)
     if output == "map":  # d/dt T_{-t} f(T_t x) = J v − (d/ds T_s f(x))
-        derivative = derivative - warp_tangent(out.detach(), generator, border)
+        derivative = derivative - warp_tangent(out.detach(), generator, border, tangent)
     return derivative
 
 
@@ -271,23 +301,24 @@ def _jvp_by_two_vjps(f, x, v, torch):
     return out.detach(), jvp.detach()
 
 
-def warp_tangent(images, generator, border="reflect"):
+def warp_tangent(images, generator, border="reflect", tangent="grid"):
     """``d/dt T_t x`` at ``t = 0`` for images ``(n, c, h, w)`` (module docstring)."""
     import torch
 
     t = torch.zeros((), dtype=images.dtype, device=images.device)
     one = torch.ones_like(t)
     images = images.detach()
-    return torch.func.jvp(lambda s: warp(images, s, generator, border), (t,), (one,))[1]
+    return torch.func.jvp(lambda s: warp(images, s, generator, border, tangent), (t,), (one,))[1]
 
 
-def warp(images, t, generator, border="reflect"):
+def warp(images, t, generator, border="reflect", tangent="grid"):
     """The images warped by ``T_t`` (bilinear; the neighbours beyond the border
-    reflected back, or taken from the other side with ``border="wrap"``)."""
+    reflected back, or taken from the other side with ``border="wrap"``; the sampling
+    points as ``tangent`` says, module docstring)."""
     import torch
     import torch.nn.functional as F
 
-    n = images.shape[0]
+    n, _, h, w = images.shape
     zero, one = torch.zeros_like(t), torch.ones_like(t)
     if generator == "translate_x":
         rows = [one, zero, t, zero, one, zero]
@@ -298,22 +329,31 @@ def warp(images, t, generator, border="reflect"):
         rows = [c, s, zero, -s, c, zero]
     else:  # scale: the sampling grid shrinks by 1 − t (the image grows)
         rows = [one - t, zero, zero, zero, one - t, zero]
-    theta = torch.stack(rows).reshape(1, 2, 3).expand(n, 2, 3)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=True)
-    return bilinear(images, grid, border)
+    theta = torch.stack(rows).reshape(1, 2, 3)
+    if tangent == "reference":  # the normalised coordinates T_t p, scaled to pixels
+        grid = F.affine_grid(theta.expand(n, 2, 3), list(images.shape), align_corners=True)
+        x = (grid[..., 0] + 1) / 2 * (w - 1)
+        y = (grid[..., 1] + 1) / 2 * (h - 1)
+    else:  # the pixel plus the displacement T_t p − p: exactly the pixel at t = 0
+        identity = torch.eye(2, 3, dtype=theta.dtype, device=theta.device)
+        moved = F.affine_grid((theta - identity).expand(n, 2, 3), list(images.shape),
+                              align_corners=True)  # fmt: skip
+        x = torch.arange(w, dtype=t.dtype, device=t.device) + moved[..., 0] * ((w - 1) / 2)
+        y = torch.arange(h, dtype=t.dtype, device=t.device)[:, None] + moved[..., 1] * (
+            (h - 1) / 2
+        )
+    return bilinear(images, x, y, border)
 
 
-def bilinear(images, grid, border="reflect"):
-    """Bilinear sampling of ``images`` (n, c, h, w) at ``grid`` (n, h', w', 2) of
-    normalised coordinates (``align_corners=True``), neighbours outside the image
-    reflected back into it (``border="wrap"``: taken modulo its size); written with
-    gathers, so that forward-mode differentiation runs through it
-    (``torch.nn.functional.grid_sample`` has none)."""
+def bilinear(images, x, y, border="reflect"):
+    """Bilinear sampling of ``images`` (n, c, h, w) at pixel coordinates ``x`` (along the
+    width) and ``y`` (n, h', w'), neighbours outside the image reflected back into it
+    (``border="wrap"``: taken modulo its size); written with gathers, so that
+    forward-mode differentiation runs through it (``torch.nn.functional.grid_sample``
+    has none)."""
     import torch
 
     n, c, h, w = images.shape
-    x = (grid[..., 0] + 1) / 2 * (w - 1)
-    y = (grid[..., 1] + 1) / 2 * (h - 1)
     x0, y0 = torch.floor(x).detach(), torch.floor(y).detach()
     fx, fy = x - x0, y - y0  # the weights carry the derivative in the coordinates
     flat = images.reshape(n, c, h * w)
@@ -323,7 +363,7 @@ def bilinear(images, grid, border="reflect"):
         ix = inside(ix, w).long()
         iy = inside(iy, h).long()
         index = (iy * w + ix).reshape(n, 1, -1).expand(n, c, -1)
-        return torch.gather(flat, 2, index).reshape(n, c, *grid.shape[1:3])
+        return torch.gather(flat, 2, index).reshape(n, c, *x.shape[1:3])
 
     fx, fy = fx.unsqueeze(1), fy.unsqueeze(1)
     return (

@@ -57,6 +57,7 @@ def layerwise_lie_derivative(
     layers=None,
     output="probabilities",
     border="reflect",
+    tangent="grid",
     batch_size=32,
     device=None,
     progress=True,
@@ -74,8 +75,11 @@ def layerwise_lie_derivative(
         Names of the modules to attribute to (any modules: blocks or leaves). Default:
         every leaf module (no children) that is not an identity at evaluation
         (dropout, ``Identity``).
-    output, border : str
-        As in :func:`~seis_sklearn.adapters.torch.lie_derivative`.
+    output, border, tangent : str
+        As in :func:`~seis_sklearn.adapters.torch.lie_derivative` (``tangent="grid"``
+        by default: the same tangent at every pixel, so that an exactly invariant
+        network's contributions read 0 at every size; ``"reference"``: the reference
+        code's).
     batch_size : int, default=32
     device : str or torch.device, optional
         Default CUDA when available, else CPU.
@@ -86,12 +90,26 @@ def layerwise_lie_derivative(
     pandas.DataFrame
         One row per call of a module, in the order of the calls (a module called
         several times gives ``name#1``, ``name#2``, … as the layerwise report does),
-        with ``module`` (its class), ``depth`` and per generator the mean over the
-        samples of the mean absolute entry of the contribution ``J_{f←m} L m`` — the
-        statistic :func:`~seis_sklearn.adapters.torch.lie_derivative` gives the
-        output's. ``attrs["output_lee"]`` holds the output's (per generator) and
-        ``attrs["unattributed"]`` the same statistic of what no module's contribution
-        accounts for (``L f − Σ_m J_{f←m} L m``: operations outside the modules).
+        with ``module`` (its class), ``depth`` and per generator ``g``:
+
+        * ``g``: the mean over the samples of the mean absolute entry of the
+          contribution ``J_{f←m} L m`` — the statistic
+          :func:`~seis_sklearn.adapters.torch.lie_derivative` gives the output's. These
+          do *not* add up to the output's: the mean absolute value of a sum is at most
+          the sum of the mean absolute values (contributions of opposite signs cancel
+          in the output), so in a chain of modules they add up to at least the
+          output's LEE, often more.
+        * ``g + "_signed"``: the same mean of ``sign(L f) · J_{f←m} L m``, entry by
+          entry — the contribution's component along the signs of the output's Lie
+          derivative. These add up: since ``Σ_m J_{f←m} L m`` plus what no module
+          accounts for is ``L f`` and ``sign(L f) · L f = |L f|``, the column's sum plus
+          ``attrs["unattributed_signed"]`` is the output's LEE exactly. A negative
+          value is a module that cancels part of the others'.
+
+        ``attrs["output_lee"]`` holds the output's LEE (per generator),
+        ``attrs["unattributed"]`` the mean absolute entry of what no module's
+        contribution accounts for (``L f − Σ_m J_{f←m} L m``: operations outside the
+        modules) and ``attrs["unattributed_signed"]`` its signed share.
 
     Notes
     -----
@@ -113,16 +131,20 @@ def layerwise_lie_derivative(
     ['0', '1', '2', '3', '4']
     >>> float(lee.loc["4", "rotate"])  # the linear head sees no image: nothing to add
     0.0
+    >>> signed = lee["rotate_signed"].sum() + lee.attrs["unattributed_signed"]["rotate"]
+    >>> bool(abs(signed - lee.attrs["output_lee"]["rotate"]) < 1e-6)  # the signed shares add up
+    True
     """
     torch, x, generators, device = _check(
-        model, inputs, generators, output, border, batch_size, device
+        model, inputs, generators, output, border, batch_size, device, tangent
     )
     batches = (x[start : start + batch_size] for start in range(0, len(x), batch_size))
     return attribute(model, batches, len(x), generators, layers, output, border, device,
-                     progress)  # fmt: skip
+                     progress, tangent)  # fmt: skip
 
 
-def attribute(model, batches, n_samples, generators, layers, output, border, device, progress):
+def attribute(model, batches, n_samples, generators, layers, output, border, device, progress,
+              tangent="grid"):  # fmt: skip
     """:func:`layerwise_lie_derivative` over batches of images (tensors), checked;
     ``output="auto"``: probabilities of a 2-D output, ``"map"`` of an image, else the
     output as it is (the layerwise report's choice)."""
@@ -141,8 +163,9 @@ def attribute(model, batches, n_samples, generators, layers, output, border, dev
         if not layers:
             raise ValueError("layers: the model has no module to attribute to; name the layers")
     layers, _ = _check_layers(model, layers)
-    sites = sums = None
-    counts, total, rest = 0, dict.fromkeys(generators, 0.0), dict.fromkeys(generators, 0.0)
+    sites = sums = signed_sums = None
+    counts, total = 0, dict.fromkeys(generators, 0.0)
+    rest, rest_signed = dict.fromkeys(generators, 0.0), dict.fromkeys(generators, 0.0)
     try:
         with evaluating(model), progress_bar_of(n_samples, progress) as bar:
             for batch in batches:
@@ -150,16 +173,23 @@ def attribute(model, batches, n_samples, generators, layers, output, border, dev
                 if sites is None:  # the first batch says the grid and the output
                     sites = _Sites(model, layers, tuple(batch.shape[-2:]), prefix_tokens(model))
                     output = _auto_output(model, batch, sites) if output == "auto" else output
-                    head, sums = _head(model, output, torch), {}
+                    head, sums, signed_sums = _head(model, output, torch), {}, {}
                 calls = sites.record(batch)
                 for generator in generators:
                     whole, parts = _attribution(sites, calls, head, batch, generator, output,
-                                                border, torch)  # fmt: skip
+                                                border, tangent, torch)  # fmt: skip
+                    sign = torch.sign(whole)
                     total[generator] += float(_mean_abs(whole).double().sum())
-                    rest[generator] += float(_mean_abs(whole - sum(parts.values())).double().sum())
+                    unattributed = whole - sum(parts.values())
+                    rest[generator] += float(_mean_abs(unattributed).double().sum())
+                    rest_signed[generator] += float(_mean_signed(  # in float64: adds up
+                        whole.double() - sum(part.double() for part in parts.values()), sign
+                    ).sum())  # fmt: skip
                     for key, part in parts.items():
                         entry = sums.setdefault(key, dict.fromkeys(generators, 0.0))
                         entry[generator] += float(_mean_abs(part).double().sum())
+                        entry = signed_sums.setdefault(key, dict.fromkeys(generators, 0.0))
+                        entry[generator] += float(_mean_signed(part, sign).sum())
                 counts += len(batch)
                 del calls
                 if bar is not None:
@@ -178,17 +208,25 @@ def attribute(model, batches, n_samples, generators, layers, output, border, dev
                     "module": sites.module_type(key),
                     "depth": depth,
                     **{g: value / counts for g, value in entry.items()},
+                    **{f"{g}_signed": v / counts for g, v in signed_sums[key].items()},
                 }  # fmt: skip
                 for depth, (key, entry) in enumerate(sums.items())
             ],
-            columns=["layer", "module", "depth", *generators],
+            columns=[
+                "layer",
+                "module",
+                "depth",
+                *generators,
+                *(f"{g}_signed" for g in generators),
+            ],
         )
         .set_index("layer")
     )
     frame.attrs.update(
-        output=output, border=border,
+        output=output, border=border, tangent=tangent,
         output_lee={g: v / counts for g, v in total.items()},
         unattributed={g: v / counts for g, v in rest.items()},
+        unattributed_signed={g: v / counts for g, v in rest_signed.items()},
     )  # fmt: skip
     return frame
 
@@ -209,15 +247,21 @@ def _auto_output(model, batch, sites):
     return "logits"
 
 
-def _attribution(sites, calls, head, x, generator, output, border, torch):
+def _mean_signed(part, sign):
+    """Per sample, the mean of ``sign · part`` over the entries (float64, on the host):
+    the part's component along the signs of the output's Lie derivative."""
+    return (part.double() * sign.double()).flatten(1).mean(dim=1).detach().cpu()
+
+
+def _attribution(sites, calls, head, x, generator, output, border, tangent, torch):
     """The output's Lie derivative and each call's contribution to it, for one batch."""
-    v = warp_tangent(x, generator, border)
+    v = warp_tangent(x, generator, border, tangent)
     out, whole = _jvp(head, x, v, torch)
     if output == "map":
-        whole = whole - warp_tangent(out.detach(), generator, border)
+        whole = whole - warp_tangent(out.detach(), generator, border, tangent)
     parts = {}
     for key, call in calls.items():
-        own = sites.own_derivative(call, generator, border, torch)
+        own = sites.own_derivative(call, generator, border, tangent, torch)
         if own is None:  # its input is no image: the warp does not reach it
             parts[key] = torch.zeros_like(whole)
             continue
@@ -292,7 +336,7 @@ class _Sites:
         self.log = []
         return calls
 
-    def own_derivative(self, call, generator, border, torch):
+    def own_derivative(self, call, generator, border, tangent, torch):
         """``L m = d/dt T_{−t} m(T_t x_m)`` of one recorded call, or None where its
         input is no image."""
         module, args, kwargs = call
@@ -300,8 +344,8 @@ class _Sites:
         if position is None:
             return None
         x = args[position]
-        tangent = image_tangent(x, generator, border, self.grid, self.model_prefix)
-        if tangent is None:
+        moved = image_tangent(x, generator, border, self.grid, self.model_prefix, tangent)
+        if moved is None:
             return None
 
         def f(inp):
@@ -310,10 +354,11 @@ class _Sites:
 
         self.busy = True
         try:
-            out, jv = _jvp(f, x.clone(), tangent, torch)
+            out, jv = _jvp(f, x.clone(), moved, torch)
         finally:
             self.busy = False
-        back = image_tangent(out.detach(), generator, border, self.grid, self.model_prefix)
+        back = image_tangent(out.detach(), generator, border, self.grid, self.model_prefix,
+                             tangent)  # fmt: skip
         return (jv if back is None else jv - back).detach()
 
     @contextlib.contextmanager
@@ -361,7 +406,7 @@ def _is_tensor(a):
     return isinstance(a, torch.Tensor)
 
 
-def image_tangent(t, generator, border, grid, model_prefix):
+def image_tangent(t, generator, border, grid, model_prefix, tangent="grid"):
     """The warp's tangent on a module's tensor read as images (module docstring), or
     None where it is none."""
     from .._layout import fits_grid
@@ -370,9 +415,10 @@ def image_tangent(t, generator, border, grid, model_prefix):
         return None
     if t.ndim == 4:
         if t.shape[2] * t.shape[3] > 1 and fits_grid(t.shape[2], t.shape[3], grid):
-            return warp_tangent(t, generator, border)
+            return warp_tangent(t, generator, border, tangent)
         if t.shape[1] * t.shape[2] > 1 and fits_grid(t.shape[1], t.shape[2], grid):
-            return warp_tangent(t.permute(0, 3, 1, 2), generator, border).permute(0, 2, 3, 1)
+            moved = warp_tangent(t.permute(0, 3, 1, 2), generator, border, tangent)
+            return moved.permute(0, 2, 3, 1)
         return None
     prefixes = [model_prefix] if model_prefix is not None else [0, 1, 2]
     for prefix in prefixes:
@@ -383,7 +429,8 @@ def image_tangent(t, generator, border, grid, model_prefix):
         return None
     n, _, d = t.shape
     patches = t[:, prefix:].reshape(n, *size, d).permute(0, 3, 1, 2)
-    moved = warp_tangent(patches, generator, border).permute(0, 2, 3, 1).reshape(n, -1, d)
+    moved = warp_tangent(patches, generator, border, tangent)
+    moved = moved.permute(0, 2, 3, 1).reshape(n, -1, d)
     return _with_prefix(moved, prefix)
 
 
