@@ -22,10 +22,12 @@ import numpy as np
 
 from seis_sklearn._files import atomic_write, safe_stem
 from seis_sklearn._moments import Moments
-from seis_sklearn.metrics import RowNormSums
+from seis_sklearn.metrics import MinibatchCKA
 
 MANIFEST = "checkpoint.json"
-FORMAT = "seis-checkpoint"
+# 2: the CKA columns' minibatch sums (earlier: the rows' norms of a matricized CKA); a
+# checkpoint of another format is not resumed from (the pass starts afresh)
+FORMAT = "seis-checkpoint-2"
 
 
 class Resumed:
@@ -109,10 +111,10 @@ class Checkpoint:
                 deviation.eed.sums.update(sums)
                 deviation.eed.counts.update(counts)
                 deviation.eed.failed.update(failed)
-            if deviation is not None and deviation.norms is not None:
-                for key, name in saved.get("norms", {}).items():
+            if deviation is not None and deviation.cka is not None:
+                for key, name in saved.get("cka", {}).items():
                     with np.load(self.folder / name) as arrays:
-                        deviation.norms[key] = RowNormSums.from_state(dict(arrays))
+                        deviation.cka[key] = MinibatchCKA.from_state(dict(arrays))
 
     def save(self, position, views, state, deviations):
         """Save every layer's statistics and the position reached (files first, the
@@ -137,13 +139,13 @@ class Checkpoint:
             if deviation is not None and deviation.eed is not None:
                 eed = deviation.eed
                 record["deviation"] = [eed.sums, eed.counts, sorted(eed.failed)]
-            if deviation is not None and deviation.norms is not None:
-                record["norms"] = {}
-                for j, (key, sums) in enumerate(deviation.norms.items()):
-                    name = f"v{i:03d}-n{j:04d}-{safe_stem(key)}.norms.npz"
+            if deviation is not None and deviation.cka is not None:
+                record["cka"] = {}
+                for j, (key, sums) in enumerate(deviation.cka.items()):
+                    name = f"v{i:03d}-c{j:04d}-{safe_stem(key)}.cka.npz"
                     with open(self.folder / name, "wb") as f:
                         np.savez(f, **sums.state())
-                    record["norms"][key] = name
+                    record["cka"][key] = name
             manifest["views"][_view_name(view)] = record
         atomic_write(self.folder / MANIFEST, (json.dumps(manifest) + "\n").encode())
 

@@ -295,45 +295,75 @@ class ChannelDeviation:
         return {k: (np.nan if k in self.failed else -self.sums[k] / self.counts[k]) for k in keys}
 
 
+#: The report's CKA columns: the standard linear CKA of each layer's flattened
+#: activations (:func:`seis_sklearn.metrics.linear_cka`), biased and debiased.
+CKA_COLUMNS = ("cka", "cka_debiased")
+#: Columns not computed from the layers' SEIS moments.
+NOT_FROM_MOMENTS = {"channel_eed", *CKA_COLUMNS}
+
+
 class PassSums:
     """What a report's metrics need beyond the moments, summed batch by batch: the
-    channelwise G-EED term (``eed``, a :class:`ChannelDeviation`) and, for the
-    debiased CKA, each layer's :class:`~seis_sklearn.metrics.RowNormSums` (``norms``)."""
+    channelwise G-EED term (``eed``, a :class:`ChannelDeviation`) and, for the CKA
+    columns (``cka``: their names), each layer's
+    :class:`~seis_sklearn.metrics.MinibatchCKA` of its flattened activations — or,
+    for stored activations, the exact values over all samples (``whole``)."""
 
-    def __init__(self, eed=None, norms=False):
-        self.eed, self.norms = eed, ({} if norms else None)
+    def __init__(self, eed=None, cka=()):
+        self.eed, self.cka_names = eed, tuple(cka)
+        self.cka = {} if self.cka_names else None
+        self.whole = {}
 
-    def add(self, per_view, plans):
+    def add(self, per_view, plans, *, whole=False):
         """A batch's ``{"original": …, "transformed": …}`` (host arrays); ``plans``: layer
-        key → its plan (``layout``, ``params["matricization"]``; failed ones skipped)."""
-        from seis_sklearn._matricize import matricize
-        from seis_sklearn.metrics import RowNormSums
+        key → its plan (``layout``; failed ones skipped). ``whole``: the arrays are all
+        the samples of their layers (stored activations), whose CKA columns are then
+        :func:`~seis_sklearn.metrics.linear_cka` of the flattened activations, exact."""
+        from seis_sklearn.metrics import MinibatchCKA, linear_cka
 
         if self.eed is not None:
             self.eed.add(per_view)
-        if self.norms is None:
+        if self.cka is None:
             return
         for key, original in per_view["original"].items():
             plan = plans.get(key)
             if plan is None or plan.get("failed"):
                 continue
-            layout, mode = plan["layout"], plan["params"]["matricization"]
-            rows = [matricize(a, layout, mode) for a in (original, per_view["transformed"][key])]
-            self.norms.setdefault(key, RowNormSums()).add(*rows)
+            transformed = per_view["transformed"][key]
+            if not whole:
+                self.cka.setdefault(key, MinibatchCKA()).add(original, transformed)
+                continue
+            for name in self.cka_names:
+                try:
+                    value = linear_cka(original, transformed, layout=plan["layout"],
+                                       debiased=name == "cka_debiased")  # fmt: skip
+                except ValueError:  # no variance: undefined
+                    value = np.nan
+                self.whole.setdefault(name, {})[key] = value
 
-    def values(self, name, moments):
-        """Layer key → the value of metric ``name`` (``"channel_eed"`` or
+    def values(self, name, moments=None):
+        """Layer key → the value of metric ``name`` (``"channel_eed"``, ``"cka"`` or
         ``"cka_debiased"``; NaN where it is undefined)."""
-        from seis_sklearn.metrics import cka_debiased_from_moments
-
         if name == "channel_eed":
             return self.eed.values() if self.eed is not None else {}
-        out = {}
-        for key, sums in (self.norms or {}).items():
+        if name in self.whole:
+            return self.whole[name]
+        debiased = name == "cka_debiased"
+        out, skipped = {}, 0
+        for key, sums in (self.cka or {}).items():
+            skipped = max(skipped, int(sums.skipped[int(debiased)]))
             try:
-                out[key] = cka_debiased_from_moments(moments[key], sums)
-            except (KeyError, ValueError):  # not scored, or no variance left
+                out[key] = sums.value(debiased=debiased)
+            except ValueError:  # no variance, or no batch large enough
                 out[key] = np.nan
+        if skipped:
+            import warnings
+
+            warnings.warn(
+                f"{name}: {skipped} samples (in batches smaller than "
+                f"{4 if debiased else 2}) were not used by the minibatch estimator",
+                UserWarning, stacklevel=3,
+            )  # fmt: skip
         return out
 
 
@@ -570,7 +600,7 @@ def report_rows(
         streamed = stream_views(
             batches, list(views), held_out, seis_params, deviations=deviations,
             readings=readings, checkpoint=checkpoint, offset=start, progress=progress,
-            keep_moments=bool(set(metrics) - {"channel_eed"}),
+            keep_moments=bool(set(metrics) - NOT_FROM_MOMENTS),
         )  # fmt: skip
         if checkpoint is not None:
             checkpoint.clear()
@@ -1007,7 +1037,7 @@ def layerwise_rows(
     summed = {
         name: deviation.values(name, moments or {}) if deviation is not None else {}
         for name in metrics
-        if name in ("channel_eed", "cka_debiased")
+        if name in NOT_FROM_MOMENTS
     }
     rows = []
     for depth, (key, result) in enumerate(results.items()):
@@ -1042,16 +1072,17 @@ def _layout_choice(readings, key):
 
 
 def deviation_for(metrics, action, seis_params, readings=None):
-    """A :class:`PassSums` when ``metrics`` asks for ``channel_eed`` or
+    """A :class:`PassSums` when ``metrics`` asks for ``channel_eed``, ``cka`` or
     ``cka_debiased``, else None."""
-    if "channel_eed" not in metrics and "cka_debiased" not in metrics:
+    cka = [name for name in CKA_COLUMNS if name in metrics]
+    if "channel_eed" not in metrics and not cka:
         return None
     eed = (
         ChannelDeviation(action, seis_params.get("layout", "auto"), readings)
         if "channel_eed" in metrics
         else None
     )
-    return PassSums(eed, norms="cka_debiased" in metrics)
+    return PassSums(eed, cka=cka)
 
 
 def in_sample(pairs, seis_params, metrics=(), deviation=None, readings=None, progress=False):
@@ -1066,7 +1097,7 @@ def in_sample(pairs, seis_params, metrics=(), deviation=None, readings=None, pro
     from seis_sklearn._accumulate import accumulate
     from seis_sklearn._matricize import resolve_layout
 
-    need_moments = bool(set(metrics) - {"channel_eed"})
+    need_moments = bool(set(metrics) - NOT_FROM_MOMENTS)
     results, shapes, moments, choices = {}, {}, {}, {}
     bar = progress_bar(len(pairs), progress, desc="layers fitted", unit="layer")
     for k, (a, b) in pairs.items():
@@ -1100,7 +1131,7 @@ def in_sample(pairs, seis_params, metrics=(), deviation=None, readings=None, pro
             mode = params.get("matricization", "spatial")
             plan = {"layout": resolve_layout(params.get("layout", "auto"), a.ndim),
                     "params": {"matricization": mode}}  # fmt: skip
-            deviation.add({"original": {k: a}, "transformed": {k: b}}, {k: plan})
+            deviation.add({"original": {k: a}, "transformed": {k: b}}, {k: plan}, whole=True)
     if bar is not None:
         bar.close()
     return results, shapes, moments, choices

@@ -211,8 +211,8 @@ def _statistics_options(parser, metrics=False):
         group.add_argument(
             "--metrics", action="append",
             choices=("cka", "cka_debiased", "svcca", "pwcca", "channel_eed"), metavar="NAME",
-            help="add a column: cka, cka_debiased, svcca, pwcca, or (models) channel_eed "
-            "(repeatable)",
+            help="add a column: cka, cka_debiased (linear CKA of the flattened activations), "
+            "svcca, pwcca (on the layer's matricization), or (models) channel_eed (repeatable)",
         )  # fmt: skip
 
 
@@ -905,15 +905,17 @@ def _out_lock(folder):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _pair_metric(name, moments, A, B, layout, mode):
-    """One metric column of a saved pair's row (NaN where the metric is undefined)."""
-    from .metrics import REPORT_METRICS, cka_debiased_from_moments, row_norm_sums
+def _pair_metric(name, moments, A, B, layout):
+    """One metric column of a saved pair's row: ``cka``, ``cka_debiased`` the standard
+    CKA of the flattened activations (NaN where it is undefined), the others from the
+    ``moments`` of the layer's matricization."""
+    from .metrics import REPORT_METRICS, linear_cka
 
-    if name != "cka_debiased":
+    if name not in ("cka", "cka_debiased"):
         return REPORT_METRICS[name](moments)
     try:
-        return cka_debiased_from_moments(moments, row_norm_sums(A, B, layout, mode))
-    except ValueError:  # no variance left by the unbiased estimator
+        return linear_cka(A, B, layout=layout, debiased=name == "cka_debiased")
+    except ValueError:  # no variance (left by the unbiased estimator)
         return float("nan")
 
 
@@ -953,8 +955,12 @@ def _report_pairs(args, settings, done):
             metrics = {}
             if settings["metrics"]:
                 mode = layer_settings["matricization"]
-                moments = _moments_of(A, B, reading.layout, mode)
-                metrics = {name: _pair_metric(name, moments, A, B, reading.layout, mode)
+                moments = (
+                    _moments_of(A, B, reading.layout, mode)
+                    if set(settings["metrics"]) - {"cka", "cka_debiased"}
+                    else None
+                )
+                metrics = {name: _pair_metric(name, moments, A, B, reading.layout)
                            for name in settings["metrics"]}  # fmt: skip
         except ValueError as exc:
             result = unscored(layer["name"], first_line(exc), str(layout), params, "")

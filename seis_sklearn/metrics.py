@@ -10,24 +10,40 @@
 * **Representation similarity**: :func:`linear_cka` (Kornblith et al. 2019),
   :func:`svcca` (Raghu et al. 2017) and :func:`pwcca` (Morcos et al. 2018). They
   are computed from the same one-pass, mergeable moments as SEIS
-  (:mod:`seis_sklearn._moments`), so they stream, memory-map and run on dask
-  arrays like :func:`~seis_sklearn.seis_score`, with the same ``layout`` and
-  ``matricization`` arguments — and, like SEIS, they compare two views of one
-  shape (a layer on original and transformed inputs).
+  (:mod:`seis_sklearn._moments`; CKA from the samples' Gram matrices where those
+  are smaller), so they stream, memory-map and run on dask arrays like
+  :func:`~seis_sklearn.seis_score`, with the same ``layout`` and ``matricization``
+  arguments. They compare two views of the same samples of any widths (a layer on
+  original and transformed inputs, or two layers of different shapes); G-EED's
+  orbit elements share one shape by definition.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numba import njit
 
-from ._accumulate import accumulate
+from ._accumulate import accumulate, accumulator
 from ._cca import descending_eigh, deterministic_signs
-from ._matricize import matricize, resolve_layout
-from ._validation import check_choice, check_finite, check_views, chunk_samples, first_line
+from ._matricize import matricize, matrix_shape, resolve_layout
+from ._validation import (
+    CHUNK_BYTES,
+    as_activation_array,
+    check_choice,
+    check_finite,
+    check_views,
+    chunk_samples,
+    first_line,
+    is_dask_array,
+)
 
 __all__ = [
+    "MinibatchCKA",
+    "PairMoments",
     "RowNormSums",
+    "centred_gram",
     "channelwise_geed",
     "cka",
     "cka_debiased_from_moments",
@@ -342,13 +358,116 @@ def softmax_geed(orbit, *, from_logits=False):
 # ------------------------------------------------------------ representation similarity
 
 
-def _moments_of(A, B, layout, matricization):
-    (A, B), layout = check_views([A, B], ["A", "B"], layout, matricization)
-    return accumulate([A, B], layout, matricization, names=("A", "B"))
+def _check_pair(A, B, layout, matricization, *, min_samples=2):
+    """Validate two views of the same samples, of any widths.
+
+    They must hold the same samples and give the same rows per sample under
+    ``matricization`` (one in flatten mode; the channels in spatial mode, the
+    positions in channel mode): the similarity's estimator pairs row ``i`` of one
+    with row ``i`` of the other. Their widths may differ.
+
+    Returns
+    -------
+    A, B : ndarray or dask array
+    layouts : tuple of str
+        The concrete layout of each.
+    """
+    A, B = as_activation_array(A, "A"), as_activation_array(B, "B")
+    if A.shape == B.shape:
+        (A, B), layout = check_views([A, B], ["A", "B"], layout, matricization,
+                                     min_samples=min_samples)  # fmt: skip
+        return A, B, (layout, layout)
+    if A.shape[0] != B.shape[0]:
+        raise ValueError(
+            f"A and B must hold the same samples (row i of one is compared with row i of "
+            f"the other); got {A.shape[0]} samples in A {A.shape} and {B.shape[0]} in "
+            f"B {B.shape}"
+        )
+    (A,), layout_a = check_views([A], ["A"], layout, matricization, min_samples=min_samples)
+    (B,), layout_b = check_views([B], ["B"], layout, matricization, min_samples=min_samples)
+    rows = [matrix_shape(x.shape, lay, matricization)[0]
+            for x, lay in ((A, layout_a), (B, layout_b))]  # fmt: skip
+    if rows[0] != rows[1]:
+        raise ValueError(
+            f"A {A.shape} and B {B.shape} give {rows[0]} and {rows[1]} rows per sample with "
+            f"matricization={matricization!r}: views of different widths are compared row "
+            "by row, so their rows must correspond (matricization='flatten', one row per "
+            "sample, compares any widths)"
+        )
+    return A, B, (layout_a, layout_b)
+
+
+@dataclass
+class PairMoments:
+    """Centred moments of two views whose widths may differ (``d_A``, ``d_B``): the
+    fields of :class:`~seis_sklearn._moments.Moments` for ``G = 2``, as lists.
+
+    Attributes
+    ----------
+    n_samples : int
+    mean : list of ndarray
+        ``[μ_A (R × d_A), μ_B (R × d_B)]``, the per-feature means.
+    auto : list of ndarray
+        ``[X̃ᵀX̃ (d_A × d_A), ỸᵀỸ (d_B × d_B)]``.
+    cross : list of ndarray
+        ``[X̃ᵀỸ (d_A × d_B)]``.
+    """
+
+    n_samples: int
+    mean: list
+    auto: list
+    cross: list
+
+    @property
+    def rows_per_sample(self):
+        """Rows ``R`` of one sample's matrix."""
+        return self.mean[0].shape[0]
+
+    @property
+    def n_rows(self):
+        """Rows ``m = N·R`` of each matricized view."""
+        return self.n_samples * self.rows_per_sample
+
+
+def _moments_of(A, B, layout, matricization, *, min_samples=2):
+    A, B, layouts = _check_pair(A, B, layout, matricization, min_samples=min_samples)
+    return _pair_moments(A, B, layouts, matricization)
+
+
+def _pair_moments(A, B, layouts, matricization):
+    """The centred moments of two validated views: :func:`~seis_sklearn._accumulate.
+    accumulate` where they have one shape, else the moments of their rows side by side
+    (``[x_i, y_i]``, ``d_A + d_B`` columns, chunk by chunk of samples: memory maps and
+    dask arrays stream) cut into the blocks of a :class:`PairMoments`."""
+    if A.shape == B.shape and layouts[0] == layouts[1]:
+        return accumulate([A, B], layouts[0], matricization, names=("A", "B"))
+    rows, d_a = matrix_shape(A.shape, layouts[0], matricization)
+    d_b = matrix_shape(B.shape, layouts[1], matricization)[1]
+    n = A.shape[0]
+    step = chunk_samples((n, rows, d_a + d_b))
+    acc = None
+    for start in range(0, n, step):
+        parts = []
+        for x, lay, name in ((A, layouts[0], "A"), (B, layouts[1], "B")):
+            part = matricize(_host(x[start : start + step]), lay, matricization)
+            check_finite(part, name)
+            parts.append(part)
+        # (samples, R, d_A + d_B): each sample's R rows, read as tokens by channel
+        joined = np.concatenate(parts, axis=1).reshape(-1, rows, d_a + d_b)
+        if acc is None:
+            acc = accumulator([joined], "NLD", "channel", names=("A and B",))
+        acc.add([joined])
+    joint = acc.result(final=True)
+    mean, auto = joint.mean[0], joint.auto[0]
+    return PairMoments(
+        joint.n_samples, [mean[:, :d_a], mean[:, d_a:]], [auto[:d_a, :d_a], auto[d_a:, d_a:]],
+        [auto[:d_a, d_a:]],
+    )  # fmt: skip
 
 
 def cka_from_moments(moments):
-    """Linear CKA from the centred auto- and cross-products."""
+    """Linear CKA from the centred auto- and cross-products (:class:`~seis_sklearn.
+    _moments.Moments` or :class:`PairMoments`): ``‖X̃ᵀỸ‖²_F / (‖X̃ᵀX̃‖_F ‖ỸᵀỸ‖_F)``."""
     cross = moments.cross[0]
     norms = [np.linalg.norm(moments.auto[0]), np.linalg.norm(moments.auto[1])]
     if not norms[0] * norms[1] > 0:
@@ -360,31 +479,44 @@ def cka_from_moments(moments):
 def linear_cka(A, B, *, layout="auto", matricization="flatten", debiased=False):
     """Linear centred kernel alignment (Kornblith et al. 2019), biased or debiased.
 
-    ``CKA = ‖X̃ᵀỸ‖²_F / (‖X̃ᵀX̃‖_F ‖ỸᵀỸ‖_F)`` on the centred matricized views (rows:
-    samples for ``"flatten"``; see :func:`seis_sklearn.matricize`; each feature
-    centred by its mean, SPEC §2.1).
+    The standard CKA: each sample one row, its features (``C·H·W`` of a map) the
+    columns, each feature centred by its mean over the samples; ``A`` and ``B`` may
+    differ in width (layers of different shapes) but must hold the same samples.
+    ``CKA = ‖X̃ᵀỸ‖²_F / (‖X̃ᵀX̃‖_F ‖ỸᵀỸ‖_F) = ⟨K̃, L̃⟩ / (‖K̃‖ ‖L̃‖)`` for the
+    centred Gram matrices ``K̃ = X̃X̃ᵀ``, ``L̃ = ỸỸᵀ`` of the samples. Computed from
+    whichever is smaller: the ``n × n`` Gram matrices (memory ``2n²``, the features
+    read in blocks of columns) or the moments (``(d_A + d_B)²``, one pass over the
+    samples: dask arrays always take this way).
 
     ``debiased=True`` replaces each HSIC by the unbiased estimator of Song et al.
     (2012), as Nguyen, Raghu & Kornblith (2021) do: with ``a_i = ‖x̃_i‖²`` and
     ``b_i = ‖ỹ_i‖²`` the squared norms of the centred rows and ``n`` the rows,
     ``h(X, Y) = ‖X̃ᵀỸ‖²_F − n/(n − 2)·Σ_i a_i b_i + Σa·Σb/((n − 1)(n − 2))`` and
     ``CKA_u = h(X, Y) / sqrt(h(X, X)·h(Y, Y))`` — the U-centred Gram matrices of the
-    rows, computed without them. The biased estimator is far from 0 for unrelated
-    views when the features are not few against the samples (independent Gaussian
-    activations, 32 samples of 256 features: ≈ 0.89); the debiased one is near 0
-    there, and can be slightly negative. Exact, in two passes over the samples (the
-    moments, then the rows' norms: :class:`RowNormSums`): memory maps and dask
-    arrays stream. With ``"spatial"``/``"channel"`` the estimator's observations are
-    the rows (a sample's rows are not independent, so the bias removed is that of
-    the rows' estimator), centred by their mean over all rows — the U-centring's
-    own, not SEIS's mean per row position.
+    rows. The biased estimator is far from 0 for unrelated views when the features
+    are not few against the samples (independent Gaussian activations, 32 samples of
+    256 features: ≈ 0.89); the debiased one is near 0 there, and can be slightly
+    negative. From the moments it is exact in two passes over the samples (the
+    moments, then the rows' norms: :class:`RowNormSums`).
+
+    ``matricization="spatial"``/``"channel"`` give a *matricized* CKA instead (docs/
+    metrics.rst, "Matricized CKA"): the rows of :func:`seis_sklearn.matricize`
+    (``(sample, channel)`` rows of positions in spatial mode) are the observations,
+    each (row position, column) feature centred by its mean over the samples; the
+    views must then give the same rows per sample. For the debiased estimator the rows
+    are centred by their mean over all rows — the U-centring's own (a sample's rows
+    are not independent, so the bias removed is that of the rows' estimator).
 
     Parameters
     ----------
-    A, B : array-like of shape (n_samples, ...)
-        As in :func:`seis_sklearn.seis_score` (numpy, memory maps, dask).
+    A : array-like of shape (n_samples, ...)
+        As in :func:`seis_sklearn.seis_score` (numpy, memory maps, dask, torch).
+    B : array-like of shape (n_samples, ...)
+        The same samples; any width.
     layout : str, default="auto"
+        Of both views (``"auto"``: each by its number of axes).
     matricization : {"flatten", "spatial", "channel"}, default="flatten"
+        ``"flatten"`` is the standard CKA.
     debiased : bool, default=False
         The unbiased HSIC estimator (needs at least 4 rows).
 
@@ -401,30 +533,232 @@ def linear_cka(A, B, *, layout="auto", matricization="flatten", debiased=False):
     >>> A, B = rng.normal(size=(32, 256)), rng.normal(size=(32, 256))
     >>> round(linear_cka(A, B), 2), abs(linear_cka(A, B, debiased=True)) < 0.05
     (0.88, True)
+    >>> linear_cka(A, A[:, :16] @ rng.normal(size=(16, 5))) > 0   # another width
+    True
     """
     if not isinstance(debiased, (bool, np.bool_)):
         raise TypeError(f"debiased must be True or False; got {type(debiased).__name__}")
     min_samples = 4 if debiased and matricization == "flatten" else 2
-    (A, B), layout = check_views([A, B], ["A", "B"], layout, matricization,
-                                 min_samples=min_samples)  # fmt: skip
-    moments = accumulate([A, B], layout, matricization, names=("A", "B"))
+    A, B, layouts = _check_pair(A, B, layout, matricization, min_samples=min_samples)
+    if matricization == "flatten" and _grams_are_smaller(A, B):
+        return _gram_cka(A, B, debiased)
+    moments = _pair_moments(A, B, layouts, matricization)
     if not debiased:
         return cka_from_moments(moments)
-    return cka_debiased_from_moments(moments, row_norm_sums(A, B, layout, matricization))
+    return cka_debiased_from_moments(moments, row_norm_sums(A, B, layouts, matricization))
 
 
 #: ``cka(A, B, debiased=True)``: the name the literature uses for :func:`linear_cka`.
 cka = linear_cka
 
 
+def _grams_are_smaller(A, B):
+    """Whether two ``n × n`` Gram matrices take less memory than the moments
+    (``d_A² + d_B² + d_A·d_B`` float64) of views held in memory (not dask)."""
+    if is_dask_array(A) or is_dask_array(B):
+        return False
+    n = A.shape[0]
+    d_a, d_b = (int(np.prod(x.shape[1:], dtype=np.int64)) for x in (A, B))
+    return 2 * n * n < d_a * d_a + d_b * d_b + d_a * d_b
+
+
+def centred_gram(x, debiased=False, *, name="A"):
+    """The linear Gram matrix of a batch's samples, centred or U-centred, in float64.
+
+    Each sample is one row of its flattened features; each feature is centred by its
+    mean over the batch (columns read in blocks, shifted by the first sample first so
+    that a constant feature is exactly 0), then ``K = X̃X̃ᵀ`` is centred again
+    (``HKH``, the biased HSIC's) or U-centred (Song et al. 2012: zero diagonal, the
+    unbiased HSIC's) — as the reference code of Kornblith et al. does.
+
+    Parameters
+    ----------
+    x : array-like of shape (n, ...)
+        The batch (numpy array, memory map, or anything ``np.asarray`` reads).
+    debiased : bool, default=False
+        U-centre (needs ``n ≥ 4``) instead of centre.
+    name : str, default="A"
+        For the error raised on NaN or infinite values.
+
+    Returns
+    -------
+    ndarray of shape (n, n)
+        ``⟨K, L⟩`` of two such matrices is ``(n − 1)²`` times the biased HSIC, or
+        ``n(n − 3)`` times the unbiased one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from seis_sklearn.metrics import centred_gram
+    >>> K = centred_gram(np.random.default_rng(0).normal(size=(6, 3, 2)))
+    >>> K.shape, bool(np.allclose(K.sum(axis=0), 0))
+    ((6, 6), True)
+    """
+    return _centre_gram(_gram(x, name), debiased)
+
+
+def _gram(x, name):
+    """``X̃X̃ᵀ`` of the samples' flattened features, each centred over the samples."""
+    x = x.reshape(x.shape[0], -1)
+    n = x.shape[0]
+    step = max(1, min(GRAM_COLUMNS, CHUNK_BYTES // (8 * n)))
+    gram = np.zeros((n, n))
+    for start in range(0, x.shape[1], step):
+        part = np.array(_host(x[:, start : start + step]), dtype=np.float64)
+        check_finite(part, name)
+        part -= part[:1]  # a constant feature: exactly zero
+        part -= part.mean(axis=0)
+        gram += part @ part.T
+    return gram
+
+
+def _centre_gram(gram, debiased):
+    """``HKH`` (biased) or the U-centring of Song et al. (2012), in place."""
+    n = gram.shape[0]
+    if debiased:
+        np.fill_diagonal(gram, 0.0)
+        means = gram.sum(axis=0) / (n - 2)
+        means -= means.sum() / (2 * (n - 1))
+        gram -= means[:, None]
+        gram -= means[None, :]
+        np.fill_diagonal(gram, 0.0)
+    else:
+        means = gram.mean(axis=0)
+        means -= means.mean() / 2
+        gram -= means[:, None]
+        gram -= means[None, :]
+    return gram
+
+
+#: Feature columns of a batch multiplied at a time into its Gram matrix (float64
+#: copies of at most this many columns).
+GRAM_COLUMNS = 8192
+
+
+def _gram_cka(A, B, debiased):
+    """CKA of views held in memory from their centred (U-centred) Gram matrices."""
+    raw = [_gram(A, "A"), _gram(B, "B")]
+    floors = [_gram_floor(g) for g in raw]
+    K, L = (_centre_gram(g, debiased) for g in raw)
+    k, l_ = K.ravel(), L.ravel()
+    return _cka_of_hsic(k @ l_, k @ k, l_ @ l_, debiased, floors)
+
+
+def _gram_floor(gram):
+    """What rounding leaves of a view without variance in its U-centred Gram's
+    ``⟨K, K⟩``: ``64 n ε ‖X̃X̃ᵀ‖²_F`` (as for the moments, ``‖X̃ᵀX̃‖_F = ‖X̃X̃ᵀ‖_F``)."""
+    return 64 * gram.shape[0] * np.finfo(np.float64).eps * float(np.sum(gram * gram))
+
+
+def _cka_of_hsic(cross, self_a, self_b, debiased, floors=(0.0, 0.0)):
+    """CKA from its three HSIC terms (any common scale); errors for views without
+    variance (debiased: below ``floors``, what rounding leaves of none)."""
+    if not debiased:
+        if not self_a * self_b > 0:
+            raise ValueError(f"linear CKA is undefined: {_constant([self_a, self_b])}")
+        return float(min(cross / np.sqrt(self_a * self_b), 1.0))
+    bad = [name for name, h, f in zip("AB", (self_a, self_b), floors, strict=True) if not h > f]
+    if bad:
+        verb = "has" if len(bad) == 1 else "have"
+        raise ValueError(
+            f"debiased linear CKA is undefined: {' and '.join(bad)} {verb} no variance "
+            "left by the unbiased estimator (its U-centred Gram matrix is zero: a "
+            "constant view, for one)"
+        )
+    return float(min(cross / np.sqrt(self_a * self_b), 1.0))
+
+
+class MinibatchCKA:
+    """Linear CKA of two views estimated over minibatches (Nguyen, Raghu & Kornblith
+    2021), batch by batch: what a streamed report and
+    :func:`~seis_sklearn.adapters.torch.similarity_map` compute.
+
+    Each batch of ``b`` samples adds its HSIC estimates from the batch's
+    :func:`centred_gram` matrices ``K``, ``L`` of the flattened views — ``⟨K, L⟩ /
+    (b − 1)²`` (biased) and ``⟨K_u, L_u⟩ / (b(b − 3))`` (unbiased, U-centred) — and
+    the CKA is ``Σ HSIC(K, L) / sqrt(Σ HSIC(K, K)·Σ HSIC(L, L))`` over the batches.
+    With one batch of all samples it is :func:`linear_cka` (flatten) exactly. Memory:
+    the ``b × b`` Grams of one batch; the views may differ in width. Batches of fewer
+    than 2 samples (4 for the debiased estimator) cannot be used and are counted in
+    ``skipped``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from seis_sklearn.metrics import MinibatchCKA, linear_cka
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(40, 6, 3))
+    >>> Y = X[:, :2] + rng.normal(size=(40, 2, 3))
+    >>> one = MinibatchCKA()
+    >>> one.add(X, Y)
+    >>> bool(np.isclose(one.value(debiased=True), linear_cka(X, Y, debiased=True)))
+    True
+    """
+
+    def __init__(self):
+        # biased ⟨K, L⟩, ⟨K, K⟩, ⟨L, L⟩, then the unbiased ones, then the unbiased floors
+        self.sums = np.zeros(8)
+        self.used = np.zeros(2, dtype=np.int64)  # samples behind each estimator
+        self.skipped = np.zeros(2, dtype=np.int64)
+
+    def add(self, x, y):
+        """Add a batch of both views (arrays of ``b`` samples each, rows aligned)."""
+        b = len(x)
+        if len(y) != b:
+            raise ValueError(f"the views' batches hold {b} and {len(y)} samples")
+        if b < 2:
+            self.skipped += b
+            return
+        raw = [_gram(x, "A"), _gram(y, "B")]
+        if b >= 4:
+            floors = [_gram_floor(g) / (b * (b - 3)) for g in raw]
+            K, L = (_centre_gram(g.copy(), True) for g in raw)
+            k, l_ = K.ravel(), L.ravel()
+            self.sums[3:] += [k @ l_ / (b * (b - 3)), k @ k / (b * (b - 3)),
+                              l_ @ l_ / (b * (b - 3)), *floors]  # fmt: skip
+            self.used[1] += b
+        else:
+            self.skipped[1] += b
+        K, L = (_centre_gram(g, False) for g in raw)
+        k, l_ = K.ravel(), L.ravel()
+        self.sums[:3] += np.array([k @ l_, k @ k, l_ @ l_]) / (b - 1) ** 2
+        self.used[0] += b
+
+    def value(self, debiased=False):
+        """The CKA over the batches added (a ValueError where it is undefined)."""
+        j = int(bool(debiased))
+        if not self.used[j]:
+            raise ValueError(
+                f"no batch of at least {4 if debiased else 2} samples was added: nothing "
+                "to estimate"
+            )
+        cross, self_a, self_b = self.sums[3 * j : 3 * j + 3]
+        return _cka_of_hsic(cross, self_a, self_b, debiased, self.sums[6:] if j else (0, 0))
+
+    def state(self):
+        """The sums as arrays (a checkpoint's); :meth:`from_state` reads them back."""
+        return {"sums": self.sums, "used": self.used, "skipped": self.skipped}
+
+    @classmethod
+    def from_state(cls, state):
+        """The sums :meth:`state` gave."""
+        sums = cls()
+        sums.sums = np.array(state["sums"], dtype=np.float64)
+        sums.used = np.array(state["used"], dtype=np.int64)
+        sums.skipped = np.array(state["skipped"], dtype=np.int64)
+        return sums
+
+
 def row_norm_sums(A, B, layout, matricization):
-    """:class:`RowNormSums` of two views' matricized rows, one chunk of samples at a time."""
+    """:class:`RowNormSums` of two views' matricized rows, one chunk of samples at a time
+    (``layout``: one for both, or a pair)."""
+    layouts = (layout, layout) if isinstance(layout, str) else tuple(layout)
     sums = RowNormSums()
     n = A.shape[0]
-    step = chunk_samples(A.shape)
+    step = min(chunk_samples(A.shape), chunk_samples(B.shape))
     for start in range(0, n, step):
-        sums.add(*(matricize(_host(a[start : start + step]), layout, matricization)
-                   for a in (A, B)))  # fmt: skip
+        sums.add(*(matricize(_host(a[start : start + step]), lay, matricization)
+                   for a, lay in zip((A, B), layouts, strict=True)))  # fmt: skip
     return sums
 
 
@@ -436,9 +770,10 @@ class RowNormSums:
     ``u_i = x_i − c``, ``A_i = ‖u_i‖²`` (and ``w_i``, ``B_i`` for the second view),
     ``‖x_i − m‖² = A_i − 2 u_i·δ + ‖δ‖²`` for ``δ = m − c``: the sums ``ΣA_iB_i``,
     ``ΣA_i²``, ``ΣB_i²``, ``ΣA_i``, ``ΣB_i`` and the vectors ``ΣA_i u_i``, ``ΣB_i u_i``,
-    ``ΣA_i w_i``, ``ΣB_i w_i``, ``Σu_i``, ``Σw_i`` give every sum of products of the
-    norms about ``m`` (:func:`cka_debiased_from_moments`), in float64 whatever the
-    rows' dtype, in any chunking.
+    ``Σu_i`` (of the first view's width) and ``ΣA_i w_i``, ``ΣB_i w_i``, ``Σw_i`` (of
+    the second's) give every sum of products of the norms about ``m``
+    (:func:`cka_debiased_from_moments`), in float64 whatever the rows' dtype, in any
+    chunking.
     """
 
     def __init__(self):
@@ -448,26 +783,35 @@ class RowNormSums:
         """Add a chunk of rows of the two views (2-D arrays, rows aligned)."""
         x, y = np.asarray(x), np.asarray(y)
         if self.centre is None:
-            self.centre = np.stack([x.mean(axis=0, dtype=np.float64),
-                                    y.mean(axis=0, dtype=np.float64)])  # fmt: skip
-            self.vectors = np.zeros((6, x.shape[1]))
+            self.centre = [x.mean(axis=0, dtype=np.float64), y.mean(axis=0, dtype=np.float64)]
+            self.vectors = [np.zeros((3, x.shape[1])), np.zeros((3, y.shape[1]))]
         u = x - self.centre[0]  # float64
         w = y - self.centre[1]
         a, b = np.einsum("ij,ij->i", u, u), np.einsum("ij,ij->i", w, w)
         self.scalars += [a @ b, a @ a, b @ b, a.sum(), b.sum()]
-        self.vectors += np.stack([a @ u, b @ u, a @ w, b @ w, u.sum(axis=0), w.sum(axis=0)])
+        self.vectors[0] += np.stack([a @ u, b @ u, u.sum(axis=0)])
+        self.vectors[1] += np.stack([a @ w, b @ w, w.sum(axis=0)])
         self.n_rows += len(u)
 
     def state(self):
         """The sums as arrays (a checkpoint's); :meth:`from_state` reads them back."""
-        return {"centre": self.centre, "scalars": self.scalars, "vectors": self.vectors,
-                "n_rows": np.array(self.n_rows)}  # fmt: skip
+        return {"centre_x": self.centre[0], "centre_y": self.centre[1],
+                "scalars": self.scalars, "vectors_x": self.vectors[0],
+                "vectors_y": self.vectors[1], "n_rows": np.array(self.n_rows)}  # fmt: skip
 
     @classmethod
     def from_state(cls, state):
+        """The sums :meth:`state` gave (or the one-width arrays ``centre`` and
+        ``vectors`` of earlier versions)."""
         sums = cls()
-        sums.centre, sums.scalars = np.asarray(state["centre"]), np.asarray(state["scalars"])
-        sums.vectors, sums.n_rows = np.asarray(state["vectors"]), int(state["n_rows"])
+        sums.scalars, sums.n_rows = np.asarray(state["scalars"]), int(state["n_rows"])
+        if "vectors" in state:  # both views of one width, stacked
+            centre, vectors = np.asarray(state["centre"]), np.asarray(state["vectors"])
+            sums.centre = [centre[0], centre[1]]
+            sums.vectors = [vectors[[0, 1, 4]], vectors[[2, 3, 5]]]
+        else:
+            sums.centre = [np.asarray(state["centre_x"]), np.asarray(state["centre_y"])]
+            sums.vectors = [np.asarray(state["vectors_x"]), np.asarray(state["vectors_y"])]
         return sums
 
 
@@ -503,7 +847,7 @@ def cka_debiased_from_moments(moments, sums):
     d, d2 = m - sums.centre[0], m2 - sums.centre[1]
     k, k2 = d @ d, d2 @ d2
     s_ab, s_aa, s_bb, s_a, s_b = sums.scalars
-    a_u, b_u, a_w, b_w, s_u, s_w = sums.vectors
+    (a_u, b_u, s_u), (a_w, b_w, s_w) = sums.vectors
     p, q = d @ s_u, d2 @ s_w
     ex, ey = (mu - sums.centre[0]) @ d, (nu - sums.centre[1]) @ d2  # (μ_r − c)·δ
     pq = d @ moments.cross[0] @ d2 + per_row * (ex @ ey)
@@ -519,15 +863,7 @@ def cka_debiased_from_moments(moments, sums):
     # the self-terms are sums of squares of U-centred Gram entries: positive unless
     # the view has no variance (zero up to rounding of its terms, ‖XᵀX‖²_F)
     floors = [64 * n * np.finfo(np.float64).eps * float(np.sum(a * a)) for a in (xx, yy)]
-    bad = [name for name, h, f in zip("AB", (self_x, self_y), floors, strict=True) if not h > f]
-    if bad:
-        verb = "has" if len(bad) == 1 else "have"
-        raise ValueError(
-            f"debiased linear CKA is undefined: {' and '.join(bad)} {verb} no variance "
-            "left by the unbiased estimator (its U-centred Gram matrix is zero: a "
-            "constant view, for one)"
-        )
-    return float(min(hsic / np.sqrt(self_x * self_y), 1.0))
+    return _cka_of_hsic(hsic, self_x, self_y, True, floors)
 
 
 def _host(chunk):
@@ -597,6 +933,7 @@ def svcca(A, B, *, threshold=0.99, layout="auto", matricization="flatten"):
     Parameters
     ----------
     A, B : array-like of shape (n_samples, ...)
+        The same samples; the widths may differ (rows per sample may not).
     threshold : float in (0, 1], default=0.99
     layout : str, default="auto"
     matricization : {"flatten", "spatial", "channel"}, default="flatten"
@@ -636,7 +973,8 @@ def pwcca(A, B, *, layout="auto", matricization="flatten"):
     Parameters
     ----------
     A, B : array-like of shape (n_samples, ...)
-        ``A`` is the view whose neurons weight the correlations.
+        ``A`` is the view whose neurons weight the correlations; the widths may
+        differ (rows per sample may not).
     layout : str, default="auto"
     matricization : {"flatten", "spatial", "channel"}, default="flatten"
 
@@ -655,9 +993,10 @@ def pwcca(A, B, *, layout="auto", matricization="flatten"):
     return pwcca_from_moments(_moments_of(A, B, layout, matricization))
 
 
-#: Metrics a layerwise report can add as columns (computed from the same moments).
+#: Metrics a layerwise report computes from each layer's SEIS moments (so on the rows
+#: of the layer's matricization). Its ``cka`` and ``cka_debiased`` columns are the
+#: standard CKA of the flattened activations instead (docs/metrics.rst).
 REPORT_METRICS = {
-    "cka": cka_from_moments,
     "svcca": svcca_from_moments,
     "pwcca": pwcca_from_moments,
 }
@@ -672,7 +1011,7 @@ def check_report_metrics(metrics, *, lee=False):
     if isinstance(metrics, str):
         metrics = [metrics]
     metrics = list(metrics)
-    known = [*REPORT_METRICS, "cka_debiased", "channel_eed", *(["lee"] if lee else [])]
+    known = ["cka", "cka_debiased", *REPORT_METRICS, "channel_eed", *(["lee"] if lee else [])]
     for name in metrics:
         if name == "lee" and not lee:
             raise ValueError(

@@ -432,7 +432,8 @@ def test_layerwise_report_adds_metrics_and_statistics_columns(net):
             # the report's own arithmetic: streamed batches in float64, stored ones float32
             dtype = np.float64 if held_out else np.float32
             a, b = (v.astype(dtype) for v in pairs[row["layer"]])
-            assert row["cka"] == pytest.approx(linear_cka(a, b, matricization="spatial"), rel=1e-6)
+            # the standard CKA of the flattened activations (one batch of all 48 samples)
+            assert row["cka"] == pytest.approx(linear_cka(a, b), rel=1e-6)
             assert row["svcca"] == pytest.approx(svcca(a, b, matricization="spatial"), rel=1e-6)
             # PWCCA's weights depend on the basis chosen within tied canonical correlations
             # (conv1 has seven at 1.0 under the flip): it is only defined, and compared,
@@ -612,8 +613,9 @@ def test_a_wide_streamed_layer_is_fitted_on_its_rows(monkeypatch):
 
 
 def test_debiased_cka_and_lie_derivative_columns(net):
-    """``cka_debiased``: streamed or stored, the metric of all samples' activations in
-    the layer's matricization; ``lee``: each layer's share of the output's Lie
+    """``cka_debiased``: the standard CKA of the flattened activations — stored, over
+    all samples; streamed, the minibatch estimator over the report's batches (16, 16
+    and 8 samples here); ``lee``: each layer's share of the output's Lie
     derivative under the transform's generator (rotation for rot90 and rotate, the
     translation of its axis for translate, none for a flip)."""
     import functools
@@ -621,7 +623,7 @@ def test_debiased_cka_and_lie_derivative_columns(net):
     from seis_sklearn.adapters.torch import layerwise_lie_derivative, layerwise_seis
     from seis_sklearn.adapters.torch import transforms as TT
 
-    from seis_sklearn.metrics import linear_cka
+    from seis_sklearn.metrics import MinibatchCKA, linear_cka
 
     x = np.random.default_rng(5).normal(size=(40, 1, 7, 7)).astype(np.float32)
     chosen = {"rot90": TT.rot90, "flip": TT.hflip,
@@ -637,8 +639,13 @@ def test_debiased_cka_and_lie_derivative_columns(net):
             rows = frame[frame["transform"] == name].set_index("layer")
             for layer in layers:
                 a, b = pairs[layer]
-                mode = rows.loc[layer, "matricization"]
-                want = linear_cka(a, b, matricization=mode, debiased=True)
+                if held_out is None:
+                    want = linear_cka(a, b, debiased=True)
+                else:
+                    sums = MinibatchCKA()
+                    for start in range(0, len(a), 16):
+                        sums.add(a[start : start + 16], b[start : start + 16])
+                    want = sums.value(debiased=True)
                 assert rows.loc[layer, "cka_debiased"] == pytest.approx(want, abs=1e-6)
             generator = {"rot90": "rotate", "flip": "", "shift": "translate_y"}[name]
             assert (rows["lee_generator"] == generator).all()

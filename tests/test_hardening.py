@@ -438,8 +438,10 @@ def test_the_denoiser_refuses_non_numeric_input_naming_x(rng):
         fitted.transform(X.astype(str))
     with pytest.raises(ValueError, match="^X: "):
         SubspaceDenoiser().fit(np.zeros((1, 3)))  # scikit-learn's message, naming X
-    with pytest.raises(ValueError, match="A and B must have the same shape"):
-        linear_cka(X, X[:, :3])
+    linear_cka(X, X[:, :3])  # layers of different widths: what CKA compares
+    with pytest.raises(ValueError, match="A and B must hold the same samples.*got 20 samples "
+                       r"in A \(20, 4\) and 10 in B \(10, 3\)"):  # fmt: skip
+        linear_cka(X, X[:10, :3])
     with pytest.raises(TypeError, match="reference must be a numeric array"):
         latent_geed([X, X], reference=[["a", "b", "c", "d"]] * 3)
     with pytest.raises(ValueError, match="reference has 3 features"):

@@ -660,8 +660,8 @@ def layerwise_seis(
     held_out : float or None, default=0.2
         As in :func:`seis_sklearn.adapters.torch.layerwise_seis`.
     metrics : sequence of str, optional
-        ``"cka"``, ``"svcca"``, ``"pwcca"``, ``"channel_eed"`` columns, as in
-        :func:`seis_sklearn.adapters.torch.layerwise_seis`.
+        ``"cka"``, ``"cka_debiased"``, ``"svcca"``, ``"pwcca"``, ``"channel_eed"``
+        columns, as in :func:`seis_sklearn.adapters.torch.layerwise_seis`.
     matricization, tokens
         As in :func:`seis_sklearn.adapters.torch.layerwise_seis`.
     n_prefix : int, optional

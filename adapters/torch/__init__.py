@@ -699,15 +699,21 @@ def layerwise_seis(
     batch_size, device, progress
         As in :func:`extract_activations`.
     metrics : sequence of str, optional
-        Further columns from :mod:`seis_sklearn.metrics` — ``"cka"``,
-        ``"svcca"``, ``"pwcca"`` — computed on all samples' activations, with
-        the same matricization as SEIS (streamed too); ``"channel_eed"``, the
+        Further columns from :mod:`seis_sklearn.metrics`: ``"cka"`` and
+        ``"cka_debiased"``, the standard linear CKA (biased; with the unbiased
+        HSIC) of the layer's flattened activations on ``x`` and ``g·x``, whatever
+        its matricization — with ``held_out=None`` exactly
+        :func:`seis_sklearn.metrics.linear_cka` over all samples, streamed the
+        minibatch estimator over the report's batches
+        (:class:`seis_sklearn.metrics.MinibatchCKA`: the diagonal of
+        :func:`similarity_map` under the transform with this ``batch_size``; equal
+        to ``linear_cka`` when one batch holds every sample); ``"svcca"``,
+        ``"pwcca"``, computed on all samples' activations with the same
+        matricization as SEIS (streamed too); ``"channel_eed"``, the
         channelwise G-EED term of the transform (−mean cosine between the
         channels of ``f(gx)`` and the transform applied to ``f(x)``; −1 =
         exactly equivariant; NaN for layers without spatial axes);
-        ``"cka_debiased"``, linear CKA with the unbiased HSIC
-        (:func:`seis_sklearn.metrics.linear_cka`, exact over all samples in the same
-        pass); ``"lee"``, the layer's share of the Lie derivative of the model's
+        ``"lee"``, the layer's share of the Lie derivative of the model's
         output (:func:`layerwise_lie_derivative`: the softmax of a 2-D output, a
         map output warped back) under the continuous generator its transform is a
         step of (``lee_generator``: ``rot90``/``rotate`` → rotation, ``translate``

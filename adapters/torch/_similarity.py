@@ -10,7 +10,11 @@ each layer's ``b × b`` linear Gram matrix, centred (``"cka"``) or U-centred
 every pair of layers summed over batches; the map is
 ``Σ HSIC(K_i, L_j) / sqrt(Σ HSIC(K_i, K_i) · Σ HSIC(L_j, L_j))``. With one batch of
 all samples it is exactly :func:`seis_sklearn.metrics.linear_cka` of the flattened
-layers. Memory: one ``b × b`` matrix per layer; layers of any shapes.
+layers (the standard CKA: samples as rows, all features as columns). Memory: one
+``b × b`` matrix per layer; layers of any shapes. A streamed layerwise report's
+``cka`` and ``cka_debiased`` columns are this estimator over the report's batches
+(:class:`seis_sklearn.metrics.MinibatchCKA`): the diagonal of the map of a model
+against itself under the report's transform, for the same batches.
 
 ``"seis"`` maps SEIS instead: for every two layers whose activations have the same
 shape (SEIS compares two views in one shared basis: layers of other shapes have no
@@ -26,9 +30,6 @@ from __future__ import annotations
 import numpy as np
 
 METRICS = ("cka", "cka_debiased", "seis")
-# Columns of a layer's flattened activations multiplied at a time into its Gram
-# matrix (float64 products of float32 activations, without a float64 copy of them).
-GRAM_COLUMNS = 8192
 
 
 def similarity_map(
@@ -320,27 +321,11 @@ def _keys(recorded, layers):
 
 def _centred_gram(activations, debiased):
     """The linear Gram matrix of a batch's flattened activations, centred (biased HSIC)
-    or U-centred (unbiased: zero diagonal, Song et al. 2012), in float64."""
-    x = np.asarray(activations).reshape(activations.shape[0], -1)
-    x = x - x.mean(axis=0, dtype=np.float64).astype(x.dtype)  # numerically: HSIC ignores it
-    n = x.shape[0]
-    gram = np.zeros((n, n))
-    for start in range(0, x.shape[1], GRAM_COLUMNS):
-        part = x[:, start : start + GRAM_COLUMNS].astype(np.float64)
-        gram += part @ part.T
-    if debiased:
-        np.fill_diagonal(gram, 0.0)
-        means = gram.sum(axis=0) / (n - 2)
-        means -= means.sum() / (2 * (n - 1))
-        gram -= means[:, None]
-        gram -= means[None, :]
-        np.fill_diagonal(gram, 0.0)
-    else:
-        means = gram.mean(axis=0)
-        means -= means.mean() / 2
-        gram -= means[:, None]
-        gram -= means[None, :]
-    return gram
+    or U-centred (unbiased: zero diagonal, Song et al. 2012), in float64 — the one of
+    :func:`seis_sklearn.metrics.centred_gram`, which a report's CKA columns use too."""
+    from seis_sklearn.metrics import centred_gram
+
+    return centred_gram(np.asarray(activations), debiased)
 
 
 def _name(transform):
