@@ -1112,7 +1112,7 @@ def in_sample(pairs, seis_params, metrics=(), deviation=None, readings=None, pro
             if reading is not None and reading.skip:
                 raise ValueError(reading.skip.removeprefix("not scored: "))
             if set(params) & STORED_ONLY:
-                results[k] = seis_score(a, b, **params)
+                results[k] = seis_score(a, b, cv=None, **params)
             else:  # what seis_score(a, b) does, keeping the scorer's moments
                 scorer = SEISScorer(**params)._fit(
                     a, b, names=names, streaming=False, store_components=False

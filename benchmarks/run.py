@@ -142,13 +142,13 @@ def case_spatial(scale, repeats):
     input_bytes = A.nbytes + B.nbytes
     m, d = matricize(A).shape
     label = f"spatial m={m:,} d={d:,} f32"
-    seis_score(A[:64], B[:64])  # warm-up outside the measurement
+    seis_score(A[:64], B[:64], cv=None)  # warm-up outside the measurement
     before = current_rss()
     reset_peak()
-    seis_score(A, B)
+    seis_score(A, B, cv=None)
     extra = peak_rss() - before
     Z = np.hstack([matricize(A), matricize(B)])  # the baseline's input, built beforehand
-    ours, base = interleaved_medians([lambda: seis_score(A, B), lambda: Z.T @ Z], repeats)
+    ours, base = interleaved_medians([lambda: seis_score(A, B, cv=None), lambda: Z.T @ Z], repeats)
     Z = None  # the baseline's copy goes before the direct code runs
     bound = 2 * (2 * d) ** 2 * 8 + 64 * MB
     rows = [
@@ -186,7 +186,7 @@ def case_cca(scale, repeats):
     rng = np.random.default_rng(1)
     X = rng.standard_normal((m, 32)) @ rng.standard_normal((32, 32))
     Y = X @ rng.standard_normal((32, 32)) + rng.standard_normal((m, 32))
-    ours = median_time(lambda: seis_score(X, Y, n_components=32), repeats)
+    ours = median_time(lambda: seis_score(X, Y, n_components=32, cv=None), repeats)
     sub = min(m, 16_384)  # sklearn's NIPALS costs O(m) per iteration: time a subsample
     cca = CCA(n_components=32, max_iter=500)
     start = time.perf_counter()
@@ -227,7 +227,7 @@ def case_memmap(scale, repeats):
         before = current_rss()
         reset_peak()
         start = time.perf_counter()
-        seis_score(A, B)
+        seis_score(A, B, cv=None)
         elapsed = time.perf_counter() - start
         extra = peak_rss() - before
     finally:
@@ -257,7 +257,7 @@ def case_wide(scale, repeats):
     before = current_rss()
     reset_peak()
     start = time.perf_counter()
-    result = seis_score(A, B, matricization="flatten")
+    result = seis_score(A, B, matricization="flatten", cv=None)
     elapsed = time.perf_counter() - start
     extra = peak_rss() - before
     start = time.perf_counter()
@@ -343,16 +343,17 @@ def case_dask(scale, repeats):
         paths_a, paths_b = _npy_stack(folder, n, 256)
         A = np.concatenate([np.load(p) for p in paths_a])
         B = np.concatenate([np.load(p) for p in paths_b])
-        seis_score(A[:64], B[:64])
-        in_memory = median_time(lambda: seis_score(A, B), repeats)
+        seis_score(A[:64], B[:64], cv=None)
+        in_memory = median_time(lambda: seis_score(A, B, cv=None), repeats)
         label = f"dask spatial N={n:,} f32"
         dA, dB = _dask_stack(paths_a), _dask_stack(paths_b)
         with dask.config.set(scheduler="threads"):
-            threads = median_time(lambda: seis_score(dA, dB), repeats)
+            threads = median_time(lambda: seis_score(dA, dB, cv=None), repeats)
         cluster, client = _local_cluster()
         with cluster, client:
-            seis_score(dA[:64], dB[:64])  # workers import and compile outside the measurement
-            distributed = median_time(lambda: seis_score(dA, dB), repeats)
+            # workers import and compile outside the measurement
+            seis_score(dA[:64], dB[:64], cv=None)
+            distributed = median_time(lambda: seis_score(dA, dB, cv=None), repeats)
     finally:
         for p in folder.iterdir():
             p.unlink()
@@ -377,7 +378,7 @@ def case_dask_ooc(scale, repeats):
         cluster, client = _local_cluster(memory_limit=limit)
         with cluster, client:  # a worker over its limit is killed: KilledWorker fails the case
             start = time.perf_counter()
-            seis_score(dA, dB)
+            seis_score(dA, dB, cv=None)
             elapsed = time.perf_counter() - start
     finally:
         for p in folder.iterdir():

@@ -25,6 +25,7 @@ _LAZY = {
     "SEISResult": "._result",
     "SEISScorer": "._scorer",
     "LatentAction": "._latent",
+    "LayoutWarning": "._matricize",
     "latent_action": "._score",
     "SubspaceDenoiser": "._denoiser",
     "matricize": "._matricize",
@@ -39,6 +40,7 @@ _SUBMODULES = ("transforms", "io")
 __all__ = [
     "DenoisedStack",
     "LatentAction",
+    "LayoutWarning",
     "PairedStack",
     "SEISResult",
     "SEISScorer",

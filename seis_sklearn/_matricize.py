@@ -8,6 +8,8 @@ here returns a view of the input whenever the memory layout allows one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 LAYOUTS = ("auto", "NCHW", "NHWC", "NCDHW", "NLD", "ND")
@@ -49,6 +51,184 @@ def resolve_layout(layout, ndim, *, name="A"):
     if ndim != expected:
         raise ValueError(f"layout={layout!r} needs a {expected}-D array, but {name} is {ndim}-D")
     return layout
+
+
+class LayoutWarning(UserWarning):
+    """``layout="auto"`` read an array in a layout its shape only suggests (channels
+    last), or could not tell the layout from the shape and kept the default."""
+
+
+@dataclass(frozen=True)
+class AutoLayout:
+    """What ``layout="auto"`` makes of an array's shape (:func:`auto_layout`).
+
+    Attributes
+    ----------
+    layout : str
+        The concrete layout read.
+    choice : str
+        How it was chosen, in words (results' ``layout_choice``).
+    warning : str
+        A message for a reading the shape only suggests, or cannot decide
+        (``""`` when the shape is clear).
+    error : str
+        A message for a shape that is clearly in a layout there is no name for
+        (5-D channels last), ``""`` otherwise.
+    """
+
+    layout: str
+    choice: str
+    warning: str = ""
+    error: str = ""
+
+
+def _dims(sizes):
+    return "×".join(map(str, sizes))
+
+
+def auto_layout(shape, *, name="A", square_grid=None):
+    """The layout ``layout="auto"`` reads an array of ``shape`` in (samples first).
+
+    2-D → ND, 3-D → NLD. A 4-D array ``(N, a, b, c)`` read channels first
+    (NCHW) has an ``b × c`` grid of ``a`` channels; read channels last (NHWC), an
+    ``a × b`` grid of ``c`` channels. Feature maps are nearly always square, so:
+
+    * ``b == c`` and ``a != b`` — only the channels-first grid is square: NCHW;
+    * ``a == b`` and ``b != c`` — only the channels-last grid is square: read as
+      **NHWC**, with a :class:`LayoutWarning` that says how to confirm it
+      (``layout="NHWC"``) or to say otherwise (``layout="NCHW"``);
+    * ``a == b == c`` — both readings are square: the shape cannot tell; NCHW is
+      kept, with a warning that says so;
+    * neither grid square — nothing suggests channels last: NCHW, no warning.
+
+    A 5-D array ``(N, a, b, c, d)`` is NCDHW; where only the channels-last reading
+    ``(N, D, H, W, C)`` has a square ``H × W`` (``b == c != d``), there is no layout
+    to read it in (NDHWC): the ``error`` says how to move its channels first.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The array's shape, samples first.
+    name : str, default="A"
+        The array's name in messages.
+    square_grid : str, optional
+        A transform known to have produced the pair that keeps the shape only on a
+        square grid (``"rot90"``): a reading whose grid is not square is then
+        impossible, which decides the 4-D cases above except ``a == b == c``.
+
+    Returns
+    -------
+    AutoLayout
+
+    Examples
+    --------
+    >>> from seis_sklearn._matricize import auto_layout
+    >>> auto_layout((64, 16, 12, 12)).layout
+    'NCHW'
+    >>> found = auto_layout((64, 12, 12, 16))
+    >>> found.layout, found.choice
+    ('NHWC', 'auto: channels last (a 12×12 grid of 16 channels; channels first would be a 12×16 grid)')
+    >>> auto_layout((64, 8, 8, 8)).warning != ""
+    True
+    """  # noqa: E501
+    ndim = len(shape)
+    layout = resolve_layout("auto", ndim, name=name)
+    if ndim == 5:
+        return _auto_5d(shape, name)
+    if ndim != 4:
+        return AutoLayout(layout, f"auto: {ndim}-D is {layout}")
+    a, b, c = shape[1:]
+    first, last = b == c, a == b  # is the grid square, read channels first / last
+    fix = f"pass layout='NHWC' if {name} is channels last, layout='NCHW' if channels first"
+    if square_grid:
+        if first and not last:
+            return AutoLayout("NCHW", f"auto: channels first ({square_grid} needs a square grid; "
+                              f"channels last would be {_dims((a, b))})")  # fmt: skip
+        if last and not first:
+            choice = (
+                f"auto: channels last ({square_grid} needs a square grid; channels first "
+                f"would be {_dims((b, c))})"
+            )
+            return AutoLayout("NHWC", choice)
+        if not first:
+            return AutoLayout(
+                "NCHW", "auto: channels first (default; no square grid either way)",
+                warning=(
+                    f"{name} of shape {tuple(shape)} came from {square_grid}, which keeps the "
+                    f"shape only on a square grid, but neither reading has one (channels first "
+                    f"{_dims((b, c))}, channels last {_dims((a, b))}): read as NCHW; check "
+                    f"the layout — {fix}"
+                ),
+            )  # fmt: skip
+    if first and last:
+        return AutoLayout(
+            "NCHW",
+            f"auto: channels first (default; {_dims(shape[1:])} could be either)",
+            warning=(
+                f"layout='auto' cannot tell whether {name} of shape {tuple(shape)} is channels "
+                f"first or channels last (both give a {a}×{a} grid of {a} channels): read as "
+                f"NCHW; {fix}"
+            ),
+        )
+    if last:
+        return AutoLayout(
+            "NHWC",
+            f"auto: channels last (a {_dims((a, b))} grid of {c} channels; channels first "
+            f"would be a {_dims((b, c))} grid)",
+            warning=(
+                f"layout='auto' read {name} of shape {tuple(shape)} as channels last (NHWC: a "
+                f"{_dims((a, b))} grid of {c} channels), since channels first (NCHW) would make "
+                f"it a non-square {_dims((b, c))} grid of {a} channels; pass layout='NHWC' to "
+                f"confirm, or layout='NCHW' if it is channels first"
+            ),
+        )
+    if first:
+        return AutoLayout("NCHW", f"auto: channels first (a {_dims((b, c))} grid of {a} channels)")
+    return AutoLayout(
+        "NCHW", f"auto: channels first (default; a {_dims((b, c))} grid of {a} channels)"
+    )
+
+
+def _auto_5d(shape, name):
+    a, b, c, d = shape[1:]
+    first, last = c == d, b == c  # is H × W square, read NCDHW / read (N, D, H, W, C)
+    if last and not first:
+        return AutoLayout(
+            "NCDHW", "",
+            error=(
+                f"{name} of shape {tuple(shape)} looks channels last, (N, D, H, W, C): a "
+                f"{_dims((a, b, c))} grid of {d} channels (read channels first, NCDHW, its "
+                f"H×W would be {c}×{d}); there is no channels-last 5-D layout: move the "
+                f"channels first (numpy.moveaxis({name}, -1, 1), the same for every view) and "
+                f"pass layout='NCDHW', or pass layout='NCDHW' if it is channels first already"
+            ),
+        )  # fmt: skip
+    if first and last and a == b:
+        return AutoLayout(
+            "NCDHW",
+            f"auto: channels first (default; {_dims(shape[1:])} could be either)",
+            warning=(
+                f"layout='auto' cannot tell whether {name} of shape {tuple(shape)} is channels "
+                "first (NCDHW) or channels last: read as NCDHW; pass layout='NCDHW' to say "
+                "so, or move a channels-last array's channels first"
+            ),
+        )
+    return AutoLayout("NCDHW", f"auto: channels first (a {_dims((b, c, d))} grid of {a} channels)")
+
+
+def grid_of(shape, layout):
+    """The spatial grid (or the token count) of activations of ``shape`` in ``layout``.
+
+    Returns
+    -------
+    tuple of int
+        ``(H, W)``, ``(D, H, W)``, ``(L,)`` or ``()`` for vectors.
+    """
+    if layout == "ND":
+        return ()
+    if layout in ("NHWC", "NLD"):
+        return tuple(int(s) for s in shape[1:-1])
+    return tuple(int(s) for s in shape[2:])
 
 
 def check_matricization(matricization):

@@ -19,6 +19,17 @@ _IN_SAMPLE_NOTE = (
 )
 
 
+def grid_text(grid):
+    """A grid in words: ``"12×12 grid"``, ``"197 tokens"``, ``"vectors"``."""
+    if grid is None:
+        return ""
+    if len(grid) == 0:
+        return "vectors"
+    if len(grid) == 1:
+        return f"{grid[0]} tokens"
+    return "×".join(map(str, grid)) + " grid"
+
+
 @dataclass(frozen=True, repr=False)
 class SEISResult:
     """Scores of one (original, transformed) pair of activations.
@@ -46,6 +57,7 @@ class SEISResult:
         Fraction of the pooled variance kept by the k directions.
     matricization : str
     layout : str
+        The concrete layout the activations were read in (never ``"auto"``).
     evaluation : str
         ``"in-sample"``, ``"held-out"`` or ``"cross-fitted"``.
     n_folds : int or None
@@ -77,6 +89,23 @@ invariance_weighted_std : float or None
         For an orbit (``B`` a list, SPEC §2.5): the result of each pair
         ``(A, B_g)``; the four scores above are their means, the arrays and
         sizes those of the first element.
+    grid : tuple of int or None
+        The spatial grid the layout gives the activations: ``(H, W)``,
+        ``(D, H, W)``, ``(L,)`` tokens, ``()`` vectors (None where unknown).
+    layout_choice : str
+        How the layout was chosen: ``"given"``, or the rule of ``layout="auto"``
+        (e.g. ``"auto: channels last (a 12×12 grid of 16 channels; …)"``).
+    evaluation_reason : str
+        Why an in-sample result is in-sample: asked for (``cv=None``), or too few
+        samples for the folds of ``cv="auto"`` (``""`` otherwise).
+    variance_target : float or None
+        The share of the pooled variance asked for (``n_components`` as a
+        float), None when ``k`` was given as a number.
+    variance_shortfall : str
+        When the ``k`` components keep less than ``variance_target`` — ``k``
+        capped by the rows left after centring or by ``max_components`` (in the
+        fit on all samples, or in a fold's) — what was reached and why;
+        ``""`` when the target was met.
 
     Notes
     -----
@@ -114,6 +143,11 @@ invariance_weighted_std : float or None
     degenerate: bool = False
     degenerate_reason: str = ""
     elements: tuple = field(default=(), compare=False)
+    grid: tuple | None = None
+    layout_choice: str = ""
+    evaluation_reason: str = ""
+    variance_target: float | None = None
+    variance_shortfall: str = ""
 
     def as_dict(self):
         """Return the result as a plain ``dict`` (arrays as lists, folds omitted).
@@ -129,6 +163,8 @@ invariance_weighted_std : float or None
             if f.name in ("folds", "elements"):
                 continue
             value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = list(value)
             out[f.name] = value.tolist() if isinstance(value, np.ndarray) else value
         return out
 
@@ -154,7 +190,9 @@ invariance_weighted_std : float or None
         head = (
             f"SEISResult({self.evaluation}"
             + (f", {self.n_folds} folds" if self.n_folds else "")
-            + f"; {self.matricization} matricization of {self.layout}; "
+            + f"; {self.matricization} matricization of {self.layout}"
+            + (f" ({grid_text(self.grid)})" if self.grid is not None else "")
+            + "; "
             f"k={self.n_components} components keeping {self.explained_variance_ratio:.1%} "
             f"of the variance; m={self.n_rows} rows)"
         )
@@ -182,11 +220,79 @@ invariance_weighted_std : float or None
                 f"[{self.ci_low['equivariance']:.4f}, {self.ci_high['equivariance']:.4f}], "
                 f"S_I [{self.ci_low['invariance']:.4f}, {self.ci_high['invariance']:.4f}]"
             )
+        if "channels last" in self.layout_choice or "either" in self.layout_choice:
+            lines.append("  layout: " + self.layout_choice)
+        if self.variance_shortfall:
+            lines.append("  variance target not reached: " + self.variance_shortfall)
         if self.degenerate:
             lines.append("  degenerate, do not read at face value: " + self.degenerate_reason)
         if self.evaluation == "in-sample":
-            lines.append("  note: " + _IN_SAMPLE_NOTE)
+            why = self.evaluation_reason
+            reason = f"; in-sample because {why}" if why else ""
+            lines.append("  note: " + _IN_SAMPLE_NOTE + reason)
         return "\n".join(lines)
 
     def _repr_pretty_(self, printer, cycle):  # IPython/Jupyter
         printer.text(repr(self))
+
+
+def variance_shortfall(result, target, *, fit_rows=None, rows_per_sample=None,
+                       max_components=None):  # fmt: skip
+    """Why ``result``'s k components keep less than ``target`` of the variance, or ``""``.
+
+    ``target`` is ``n_components`` as given; only a float asks for a share. The fit on
+    all samples and, for a cross-fitted result, every fold's fit are checked (a
+    training set has fewer rows, so its k may be capped where the whole fit's is not).
+    """
+    if not isinstance(target, float) or not np.isfinite(result.explained_variance_ratio):
+        return ""
+    tol = 1e-9
+    reached = result.explained_variance_ratio
+    parts = []
+    if reached < target - tol:
+        k, cause = result.n_components, ""
+        if max_components is not None and k >= max_components:
+            cause = f"max_components={max_components} caps k"
+        elif fit_rows is not None and rows_per_sample is not None:
+            free = fit_rows - rows_per_sample
+            if k >= free:
+                cause = (
+                    f"k is capped at m − R = {free}: centring over the samples leaves {free} "
+                    f"degrees of freedom in {fit_rows} rows; more samples would lift the cap"
+                )
+        parts.append(
+            f"n_components={target} asks for {target:.1%} of the variance; k={k} components "
+            f"keep {reached:.1%}" + (f" ({cause})" if cause else "")
+        )
+    short_folds = [f for f in result.folds if f.explained_variance_ratio < target - tol]
+    if short_folds:
+        worst = min(short_folds, key=lambda f: f.explained_variance_ratio)
+        parts.append(
+            f"{len(short_folds)} of {len(result.folds)} folds' fits keep less than "
+            f"{target:.1%} (the least {worst.explained_variance_ratio:.1%} with "
+            f"k={worst.n_components})"
+        )
+    return "; ".join(parts)
+
+
+def described(result, *, grid, layout_choice, target=None, evaluation_reason="",
+              fit_rows=None, rows_per_sample=None, max_components=None):  # fmt: skip
+    """``result`` with the fields that say how it was read and whether its variance
+    target was met (on its orbit elements too)."""
+    from dataclasses import replace
+
+    def one(r):
+        shortfall = variance_shortfall(
+            r, target, fit_rows=fit_rows, rows_per_sample=rows_per_sample,
+            max_components=max_components,
+        )  # fmt: skip
+        return replace(
+            r, grid=tuple(grid), layout_choice=layout_choice, evaluation_reason=evaluation_reason,
+            variance_target=target if isinstance(target, float) else None,
+            variance_shortfall=shortfall,
+        )  # fmt: skip
+
+    out = one(result)
+    if result.elements:
+        out = replace(out, elements=tuple(one(e) for e in result.elements))
+    return out

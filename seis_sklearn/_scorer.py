@@ -19,7 +19,8 @@ from ._fit import (
     resolve_solver,
 )
 from ._latent import estimate as estimate_latent
-from ._result import SCORE_NAMES
+from ._matricize import auto_layout, grid_of, matrix_shape
+from ._result import SCORE_NAMES, described
 from ._stack import denoised_reading, is_stack
 from ._validation import (
     INVARIANCE_MODES,
@@ -56,8 +57,12 @@ class SEISScorer(BaseEstimator):
         sees any linear action, including channel permutations; ``"channel"``
         compares position-matched channel vectors.
     layout : {"auto", "NCHW", "NHWC", "NCDHW", "NLD", "ND"}, default="auto"
-        Axis order of the activations; ``"auto"`` maps 4-D → NCHW, 5-D → NCDHW,
-        3-D → NLD, 2-D → ND.
+        Axis order of the activations; ``"auto"`` maps 5-D → NCDHW, 3-D → NLD,
+        2-D → ND, and 4-D ``(N, a, b, c)`` → NCHW, except NHWC where only that
+        reading gives a square grid (``a == b != c``), with a
+        :class:`~seis_sklearn.LayoutWarning`; where both readings are square it
+        keeps NCHW and warns that it cannot tell. ``layout_`` and the results'
+        ``layout``, ``grid`` and ``layout_choice`` say what was read.
     reg : float, default=1e-6
         Ridge ``ε``: each view's covariance in the shared basis is regularised
         by ``ε·(tr Σ/k)·I``, its own mean variance (SPEC §2.3 step 5), so
@@ -297,7 +302,11 @@ class SEISScorer(BaseEstimator):
                 return self
             self.__dict__.pop("_pending", None)
             fitted = fit(moments, params, view_names)
-        return self._store(fitted, orbit, layout=layout, mode=mode, label=label, shape=shape)
+        choice = "given"
+        if first and not pending and self.layout == "auto" and layout != "auto":
+            choice = auto_layout((X.shape[0], *shape)).choice if label == mode else "given"
+        return self._store(fitted, orbit, layout=layout, mode=mode, label=label, shape=shape,
+                           layout_choice=choice)  # fmt: skip
 
     def _fit_from_moments(self, moments, layout, shape, matricization=None):
         """Fit from accumulated :class:`~seis_sklearn._moments.Moments` (streaming).
@@ -329,7 +338,7 @@ class SEISScorer(BaseEstimator):
         fitted = fit_views(rows, layout, mode, names, params, solver)
         return self._store(fitted, False, layout=layout, mode=mode, label=mode, shape=shape[1:])
 
-    def _store(self, fitted, orbit, *, layout, mode, label, shape):
+    def _store(self, fitted, orbit, *, layout, mode, label, shape, layout_choice="given"):
         """Replace the fitted state (only now, with every step done) and the in-sample result."""
         basis, cca = fitted.basis, fitted.ccas[0]
         # V_k (d × k) is kept once, as components_ (k × d, a transposed view).
@@ -342,6 +351,7 @@ class SEISScorer(BaseEstimator):
         self.layout_ = layout
         self.matricization_ = mode
         self._label = label
+        self._layout_choice = layout_choice
         self.activation_shape_ = shape
         self.n_rows_ = fitted.n_rows
         self.n_components_ = basis.k
@@ -353,8 +363,19 @@ class SEISScorer(BaseEstimator):
         self.canonical_correlations_ = cca.canonical_correlations
         self.alignments_ = cca.alignments
         self.weights_ = cca.weights
-        self.result_ = in_sample(fitted, self.invariance, label, layout, orbit)
+        self.result_ = self._described(in_sample(fitted, self.invariance, label, layout, orbit))
         return self
+
+    def _described(self, result):
+        """``result`` with the grid and layout choice of the fit and its variance check."""
+        shape = (1, *self.activation_shape_)
+        return described(
+            result, grid=grid_of(shape, self.layout_),
+            layout_choice=getattr(self, "_layout_choice", "given"), target=self.n_components,
+            fit_rows=self.n_rows_, rows_per_sample=matrix_shape(shape, self.layout_,
+                                                                 self.matricization_)[0],
+            max_components=self.max_components,
+        )  # fmt: skip
 
     def _release_moments(self):
         """Let the fit's d × d statistics go: a report's scorer only scores its held-out
@@ -465,7 +486,9 @@ class SEISScorer(BaseEstimator):
         fitted = self._fitted
         fitted.basis.components = self.components_.T  # kept once, as components_
         try:
-            return score(fitted, moments, names, self.invariance, self._label, self.layout_, orbit)
+            return self._described(
+                score(fitted, moments, names, self.invariance, self._label, self.layout_, orbit)
+            )
         finally:
             fitted.basis.components = None
 

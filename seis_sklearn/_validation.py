@@ -13,7 +13,13 @@ import warnings
 
 import numpy as np
 
-from ._matricize import check_matricization, matrix_shape, resolve_layout
+from ._matricize import (
+    LayoutWarning,
+    auto_layout,
+    check_matricization,
+    matrix_shape,
+    resolve_layout,
+)
 
 SCORE_KINDS = (
     "equivariance",
@@ -234,6 +240,8 @@ def check_views(arrays, names, layout, matricization, *, min_samples=2):
                 f"{first_name} and {name} must have the same shape; got {first_name} "
                 f"{first.shape} and {name} {arr.shape}"
             )
+    if layout == "auto":
+        layout = checked_auto_layout(first.shape, first_name, stacklevel=4).layout
     layout = resolve_layout(layout, first.ndim, name=first_name)
     check_matricization(matricization)
     n = first.shape[0]
@@ -246,6 +254,18 @@ def check_views(arrays, names, layout, matricization, *, min_samples=2):
     if n * rows_per_sample < min_samples:
         raise ValueError(f"{first_name} gives fewer than 2 rows after matricization")
     return arrays, layout
+
+
+def checked_auto_layout(shape, name, *, stacklevel=2, square_grid=None):
+    """:func:`~seis_sklearn._matricize.auto_layout` of ``shape``: its
+    :class:`~seis_sklearn._matricize.LayoutWarning` issued, its error raised
+    (a ``ValueError`` naming ``name`` and ``layout``)."""
+    found = auto_layout(shape, name=name, square_grid=square_grid)
+    if found.error:
+        raise ValueError(found.error)
+    if found.warning:
+        warnings.warn(found.warning, LayoutWarning, stacklevel=stacklevel + 1)
+    return found
 
 
 def check_n_components(n_components, name="n_components", allow_none=False):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import fnmatch
 import hashlib
 import importlib
@@ -34,10 +35,12 @@ OUTPUTS = ("report.csv", "layers.png")
 
 SCORE_EXAMPLES = """\
 examples:
-  seis score conv3_original.npy conv3_rot90.npy
-  seis score acts.npz:conv3 acts_rot.npz:conv3 --cv 5 --format json
+  seis score conv3_original.npy conv3_rot90.npy       # cross-fitted over 5 folds
+  seis score acts.npz:conv3 acts_rot.npz:conv3 --cv 10 --format json
+  seis score nhwc_conv3.npy nhwc_conv3_rot90.npy --layout NHWC
   seis score pairs/conv3.npz --matricization flatten --n-components 0.95
   seis score A.npy B.npy --format csv --out conv3.csv
+  seis score A.npy B.npy --in-sample                  # biased upward; said on the output
 """
 
 REPORT_EXAMPLES = """\
@@ -313,8 +316,19 @@ def build_parser():
     )
     _seis_options(score)
     group = score.add_argument_group("evaluation and output")
-    group.add_argument(
-        "--cv", type=_folds, default=None, metavar="K", help="cross-fitted mean ± std over K folds"
+    evaluation = group.add_mutually_exclusive_group()
+    evaluation.add_argument(
+        "--cv",
+        type=_folds,
+        default=None,
+        metavar="K",
+        help="cross-fitted mean ± std over K folds (default: 5 where there are at least 10 "
+        "samples, else in-sample with a note)",
+    )
+    evaluation.add_argument(
+        "--in-sample",
+        action="store_true",
+        help="fit and score on all samples (biased upward; the output says so)",
     )
     group.add_argument("--format", choices=("table", "json", "csv"), default="table")
     group.add_argument("--out", metavar="FILE", help="write here (atomically) instead of stdout")
@@ -546,7 +560,18 @@ def cmd_score(args):
             f"A and B must have the same shape; got {names[0]} {shape_a} and {names[1]} {shape_b}"
         )
     A, B = (_load(name) for name in names)
-    result = seis_score(A, B, cv=args.cv, **_statistics_params(args), **_seis_params(args))
+    cv = None if args.in_sample else ("auto" if args.cv is None else args.cv)
+    with warnings.catch_warnings(record=True) as caught:  # said in the output instead
+        warnings.simplefilter("always")
+        result = seis_score(A, B, cv=cv, **_statistics_params(args), **_seis_params(args))
+    for warning in caught:
+        if not _said_in_output(warning, result):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)  # fmt: skip
+    if result.layout_choice != "given" and (
+        "channels last" in result.layout_choice or "either" in result.layout_choice
+    ):
+        _say(args, f"seis score: {_layout_message(result)}")
     record = {"A": names[0], "B": names[1], "shape": list(A.shape), **result.as_dict()}
     if args.format == "json":
         text = json.dumps(record, indent=2) + "\n"
@@ -554,6 +579,7 @@ def cmd_score(args):
         for key in ("p_values", "null_means", "ci_low", "ci_high"):  # one column per score
             for score_name, value in (record.pop(key) or {}).items():
                 record[f"{score_name}_{key}"] = value
+        record["grid"] = "x".join(map(str, result.grid or ()))
         columns = [k for k, v in record.items() if not isinstance(v, list)]
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
@@ -575,10 +601,41 @@ def _csv_value(value):
     return repr(value) if isinstance(value, float) else value
 
 
+def _said_in_output(warning, result):
+    """Whether a warning of ``seis_score`` is one the output states anyway."""
+    from ._matricize import LayoutWarning
+
+    text = str(warning.message)
+    return (
+        issubclass(warning.category, LayoutWarning)
+        or (result.evaluation_reason and result.evaluation_reason in text)
+        or (result.variance_shortfall and result.variance_shortfall in text)
+    )
+
+
+def _layout_message(result):
+    """How the arrays were read, in words, with the option that says otherwise."""
+    from ._result import grid_text
+
+    text = f"read as {result.layout} ({grid_text(result.grid)})"
+    if result.layout_choice == "given":
+        return text + ", as given"
+    other = "NCHW" if result.layout == "NHWC" else "NHWC"
+    return f"{text}; {result.layout_choice}; pass --layout {result.layout} to confirm, " + (
+        f"--layout {other} to read it the other way"
+        if result.layout in ("NCHW", "NHWC")
+        else "or move the channels first"
+    )
+
+
 def _score_table(names, A, B, result, score_names):
+    from ._result import grid_text
+
     lines = [
         f"A  {names[0]}  {A.dtype} {tuple(A.shape)}",
         f"B  {names[1]}  {B.dtype} {tuple(B.shape)}",
+        f"read as {result.layout} ({grid_text(result.grid)}); layout "
+        + ("given" if result.layout_choice == "given" else result.layout_choice),
         "",
     ]
     folds = result.n_folds
@@ -587,6 +644,11 @@ def _score_table(names, A, B, result, score_names):
         std = getattr(result, f"{name}_std")
         value = getattr(result, name)
         lines.append(f"{name:<24}{value:>10.4f}" + (f"   ± {std:.4f}" if std is not None else ""))
+    lines.append(
+        f"{'degenerate':<24}{'yes' if result.degenerate else 'no':>10}"
+        + (f"   {result.degenerate_reason}: do not read at face value" if result.degenerate
+           else "")
+    )  # fmt: skip
     if result.p_values is not None:
         lines.append("")
         lines.append(f"permutation null ({result.n_permutations} shuffled pairings):")
@@ -601,13 +663,19 @@ def _score_table(names, A, B, result, score_names):
         for name in score_names:
             lines.append(f"  {name:<22}[{result.ci_low[name]:.4f}, {result.ci_high[name]:.4f}]")
     lines.append("")
+    folds = f" over {result.n_folds} folds" if result.n_folds else ""
     lines.append(
-        f"{result.evaluation}; k = {result.n_components} components "
+        f"{result.evaluation}{folds}; k = {result.n_components} components "
         f"({result.explained_variance_ratio:.1%} of the variance), m = {result.n_rows} rows, "
-        f"{result.matricization} matricization of {result.layout}"
+        f"{result.matricization} matricization of {result.layout} ({grid_text(result.grid)})"
     )
+    if result.variance_shortfall:
+        lines.append(f"variance target not reached: {result.variance_shortfall}")
     if result.evaluation == "in-sample":
-        lines.append("note: in-sample scores are biased upward; --cv K gives honest ones")
+        why = result.evaluation_reason.replace("cv=None", "--in-sample").replace(
+            "cv='auto'", "the default evaluation"
+        )
+        lines.append(f"note: in-sample scores are biased upward; in-sample because {why}")
     return "\n".join(lines) + "\n"
 
 
@@ -943,10 +1011,17 @@ def _report_pairs(args, settings, done):
         files = tuple(Path(source["folder"]) / f[0] for f in layer["files"])
         A, B = LayerPair(layer["name"], layer["depth"], layer["module"], files).load()
         try:  # a layout that does not fit this layer (or no variance): its row says so
+            given, found = _pair_reading(
+                _pair_layout(layout, layer), A.shape, layer["name"], source["transform"]
+            )
             reading = read_layers(
-                {layer["name"]: A.shape[1:]}, None, layout=_pair_layout(layout, layer),
+                {layer["name"]: A.shape[1:]}, None, layout=given,
                 tokens=tokens, model_prefix=n_prefix,
             )[layer["name"]]  # fmt: skip
+            if found is not None:  # read by its shape (docs/cli.rst, "Layouts")
+                reading = dataclasses.replace(reading, choice=found.choice)
+                if found.warning:
+                    _say(args, f"seis report: {_cli_layout(found.warning)}")
             A, B = read_as(A, reading), read_as(B, reading)
             layer_settings, choice = layer_params(params, A.shape, reading)
             result = seis_score(
@@ -984,6 +1059,62 @@ def _report_pairs(args, settings, done):
             bar.update(1)
     if bar is not None:
         bar.close()
+
+
+def _cli_layout(text):
+    """A message naming ``layout='X'`` as the command line's ``--layout X``."""
+    import re
+
+    return re.sub(r"layout='(\w+)'", r"--layout \1", text)
+
+
+def _square_grid_transform(name):
+    """``name`` when it is a transform spec of an odd number of quarter turns (which keeps
+    an array's shape only on a square grid), else None."""
+    from .transforms import parse_spec
+
+    try:
+        steps = parse_spec(name)
+    except (ValueError, TypeError):  # a folder's name, not a transform spec
+        return None
+    turns = sum(kwargs.get("k", 1) for function, kwargs in steps if function == "rot90")
+    return name if turns % 2 else None
+
+
+def _pair_reading(given, shape, name, transform):
+    """A saved layer's layout and, where ``given`` is auto, how its shape decided it.
+
+    Returns ``(layout, AutoLayout or None)``. A layer whose transform keeps the shape
+    only on a square grid (rot90) and whose given layout reads a non-square grid, or
+    a 5-D layer that looks channels last, is one ``ValueError`` with the fix (its row
+    says it; the report goes on).
+    """
+    from ._matricize import auto_layout, grid_of
+
+    square = _square_grid_transform(transform)
+    if given == "auto":
+        if len(shape) not in (4, 5):
+            return given, None
+        found = auto_layout(shape, name=f"layer {name!r}", square_grid=square)
+        if found.error:
+            raise ValueError(_cli_layout(found.error))
+        return found.layout, found
+    if (
+        square
+        and given in ("NCHW", "NHWC", "NCDHW")
+        and len(shape) == (5 if given == "NCDHW" else 4)
+    ):
+        h, w = grid_of(shape, given)[-2:]
+        if h != w:
+            other = {"NCHW": "NHWC", "NHWC": "NCHW"}.get(given)
+            fix = f"--layout {name}={other}" if other else "move its channels first"
+            raise ValueError(
+                f"layout {given} reads layer {name!r} of shape {tuple(shape)} as a {h}×{w} grid, "
+                f"which {square} cannot keep (a quarter turn changes a non-square grid's shape, "
+                f"yet its original and transformed views have the same shape): the layout is "
+                f"likely wrong; {fix}"
+            )
+    return given, None
 
 
 def _pair_layout(layout, layer):
@@ -1267,8 +1398,14 @@ def _finish_report(args, frame, settings):
     run_file = Path(args.out) / RUN_FILE
     record = {"status": "finished", "fingerprint": _fingerprint(settings), "settings": settings}
     atomic_write(run_file, (json.dumps(record, indent=1, default=str) + "\n").encode())
-    columns = ["transform", "depth", "layer", "equivariance", "invariance", "evaluation"]
-    print(frame[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    columns = ["transform", "depth", "layer", "equivariance", "invariance", "evaluation",
+               "layout", "shape"]  # fmt: skip
+    table = frame[columns].copy()
+    table["degenerate"] = [  # the flag and its reason beside the numbers
+        f"yes: {why}" if flag is True or flag in ("True", "true") else "no"
+        for flag, why in zip(frame["degenerate"], frame["degenerate_reason"], strict=True)
+    ]
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     _say(args, f"wrote {csv_path} and {png_path}")
 
 

@@ -89,7 +89,8 @@ def test_score_pair_npz_table_and_options(tmp_path, pair):
     for key in SCORES:
         (line,) = [x for x in lines if x.startswith(key + " ")]
         assert line.split()[1] == f"{getattr(want, key):.4f}"
-    assert "flatten matricization of NCHW" in proc.stdout and "in-sample" in proc.stdout
+    assert "flatten matricization of NCHW" in proc.stdout
+    assert "cross-fitted over 5 folds" in proc.stdout and want.n_folds == 5  # the default
 
 
 def test_score_out_is_written_and_never_clobbered(tmp_path, pair):
@@ -97,7 +98,7 @@ def test_score_out_is_written_and_never_clobbered(tmp_path, pair):
     args = ("score", tmp_path / "A.npy", tmp_path / "B.npy", "--format", "json", "--out", out)
     first = seis(*args)
     assert first.returncode == 0 and first.stdout == ""
-    assert json.loads(out.read_text())["evaluation"] == "in-sample"
+    assert json.loads(out.read_text())["evaluation"] == "cross-fitted"
     out.write_text("keep me")
     again = seis(*args)
     assert again.returncode == 1 and "exists; pass --force" in again.stderr
@@ -382,5 +383,5 @@ def test_score_and_report_carry_statistics_and_metrics(tmp_path, pair):
     # the standard CKA of the flattened activations, whatever the layer's matricization
     assert float(row["cka"]) == pytest.approx(linear_cka(A, B), abs=1e-6)
     assert float(row["svcca"]) == pytest.approx(svcca(A, B, matricization="spatial"), abs=1e-6)
-    want = seis_score(A, B, n_permutations=4, random_state=0)
+    want = seis_score(A, B, n_permutations=4, random_state=0, cv=None)  # as --in-sample
     assert float(row["equivariance_p"]) == pytest.approx(want.p_values["equivariance"])

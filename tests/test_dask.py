@@ -94,8 +94,8 @@ def test_threaded_scheduler_equals_numpy(rng, shape, layout, matricization):
     params = dict(layout=layout, matricization=matricization, n_components=0.95)
     with dask.config.set(scheduler="threads"):
         assert_same(
-            seis_score(lazy(A, 17), lazy(B, 29), **params),
-            seis_score(A, B, **params),
+            seis_score(lazy(A, 17), lazy(B, 29), **params, cv=None),
+            seis_score(A, B, **params, cv=None),
             A,
             B,
             **params,
@@ -115,8 +115,8 @@ def test_local_cluster_equals_numpy(rng, cluster):
         A, B = _pair(rng, shape, layout)
         params = dict(layout=layout, matricization=matricization)
         assert_same(
-            seis_score(lazy(A, 25), lazy(B, 25), **params),
-            seis_score(A, B, **params),
+            seis_score(lazy(A, 25), lazy(B, 25), **params, cv=None),
+            seis_score(A, B, **params, cv=None),
             A,
             B,
             **params,
@@ -151,15 +151,15 @@ def test_estimators_fit_partial_fit_and_score_dask(rng, cluster):
 def test_a_dask_and_a_numpy_view_mix(rng):
     A, B = _pair(rng, (90, 4, 5, 5), "NCHW")
     with dask.config.set(scheduler="sync"):
-        assert_same(seis_score(lazy(A, 20), B), seis_score(A, B), A, B)
+        assert_same(seis_score(lazy(A, 20), B, cv=None), seis_score(A, B, cv=None), A, B)
 
 
 def test_feature_axis_chunks_are_rechunked_with_a_note(rng):
     A, B = _pair(rng, (60, 4, 5, 5), "NCHW")
     split = da.from_array(A, chunks=(20, 2, 5, 5))
     with pytest.warns(UserWarning, match=r"A is chunked along feature axis 1 \(chunks \(2, 2\)\)"):
-        result = seis_score(split, lazy(B, 20))
-    assert_same(result, seis_score(A, B), A, B)
+        result = seis_score(split, lazy(B, 20), cv=None)
+    assert_same(result, seis_score(A, B, cv=None), A, B)
 
 
 def test_dask_errors(rng):
@@ -169,14 +169,14 @@ def test_dask_errors(rng):
     with pytest.raises(
         ValueError, match=r"A contains 1 NaN and 1 infinite value\(s\) out of 6000"
     ):  # noqa: E501
-        seis_score(lazy(bad, 20), lazy(B, 20))
+        seis_score(lazy(bad, 20), lazy(B, 20), cv=None)
     with pytest.raises(ValueError, match="solver='gram' needs every sample at once"):
-        seis_score(lazy(A, 20), lazy(B, 20), solver="gram")
+        seis_score(lazy(A, 20), lazy(B, 20), solver="gram", cv=None)
     unknown = lazy(A, 20)[lazy(A, 20)[:, 0, 0, 0] > -10]
     with pytest.raises(ValueError, match=r"unknown chunk sizes .*A\.compute_chunk_sizes\(\)"):
-        seis_score(unknown, unknown)
+        seis_score(unknown, unknown, cv=None)
     with pytest.raises(TypeError, match="must be a numeric"):
-        seis_score(lazy(A, 20).astype(str), lazy(B, 20))
+        seis_score(lazy(A, 20).astype(str), lazy(B, 20), cv=None)
 
 
 def test_nothing_is_computed_whole_and_only_moments_come_back(rng, cluster):
@@ -188,7 +188,7 @@ def test_nothing_is_computed_whole_and_only_moments_come_back(rng, cluster):
     moments = accumulate_dask([dA, lazy(B, 10)], "NCHW", "spatial", names=("A", "B"))[0]
     assert moments.n_rows == 100 * 4 and moments.auto.shape == (2, 25, 25)  # rows: channels
     assert moments.mean.shape == (2, 4, 25)  # per-feature means: (views, channels, positions)
-    assert_same(seis_score(dA, lazy(B, 10)), seis_score(A, B), A, B)
+    assert_same(seis_score(dA, lazy(B, 10), cv=None), seis_score(A, B, cv=None), A, B)
 
 
 def test_out_of_core_under_a_worker_memory_limit(tmp_path, rng):
@@ -220,10 +220,10 @@ def test_out_of_core_under_a_worker_memory_limit(tmp_path, rng):
     assert total > limit
     cluster = local_cluster(memory_limit=limit)
     with cluster, distributed.Client(cluster):
-        result = seis_score(A, B, n_components=0.9)
+        result = seis_score(A, B, n_components=0.9, cv=None)
     whole_a = np.concatenate([np.load(p, mmap_mode="r") for p in files_a])
     whole_b = np.concatenate([np.load(p, mmap_mode="r") for p in files_b])
-    want = seis_score(whole_a, whole_b, n_components=0.9)
+    want = seis_score(whole_a, whole_b, n_components=0.9, cv=None)
     # float32 products summed in other orders: the float32 rounding bound of the case
     assert result.n_components == want.n_components and result.n_rows == want.n_rows
     assert_scores_close(result, want, score_tolerance(whole_a, whole_b, n_components=0.9))

@@ -151,7 +151,7 @@ def test_cross_fitted_seis_score_equals_fold_by_fold_fits(rng):
         assert getattr(result, name) == pytest.approx(np.mean(values), abs=tol)
         assert getattr(result, name + "_std") == pytest.approx(np.std(values), abs=tol)
     assert result.evaluation == "cross-fitted" and result.n_folds == 3 and len(result.folds) == 3
-    full = seis_score(A, B, n_components=8)
+    full = seis_score(A, B, n_components=8, cv=None)
     assert np.allclose(result.canonical_correlations, full.canonical_correlations, atol=tol)
 
 
@@ -172,12 +172,12 @@ def test_cross_fitting_with_overlapping_splits(rng):
 
 def test_result_dict_and_repr(rng):
     A, B = _data(rng)
-    result = seis_score(A, B, n_components=6)
+    result = seis_score(A, B, n_components=6, cv=None)
     as_dict = result.as_dict()
     json.dumps(as_dict)  # plain types only
     assert as_dict["n_components"] == 6 and len(as_dict["canonical_correlations"]) == 6
     text = repr(result)
-    assert text.startswith("SEISResult(in-sample; spatial matricization of NCHW; k=6")
+    assert text.startswith("SEISResult(in-sample; spatial matricization of NCHW (6×6 grid); k=6")
     assert f"{result.equivariance:.4f}" in text and "biased upward" in text
     cv_text = repr(seis_score(A, B, n_components=6, cv=3))
     assert "cross-fitted, 3 folds" in cv_text and "±" in cv_text and "biased" not in cv_text
@@ -189,16 +189,16 @@ def test_result_dict_and_repr(rng):
 def test_degenerate_results_say_why(rng):
     """SPEC §2.1: few columns, k = 1 or k ≥ m/2 are flagged, with the reason."""
     A = rng.normal(size=(100, 8, 2, 2))
-    tiny = seis_score(A, np.rot90(A, axes=(2, 3)))  # spatial on a 2×2 map: d = 4
+    tiny = seis_score(A, np.rot90(A, axes=(2, 3)), cv=None)  # spatial on a 2×2 map: d = 4
     assert tiny.degenerate and "only d=4 columns" in tiny.degenerate_reason
     assert "degenerate" in repr(tiny)
-    one = seis_score(A, A, n_components=1, matricization="flatten")
+    one = seis_score(A, A, n_components=1, matricization="flatten", cv=None)
     assert one.degenerate and "k=1" in one.degenerate_reason
     wide = rng.normal(size=(20, 40))
-    many = seis_score(wide, wide + rng.normal(size=wide.shape), n_components=15)
+    many = seis_score(wide, wide + rng.normal(size=wide.shape), n_components=15, cv=None)
     assert many.degenerate and "at least half of the m=20 rows" in many.degenerate_reason
     held = SEISScorer(n_components=12).fit(wide[:15] * 1.0, wide[:15] + 0.1)
     assert held.scores(wide[15:], wide[15:] + 0.1).degenerate  # k=12 of 15 rows fitted
-    fine = seis_score(A, np.flip(A, axis=1), matricization="flatten", n_components=0.9)
+    fine = seis_score(A, np.flip(A, axis=1), matricization="flatten", n_components=0.9, cv=None)
     assert not fine.degenerate and fine.degenerate_reason == ""
     assert fine.as_dict()["degenerate"] is False

@@ -44,6 +44,7 @@ def test_public_surface():
     assert set(seis_sklearn.__all__) == {
         "DenoisedStack",
         "LatentAction",
+        "LayoutWarning",
         "PairedStack",
         "latent_action",
         "orbit",

@@ -113,8 +113,8 @@ def test_gram_solver_equals_moment_solver(layout, mode, rng):
     """
     A, B = _pair(rng, SHAPES[layout], np.float64, "C")
     kw = dict(layout=layout, matricization=mode, n_components=0.95)
-    moments = seis_score(A, B, solver="moments", **kw)
-    gram = seis_score(A, B, solver="gram", **kw)
+    moments = seis_score(A, B, solver="moments", **kw, cv=None)
+    gram = seis_score(A, B, solver="gram", **kw, cv=None)
     assert gram.n_components == moments.n_components
     assert_scores_close(gram, moments, score_tolerance(A, B, **kw))
     # held-out, through the fitted directions V_k of each solver
@@ -137,7 +137,7 @@ def test_auto_solver_takes_the_gram_path_for_wide_data(rng):
     narrow = SEISScorer(matricization="flatten").fit(A[:, :, :2, :2], B[:, :, :2, :2])
     assert narrow.solver_ == "moments"  # d = 8 <= 2m = 24
     with pytest.raises(ValueError, match=r"need 384\.0 GiB .* use fit with solver='gram'"):
-        seis_score(A, B, matricization="flatten", solver="moments")
+        seis_score(A, B, matricization="flatten", solver="moments", cv=None)
 
 
 def test_gram_solver_refuses_streaming(rng):
@@ -148,7 +148,7 @@ def test_gram_solver_refuses_streaming(rng):
     with pytest.raises(ValueError, match="fitted with the Gram solver, which cannot add samples"):
         fitted.partial_fit(A, A)
     with pytest.raises(ValueError, match="solver must be one of 'auto', 'moments', 'gram'"):
-        seis_score(A, A, solver="svd")
+        seis_score(A, A, solver="svd", cv=None)
 
 
 def test_check_moment_memory_passes_small_and_refuses_huge():
@@ -167,8 +167,8 @@ def test_memory_mapped_inputs(tmp_path, rng):
     assert _file_mappings(np.load(tmp_path / "a.npy", mmap_mode="c")) == []  # copy-on-write
     for solver in ("moments", "gram"):
         assert (
-            seis_score(a, b, solver=solver).as_dict()
-            == seis_score(np.array(a), np.array(b), solver=solver).as_dict()
+            seis_score(a, b, solver=solver, cv=None).as_dict()
+            == seis_score(np.array(a), np.array(b), solver=solver, cv=None).as_dict()
         )
     assert float(a.sum()) == pytest.approx(float(A.sum()))  # still readable after release
 
@@ -208,35 +208,39 @@ def test_numba_path_on_read_only_memory_maps_and_nan(tmp_path, rng):
     A = rng.normal(size=(8, 3, 16, 16)).astype(np.float32)
     np.save(tmp_path / "a.npy", A)
     a = np.load(tmp_path / "a.npy", mmap_mode="r")
-    assert seis_score(a, a[:, ::-1].copy()).as_dict() == seis_score(A, A[:, ::-1].copy()).as_dict()
+    assert (
+        seis_score(a, a[:, ::-1].copy(), cv=None).as_dict()
+        == seis_score(A, A[:, ::-1].copy(), cv=None).as_dict()
+    )
     bad = A.copy()
     bad[3, 1, 2, 2] = np.nan
     with pytest.raises(ValueError, match=r"B contains 1 NaN and 0 infinite"):
-        seis_score(A, bad)
+        seis_score(A, bad, cv=None)
     with pytest.raises(ValueError, match=r"A contains 0 NaN and 1 infinite"):
-        seis_score(np.where(bad != bad, np.inf, bad), A)
+        seis_score(np.where(bad != bad, np.inf, bad), A, cv=None)
 
 
 def test_gram_solver_extreme_scales_overflow_and_constant_views(rng):
     A = rng.normal(size=(10, 3, 8, 8))
     B = np.roll(A, 1, axis=1) + 0.3 * rng.normal(size=A.shape)
-    reference = seis_score(A, B, matricization="flatten", solver="gram")
+    reference = seis_score(A, B, matricization="flatten", solver="gram", cv=None)
     for scale in (1e-30, 1e30):  # float32 products rescaled by exact powers of two
         tiny = seis_score(
             (A * scale).astype(np.float32),
             (B * scale).astype(np.float32),
             matricization="flatten",
             solver="gram",
+            cv=None,
         )
         assert tiny.equivariance == pytest.approx(reference.equivariance, abs=1e-4)
     with pytest.raises(ValueError, match="sums overflow float64"):
-        seis_score(A * 1e200, B, matricization="flatten", solver="gram")
+        seis_score(A * 1e200, B, matricization="flatten", solver="gram", cv=None)
     with pytest.raises(ValueError, match="no variance after centring"):
-        seis_score(np.ones((10, 50)), np.ones((10, 50)), solver="gram")
+        seis_score(np.ones((10, 50)), np.ones((10, 50)), solver="gram", cv=None)
     bad = B.copy()
     bad[0, 0, 0, 0] = np.inf
     with pytest.raises(ValueError, match=r"B contains 0 NaN and 1 infinite"):
-        seis_score(A, bad, matricization="flatten", solver="gram")
+        seis_score(A, bad, matricization="flatten", solver="gram", cv=None)
 
 
 @pytest.fixture
@@ -325,7 +329,7 @@ def test_float32_centring_overflow_names_the_argument(rng):
     with pytest.raises(ValueError, match=r"B has float32 values so far from their means"):
         acc.add([A, B]).result()
     with pytest.raises(ValueError, match=r"B has float32 values so far from their means"):
-        seis_score(A, B)
+        seis_score(A, B, cv=None)
 
 
 def test_add_lower_triangle_adds_on_and_below_the_diagonal(rng):

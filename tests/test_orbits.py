@@ -62,13 +62,13 @@ def test_scorer_fit_partial_fit_and_held_out_scores_on_orbits(rot_orbit):
 def test_orbit_errors(rot_orbit):
     A, Bs = rot_orbit
     with pytest.raises(ValueError, match="empty list"):
-        seis_score(A, [])
+        seis_score(A, [], cv=None)
     with pytest.raises(ValueError, match="use solver='moments'"):
-        seis_score(A, Bs, solver="gram")
+        seis_score(A, Bs, solver="gram", cv=None)
     with pytest.raises(ValueError, match=r"B\[1\] must have the same shape|same shape"):
-        seis_score(A, [Bs[0], Bs[1][:, :2]])
+        seis_score(A, [Bs[0], Bs[1][:, :2]], cv=None)
     with pytest.raises(ValueError, match="take a pair"):
-        seis_score(A, Bs, n_permutations=5)
+        seis_score(A, Bs, n_permutations=5, cv=None)
     with pytest.raises(TypeError, match="non-empty list"):
         latent_action(A, Bs[0])
 

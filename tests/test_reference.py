@@ -32,7 +32,9 @@ def _pair(rng, shape, mixing=0.6):
 @pytest.mark.parametrize("n_components", [0.9, 0.99, 3])
 def test_in_sample_scores_match_the_spec_to_1e8(layout, mode, n_components, rng):
     A, B = _pair(rng, SHAPES[layout])
-    result = seis_score(A, B, layout=layout, matricization=mode, n_components=n_components)
+    result = seis_score(
+        A, B, layout=layout, matricization=mode, n_components=n_components, cv=None
+    )
     fit = reference_fit(A, B, layout, mode, n_components)
     expected = reference_scores(fit)
     assert result.n_components == fit["k"]
@@ -55,7 +57,7 @@ def test_abs_invariance_matches_the_spec_where_correlations_are_distinct(rng):
     A, B = _pair(rng, (400, 8))
     fit = reference_fit(A, B, "ND", "spatial", 8)
     assert np.diff(fit["rho"]).max() < -1e-3  # distinct ρ: single pairs are defined
-    result = seis_score(A, B, n_components=8, invariance="abs")
+    result = seis_score(A, B, n_components=8, invariance="abs", cv=None)
     assert result.invariance == pytest.approx(reference_scores(fit, "abs")["invariance"], abs=1e-8)
 
 
@@ -92,7 +94,7 @@ def test_held_out_on_the_fitting_data_gives_the_in_sample_scores(rng):
 def test_canonical_correlations_are_cosines_of_subspace_angles(n, d, rng):
     A = rng.normal(size=(n, d)) @ rng.normal(size=(d, d))
     B = A @ rng.normal(size=(d, d)) * 0.3 + rng.normal(size=(n, d))
-    result = seis_score(A, B, n_components=d, reg=0.0)
+    result = seis_score(A, B, n_components=d, reg=0.0, cv=None)
     Ac, Bc = A - A.mean(0), B - B.mean(0)
     expected = np.sort(np.cos(subspace_angles(Ac, Bc)))[::-1]
     assert np.allclose(result.canonical_correlations, expected, atol=1e-10)
@@ -132,8 +134,8 @@ def fields():
 
 def test_reference_identity_and_negation(fields):
     A, _ = fields
-    same = seis_score(A, A)
-    neg = seis_score(A, -A)
+    same = seis_score(A, A, cv=None)
+    neg = seis_score(A, -A, cv=None)
     assert (same.equivariance, same.invariance) == pytest.approx((1, 1), abs=1e-5)
     assert (neg.equivariance, neg.invariance) == pytest.approx((1, 0), abs=1e-5)
     assert (neg.equivariance_weighted, neg.invariance_weighted) == pytest.approx((1, 0), abs=1e-5)
@@ -141,19 +143,19 @@ def test_reference_identity_and_negation(fields):
 
 def test_reference_shift_and_rotation(fields):
     A, _ = fields
-    shift = seis_score(A, np.roll(A, 4, axis=3))
+    shift = seis_score(A, np.roll(A, 4, axis=3), cv=None)
     assert shift.equivariance > 0.95 and shift.invariance < 0.05
-    rot = seis_score(A, np.rot90(A, axes=(2, 3)))
+    rot = seis_score(A, np.rot90(A, axes=(2, 3)), cv=None)
     assert rot.equivariance > 0.95 and rot.invariance < 0.1
     # the weighted pair on exact cases (SPEC §2.3 step 9)
     assert rot.equivariance_weighted > 0.99 and 0.05 < rot.invariance_weighted < 0.2
-    shift6 = seis_score(A, np.roll(A, 6, axis=3))
+    shift6 = seis_score(A, np.roll(A, 6, axis=3), cv=None)
     assert shift6.equivariance_weighted > 0.99 and shift6.invariance_weighted < 0.05
 
 
 def test_reference_independent_fields(fields):
     A, B = fields
-    result = seis_score(A, B)
+    result = seis_score(A, B, cv=None)
     assert result.equivariance < 0.2 and result.invariance < 0.02
 
 
@@ -161,15 +163,15 @@ def test_reference_flatten_sees_channel_permutations_spatial_does_not(fields):
     A, _ = fields
     rotated = np.rot90(A, axes=(2, 3)).reshape(64, 4, 4, 16, 16)
     B = np.roll(rotated, 1, axis=2).reshape(A.shape)  # C4 regular fields: roll 4 channels
-    assert seis_score(A, B, matricization="flatten").equivariance > 0.95
-    assert seis_score(A, B, matricization="spatial").equivariance < 0.2
+    assert seis_score(A, B, matricization="flatten", cv=None).equivariance > 0.95
+    assert seis_score(A, B, matricization="spatial", cv=None).equivariance < 0.2
 
 
 def test_weighted_pair_is_stable_against_the_threshold(fields):
     A, _ = fields
     noise = np.random.default_rng(5).normal(size=A.shape) * 0.3 * A.std()
     B = np.roll(A, 2, axis=3) + noise
-    low, high = (seis_score(A, B, n_components=t) for t in (0.9, 0.999))
+    low, high = (seis_score(A, B, n_components=t, cv=None) for t in (0.9, 0.999))
     assert abs(low.equivariance_weighted - high.equivariance_weighted) < 0.03
     assert abs(low.equivariance - high.equivariance) > 0.3  # what the weights fix
 
@@ -180,9 +182,9 @@ def test_layouts_agree_on_the_reference_fields(layout, fields):
     B = np.roll(A, 3, axis=3)
     if layout == "NLD":
         A, B = A[:, :, 0, :], B[:, :, 0, :]
-        expected = seis_score(A[:, :, None, :], B[:, :, None, :])
+        expected = seis_score(A[:, :, None, :], B[:, :, None, :], cv=None)
     else:
-        expected = seis_score(A, B)
-    got = seis_score(to_layout(A, layout), to_layout(B, layout), layout=layout)
+        expected = seis_score(A, B, cv=None)
+    got = seis_score(to_layout(A, layout), to_layout(B, layout), layout=layout, cv=None)
     assert got.equivariance == pytest.approx(expected.equivariance, abs=1e-10)
     assert got.invariance == pytest.approx(expected.invariance, abs=1e-10)

@@ -15,7 +15,7 @@ def test_permutation_p_values_are_uniform_under_the_null():
     for seed in range(40):
         rng = np.random.default_rng(seed)
         A, B = rng.normal(size=(40, 3)), rng.normal(size=(40, 3))
-        r = seis_score(A, B, n_components=3, n_permutations=19, random_state=seed)
+        r = seis_score(A, B, n_components=3, n_permutations=19, random_state=seed, cv=None)
         p_values.append(r.p_values["equivariance"])
     assert stats.kstest(p_values, "uniform").pvalue > 0.01
     assert 0.3 < np.mean(p_values) < 0.7
@@ -23,7 +23,7 @@ def test_permutation_p_values_are_uniform_under_the_null():
 
 def test_permutation_p_value_is_the_smallest_possible_for_a_real_pairing(rng):
     A = rng.normal(size=(50, 4, 5, 5))
-    r = seis_score(A, np.rot90(A, axes=(2, 3)), n_permutations=29, random_state=0)
+    r = seis_score(A, np.rot90(A, axes=(2, 3)), n_permutations=29, random_state=0, cv=None)
     assert r.p_values["equivariance"] == pytest.approx(1 / 30)
     assert r.null_means["equivariance"] < r.equivariance
     assert r.n_permutations == 29 and set(r.p_values) == set(SCORES)
@@ -36,7 +36,7 @@ def test_bootstrap_intervals_cover_the_population_value_at_about_the_nominal_rat
         rng = np.random.default_rng(seed)
         A = rng.normal(size=(300, 2))
         B = A + sigma * rng.normal(size=A.shape)
-        r = seis_score(A, B, n_components=2, reg=0.0, n_bootstrap=150, random_state=seed)
+        r = seis_score(A, B, n_components=2, reg=0.0, n_bootstrap=150, random_state=seed, cv=None)
         covered += r.ci_low["equivariance"] <= truth <= r.ci_high["equivariance"]
     assert 0.85 <= covered / sims <= 1.0  # nominal 0.95
 
@@ -70,4 +70,4 @@ def test_replicates_are_reproducible_and_independent_of_n_jobs(rng):
 def test_bad_statistics_arguments(rng, kw, message):
     A = rng.normal(size=(20, 3))
     with pytest.raises(ValueError, match=message):
-        seis_score(A, A, **kw)
+        seis_score(A, A, **kw, cv=None)

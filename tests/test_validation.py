@@ -19,7 +19,7 @@ def test_shape_mismatch(pair):
         match=r"A and B must have the same shape; got A \(10, 3, 4, 4\) "
         r"and B \(10, 3, 4, 3\)",
     ):
-        seis_score(A, B[..., :3])
+        seis_score(A, B[..., :3], cv=None)
     with pytest.raises(ValueError, match="X and y must have the same shape"):
         SEISScorer().fit(A, B[:5])
 
@@ -47,7 +47,7 @@ def test_nan_in_float32_and_in_held_out_data(pair):
 def test_overflowing_finite_values(pair):
     A, B = pair
     with pytest.raises(ValueError, match="sums overflow float64"):
-        seis_score(A * 1e300, B)
+        seis_score(A * 1e300, B, cv=None)
 
 
 @pytest.mark.parametrize("n", [0, 1])
@@ -56,12 +56,12 @@ def test_too_few_samples(n, pair):
     with pytest.raises(
         ValueError, match=r"A has \d+ sample; at least 2 samples are required|A is empty"
     ):
-        seis_score(A[:n], B[:n])
+        seis_score(A[:n], B[:n], cv=None)
 
 
 def test_too_few_rows_after_matricization():
     with pytest.raises(ValueError, match="at least 2 samples"):
-        seis_score(np.ones((1, 5)), np.ones((1, 5)))
+        seis_score(np.ones((1, 5)), np.ones((1, 5)), cv=None)
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,7 @@ def test_too_few_rows_after_matricization():
 def test_bad_parameters(kwargs, error, message, pair):
     A, B = pair
     with pytest.raises(error, match=message):
-        seis_score(A, B, **kwargs)
+        seis_score(A, B, **{"cv": None, **kwargs})
 
 
 @pytest.mark.parametrize(
@@ -104,7 +104,7 @@ def test_bad_parameters(kwargs, error, message, pair):
 )
 def test_bad_arrays(value, error, message):
     with pytest.raises(error, match=message):
-        seis_score(value, value)
+        seis_score(value, value, cv=None)
 
 
 def test_denoiser_errors(rng):
@@ -141,18 +141,18 @@ def _finite_scores(result):
 def test_constant_columns_are_ignored(rng):
     A = rng.normal(size=(50, 6))
     A[:, 2] = 3.0
-    values = _finite_scores(seis_score(A, A, n_components=6))
+    values = _finite_scores(seis_score(A, A, n_components=6, cv=None))
     assert values == pytest.approx([1, 1, 1, 1], abs=1e-5)
 
 
 def test_rank_deficient_data(rng):
     A = rng.normal(size=(50, 3)) @ rng.normal(size=(3, 8))
-    same_span = seis_score(A, -2 * A, n_components=8)
+    same_span = seis_score(A, -2 * A, n_components=8, cv=None)
     assert same_span.n_components == 3  # zero eigenvalues are never kept
     assert _finite_scores(same_span)[:2] == pytest.approx([1, 0], abs=1e-5)
     # A and A·T span two 3-dim subspaces: pooled rank 6, and each view is blind to
     # the other's 3 extra directions, so exactly half the canonical pairs correlate.
-    other_span = seis_score(A, A @ np.eye(8)[::-1], n_components=8)
+    other_span = seis_score(A, A @ np.eye(8)[::-1], n_components=8, cv=None)
     assert other_span.n_components == 6
     assert _finite_scores(other_span)[0] == pytest.approx(0.5, abs=1e-5)
 
@@ -161,9 +161,9 @@ def test_rank_deficient_data(rng):
 def test_extreme_scales(scale, rng):
     A = rng.normal(size=(40, 3, 4, 4))
     B = np.roll(A, 1, axis=3) + 0.2 * rng.normal(size=A.shape)
-    reference = seis_score(A, B)
+    reference = seis_score(A, B, cv=None)
     for dtype in (np.float64, np.float32):
-        scaled = seis_score((A * scale).astype(dtype), (B * scale).astype(dtype))
+        scaled = seis_score((A * scale).astype(dtype), (B * scale).astype(dtype), cv=None)
         tol = 1e-8 if dtype == np.float64 else 1e-4
         assert scaled.equivariance == pytest.approx(reference.equivariance, abs=tol)
         assert scaled.invariance == pytest.approx(reference.invariance, abs=tol)
@@ -171,27 +171,27 @@ def test_extreme_scales(scale, rng):
 
 def test_two_samples():
     A = np.array([[0.0, 1.0, 2.0], [1.0, 3.0, 2.5]])
-    result = seis_score(A, 2 * A + 1)
+    result = seis_score(A, 2 * A + 1, cv=None)
     assert result.n_components == 1 and _finite_scores(result)[0] == pytest.approx(1, abs=1e-5)
 
 
 def test_one_constant_view_scores_zero(rng):
     A = rng.normal(size=(30, 5))
-    result = seis_score(A, np.zeros_like(A), n_components=5)
+    result = seis_score(A, np.zeros_like(A), n_components=5, cv=None)
     assert _finite_scores(result) == [0.0, 0.0, 0.0, 0.0]
 
 
 def test_both_views_constant_is_an_error():
     with pytest.raises(ValueError, match="no variance after centring"):
-        seis_score(np.ones((5, 4)), np.full((5, 4), 2.0))
+        seis_score(np.ones((5, 4)), np.full((5, 4), 2.0), cv=None)
 
 
 def test_integer_and_bool_inputs(rng):
     A = rng.integers(0, 5, size=(30, 2, 3, 3))
-    r_int = seis_score(A, np.flip(A, axis=3))
-    r_float = seis_score(A.astype(float), np.flip(A, axis=3).astype(float))
+    r_int = seis_score(A, np.flip(A, axis=3), cv=None)
+    r_float = seis_score(A.astype(float), np.flip(A, axis=3).astype(float), cv=None)
     assert r_int.equivariance == r_float.equivariance
-    _finite_scores(seis_score(A > 2, np.flip(A > 2, axis=3)))
+    _finite_scores(seis_score(A > 2, np.flip(A > 2, axis=3), cv=None))
 
 
 def test_readonly_memmap_input(tmp_path, rng):
@@ -201,7 +201,7 @@ def test_readonly_memmap_input(tmp_path, rng):
     np.save(tmp_path / "b.npy", B)
     Am = np.load(tmp_path / "a.npy", mmap_mode="r")
     Bm = np.load(tmp_path / "b.npy", mmap_mode="r")
-    assert seis_score(Am, Bm).equivariance == seis_score(A, B).equivariance
+    assert seis_score(Am, Bm, cv=None).equivariance == seis_score(A, B, cv=None).equivariance
 
 
 def test_held_out_data_without_variance_raise_the_fits_error(rng):

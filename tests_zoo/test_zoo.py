@@ -226,7 +226,7 @@ def test_swin_stage_equals_its_nchw_transpose(name, layer, images):
     original, flipped = _stage_activations(model, layer, x, flip)
     assert original.ndim == 4 and original.shape[-1] > original.shape[1]  # (N, H, W, C)
     want = seis_score(
-        np.moveaxis(original, -1, 1), np.moveaxis(flipped, -1, 1), matricization="spatial"
+        np.moveaxis(original, -1, 1), np.moveaxis(flipped, -1, 1), matricization="spatial", cv=None
     )
     row = frame.iloc[0]
     assert row.layout == "NHWC" and row.matricization == "spatial"

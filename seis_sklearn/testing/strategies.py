@@ -11,7 +11,8 @@ users can property-test their layers the same way:
 ... @given(exact_pairs())
 ... def test_exact_transforms_keep_everything(case):
 ...     layout, transform, A, B = case
-...     assert seis_score(A, B, layout=layout, n_components=1.0, reg=0.0).equivariance > 0.99
+...     result = seis_score(A, B, layout=layout, n_components=1.0, reg=0.0, cv=None)
+...     assert result.equivariance > 0.99
 >>> test_exact_transforms_keep_everything()
 """
 
