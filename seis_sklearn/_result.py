@@ -262,17 +262,26 @@ def variance_shortfall(result, target, *, fit_rows=None, rows_per_sample=None,
                 )
         parts.append(
             f"n_components={target} asks for {target:.1%} of the variance; k={k} components "
-            f"keep {reached:.1%}" + (f" ({cause})" if cause else "")
+            f"keep {_share(reached, target)}" + (f" ({cause})" if cause else "")
         )
     short_folds = [f for f in result.folds if f.explained_variance_ratio < target - tol]
     if short_folds:
         worst = min(short_folds, key=lambda f: f.explained_variance_ratio)
         parts.append(
             f"{len(short_folds)} of {len(result.folds)} folds' fits keep less than "
-            f"{target:.1%} (the least {worst.explained_variance_ratio:.1%} with "
+            f"{target:.1%} (the least {_share(worst.explained_variance_ratio, target)} with "
             f"k={worst.n_components})"
         )
     return "; ".join(parts)
+
+
+def _share(reached, target):
+    """A share short of ``target``, with the digits that show it is short."""
+    for digits in (1, 2, 3, 4):
+        text = f"{reached:.{digits}%}"
+        if text != f"{target:.{digits}%}":
+            return text
+    return f"{reached:.6%}"
 
 
 def described(result, *, grid, layout_choice, target=None, evaluation_reason="",

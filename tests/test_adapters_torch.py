@@ -449,7 +449,7 @@ def test_layerwise_report_adds_metrics_and_statistics_columns(net):
         net, x, flip, layers=["conv2"], held_out=None, progress=False, n_permutations=9,
         n_bootstrap=9, random_state=0,
     )  # fmt: skip
-    want = seis_score(*pairs["conv2"], n_permutations=9, n_bootstrap=9, random_state=0)
+    want = seis_score(*pairs["conv2"], n_permutations=9, n_bootstrap=9, random_state=0, cv=None)
     assert stats["equivariance_p"].iloc[0] == want.p_values["equivariance"]
     assert stats["equivariance_ci_low"].iloc[0] == want.ci_low["equivariance"]
     with pytest.raises(ValueError, match="n_permutations refits on stored activations"):
