@@ -116,9 +116,16 @@ def select_k(eigenvalues, n_components, *, dof, max_components=None):
             k += 1
     else:
         k = n_components
+    wanted = k
     k = min(k, d, dof, rank)
     if max_components is not None:
         k = min(k, max_components)
+    if isinstance(n_components, float) and k < min(wanted, rank):
+        # a cap never cuts through a cluster either: it stops below it (a symmetric
+        # layer's pooled moment has exactly repeated eigenvalues — an orbit's always
+        # does — and half a pair breaks the symmetry, docs/math.rst section 2)
+        while k > 1 and eigenvalues[k] >= (1.0 - CLUSTER_TOL) * eigenvalues[k - 1]:
+            k -= 1
     return k
 
 
@@ -132,14 +139,38 @@ def select_k(eigenvalues, n_components, *, dof, max_components=None):
 ROUNDING_FLOOR = 16.0
 
 
-def spectrum(sigma, n_rows=0, overwrite=False):
+def spectrum(sigma, n_rows=0, overwrite=False, raw=False):
     """Eigenvalues (ascending, rounding-level ones set to zero) and eigenvectors of a
     symmetric PSD k × k covariance of ``n_rows`` rows (``overwrite``: symmetrized in
-    place and its memory reused for the eigenvectors, no copy of it made here)."""
+    place and its memory reused for the eigenvectors, no copy of it made here;
+    ``raw``: the eigenvalues before the floor, clipped at 0, returned third)."""
     w, V = eigh_inplace(symmetrize(sigma if overwrite else sigma.copy()))
     top = max(float(w.max(initial=0.0)), 0.0)
     floor = ROUNDING_FLOOR * (w.size + np.sqrt(n_rows)) * _EPS * top
+    if raw:
+        return np.where(w > floor, w, 0.0), V, np.maximum(w, 0.0)
     return np.where(w > floor, w, 0.0), V
+
+
+def effective_directions(raw_eigenvalues, floored_eigenvalues, reg):
+    """``tr(Σ (Σ + r·I)⁻¹) = Σ_j λ_j / (λ_j + r)``, ``r = reg·tr Σ/k``: how many of the
+    k shared directions a view fills (docs/math.rst, "Counting the pairs a view can
+    have").
+
+    The ridge's degrees of freedom: k when the view has variance well above the ridge
+    along every direction, one less for each direction along which it has none (a dead
+    unit), and continuous in the eigenvalues — a direction at the rounding floor counts
+    ``λ/r`` ≈ 1e-10·k, not 0 or 1, so rounding cannot flip it. Scale-free, as the ridge
+    follows the view's mean variance. With ``reg = 0`` there is no ridge to count
+    against, and it is the number of eigenvalues above the rounding floor (a hard rank).
+    """
+    k = raw_eigenvalues.size
+    if k == 0:
+        return 0.0
+    ridge = reg * float(raw_eigenvalues.sum()) / k
+    if not ridge > 0:
+        return float(np.count_nonzero(floored_eigenvalues > 0))
+    return float(np.sum(raw_eigenvalues / (raw_eigenvalues + ridge)))
 
 
 def inverse_sqrt(eigenvalues, reg):
@@ -331,6 +362,11 @@ class CCAFit:
     null : ndarray of bool, shape (k,)
         Pairs whose correlation is zero to rounding: their directions are an
         arbitrary basis of K's null spaces, so they count as 0 held-out.
+    effective_pairs : float
+        ``k_eff = max(dof_x, dof_y)``, the divisor of the uniform pair: the larger
+        of the two views' effective numbers of directions in the basis
+        (:func:`effective_directions`; docs/math.rst, "Counting the pairs a view can
+        have"). ``k`` when both views fill the basis.
     """
 
     trace_agreement: float
@@ -343,6 +379,7 @@ class CCAFit:
     alignments: np.ndarray
     weights: np.ndarray
     null: np.ndarray
+    effective_pairs: float
 
 
 def project(C, V, symmetric=False):
@@ -434,11 +471,15 @@ def fit_cca(covariances, reg, n_rows):
     # a view of scale 1e-160 beside one of scale 1 must not under- or overflow.
     scale_x, scale_y = _power_of_four(sigma_xx), _power_of_four(sigma_yy)
     sigma_xx /= scale_x
-    w_x, V_x = spectrum(sigma_xx, n_rows, overwrite=True)
+    w_x, V_x, raw_x = spectrum(sigma_xx, n_rows, overwrite=True, raw=True)
     del sigma_xx
     sigma_yy /= scale_y
-    w_y, V_y = spectrum(sigma_yy, n_rows, overwrite=True)
+    w_y, V_y, raw_y = spectrum(sigma_yy, n_rows, overwrite=True, raw=True)
     del sigma_yy
+    # the pairs the two views can have: the larger of their effective numbers of
+    # directions in the shared basis (docs/math.rst, "Counting the pairs a view can have")
+    pairs = max(effective_directions(raw_x, w_x, reg), effective_directions(raw_y, w_y, reg))
+    del raw_x, raw_y
     inv_x, inv_y = inverse_sqrt(w_x, reg), inverse_sqrt(w_y, reg)
     # K = R_x Σ_xy R_y in the eigenbases, V_xᵀ K V_y = diag(a) V_xᵀΣ_xyV_y diag(b), where a
     # view has no variance (an eigenvalue zero to rounding) its rows of Σ_xy are rounding
@@ -485,6 +526,7 @@ def fit_cca(covariances, reg, n_rows):
         alignments=alignments,
         weights=weights,
         null=null,
+        effective_pairs=pairs,
     )
 
 
@@ -551,9 +593,10 @@ def _agreement(t_xy, t_xx, t_yy):
     return float(max(t_xy, 0.0) / den) if den > 0 else 0.0
 
 
-def _scores(rho, alignments, weights, trace_agreement, invariance):
-    """The four scores from per-pair correlations ρ (already made non-negative for S_E)."""
-    k = rho.size
+def _scores(rho, alignments, weights, trace_agreement, invariance, pairs):
+    """The four scores from per-pair correlations ρ (already made non-negative for S_E);
+    the uniform pair divides by ``pairs``, the pairs the views can have (``k_eff``)."""
+    k = pairs if pairs > 0 else max(rho.size, 1)
     positive = np.maximum(rho, 0.0)
     equivariance = float(positive.sum() / k)
     if invariance == "trace":
@@ -580,7 +623,12 @@ def _unit(value):
 def in_sample_scores(cca, invariance="trace"):
     """The SEIS scores of the fitted pair (SPEC §2.3 steps 7–9)."""
     return _scores(
-        cca.canonical_correlations, cca.alignments, cca.weights, cca.trace_agreement, invariance
+        cca.canonical_correlations,
+        cca.alignments,
+        cca.weights,
+        cca.trace_agreement,
+        invariance,
+        cca.effective_pairs,
     )
 
 
@@ -634,7 +682,10 @@ def scores_of_variates(cca, cov, var_x, var_y, traces, invariance="trace"):
     ok = (den > 0) & ~cca.null
     rho[ok] = cov[ok] / den[ok]
     rho = np.clip(rho, -1.0, 1.0)
-    return _scores(rho, cca.alignments, cca.weights, _agreement(*traces), invariance), rho
+    scores = _scores(
+        rho, cca.alignments, cca.weights, _agreement(*traces), invariance, cca.effective_pairs
+    )
+    return scores, rho
 
 
 # ---------------------------------------------------------------- from a Gram matrix

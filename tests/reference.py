@@ -43,10 +43,13 @@ def reference_k(lam, n_components, dof, max_components=None):
             k += 1
     else:
         k = n_components
-    k = min(k, d, dof, rank)
+    capped = min(k, d, dof, rank)
     if max_components is not None:
-        k = min(k, max_components)
-    return k
+        capped = min(capped, max_components)
+    if isinstance(n_components, float) and capped < min(k, rank):
+        while capped > 1 and lam[capped] >= (1 - 1e-6) * lam[capped - 1]:  # not in a pair
+            capped -= 1
+    return capped
 
 
 def inv_sqrt(S, reg):
@@ -80,6 +83,9 @@ def reference_fit(
     U, rho, Wt = np.linalg.svd(K)
     W = Wt.T
     alpha = np.sum(U * W, axis=0)
+    # the pairs the views can have: the larger trace of R Σ R, each view's effective
+    # number of directions under its ridge (docs/math.rst)
+    pairs = max(np.trace(Rx @ Sxx @ Rx), np.trace(Ry @ Syy @ Ry))
     xv, yv = X @ Rx @ U, Y @ Ry @ W  # canonical variates, columns
     omega = np.array(  # each view's share of its own energy
         [
@@ -96,6 +102,7 @@ def reference_fit(
         mu_q=mu_q,
         Vk=Vk,
         k=k,
+        pairs=pairs,
         lam=lam,
         Sxx=Sxx,
         Syy=Syy,
@@ -113,8 +120,8 @@ def reference_fit(
 
 
 def reference_scores(fit, invariance="trace"):
-    rho, alpha, omega, k = fit["rho"], fit["alpha"], fit["omega"], fit["k"]
-    S_E = rho.mean()
+    rho, alpha, omega, k = fit["rho"], fit["alpha"], fit["omega"], fit["pairs"]
+    S_E = min(1.0, rho.sum() / k)
     if invariance == "trace":
         S_I = max(0.0, np.sum(rho * alpha)) / k
     else:
@@ -133,16 +140,17 @@ def reference_held_out(fit, A2, B2, invariance="trace"):
     # held-out data centred with the fitted per-feature means
     P2 = reference_matricize(np.asarray(A2) - fit["mu_p"], fit["layout"], fit["matricization"])
     Q2 = reference_matricize(np.asarray(B2) - fit["mu_q"], fit["layout"], fit["matricization"])
-    k = fit["k"]
+    k, pairs = fit["k"], fit["pairs"]
     xv = P2 @ fit["Vk"] @ fit["Rx"] @ fit["U"]
     yv = Q2 @ fit["Vk"] @ fit["Ry"] @ fit["W"]
     rho = np.array([np.corrcoef(xv[:, i], yv[:, i])[0, 1] for i in range(k)])
     pos = np.maximum(rho, 0)
-    S_E = pos.mean()
+    S_E = min(1.0, pos.sum() / pairs)
     if invariance == "trace":
-        S_I = max(0.0, np.sum(rho * fit["alpha"])) / k
+        S_I = max(0.0, np.sum(rho * fit["alpha"])) / pairs
     else:
-        S_I = np.sum(pos * np.abs(fit["alpha"])) / k
+        S_I = np.sum(pos * np.abs(fit["alpha"])) / pairs
+    S_I = min(S_I, S_E)
     omega = fit["omega"]
     S_Ew = np.sum(omega * pos) / np.sum(omega)
     X2 = P2 @ fit["Vk"]

@@ -146,15 +146,22 @@ def test_constant_columns_are_ignored(rng):
 
 
 def test_rank_deficient_data(rng):
-    A = rng.normal(size=(50, 3)) @ rng.normal(size=(3, 8))
+    Z, M = rng.normal(size=(50, 3)), rng.normal(size=(3, 8))
+    A = Z @ M
     same_span = seis_score(A, -2 * A, n_components=8, cv=None)
     assert same_span.n_components == 3  # zero eigenvalues are never kept
     assert _finite_scores(same_span)[:2] == pytest.approx([1, 0], abs=1e-5)
-    # A and A·T span two 3-dim subspaces: pooled rank 6, and each view is blind to
-    # the other's 3 extra directions, so exactly half the canonical pairs correlate.
+    # A and A·T span two 3-dim subspaces: pooled rank 6, but each view fills only 3
+    # of those directions, so only 3 canonical pairs can exist, and all 3 correlate:
+    # an invertible re-encoding keeps everything (docs/math.rst, "Counting the pairs a
+    # view can have"; dividing by the pooled k read 0.5 here).
     other_span = seis_score(A, A @ np.eye(8)[::-1], n_components=8, cv=None)
     assert other_span.n_components == 6
-    assert _finite_scores(other_span)[0] == pytest.approx(0.5, abs=1e-5)
+    assert _finite_scores(other_span)[0] == pytest.approx(1.0, abs=1e-5)
+    # B keeping what 2 of A's 3 latent factors put there has lost the third: 2 of 3
+    lost = seis_score(A, Z[:, :2] @ M[:2], n_components=8, cv=None)
+    assert lost.n_components == 3
+    assert _finite_scores(lost)[0] == pytest.approx(2 / 3, abs=1e-5)
 
 
 @pytest.mark.parametrize("scale", [1e-30, 1e30])
