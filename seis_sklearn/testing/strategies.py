@@ -1,18 +1,27 @@
 """Hypothesis strategies for activation arrays, pairs and orbits (the project's own).
 
 Needs the ``testing`` extra (``pip install 'seis-sklearn[testing]'``: hypothesis).
-The project's property tests (SPEC §2.6) draw from these same strategies, so
-users can property-test their layers the same way:
+The project's property tests (docs/math.rst, section 6) draw from these same
+strategies, so users can property-test their layers the same way. What each yields:
+
+* ``activation_shapes`` → ``(layout, shape)``: small shapes of every layout;
+* ``activation_arrays`` → ``(layout, A)``: correlated activations, float32/64;
+* ``activation_pairs`` → ``(layout, A, B)``: B a noisy, moved, re-weighted copy;
+* ``ill_conditioned_pairs`` → ``("NCHW", A, B)``: smooth fields, dead units, k near m;
+* ``exact_pairs`` → ``(layout, name, A, B)``: B = ``exact_transforms(layout)[name](A)``;
+* ``reencoded_pairs`` → ``("ND", A, B)``: B = A·M, M invertible;
+* ``orbits`` → ``(layout, A, [B_1, …])``: a whole cyclic orbit of circular shifts;
+* ``modes``, ``thresholds``: a matricization; an ``n_components`` float.
 
 >>> from hypothesis import given, settings
->>> from seis_sklearn import seis_score
->>> from seis_sklearn.testing.strategies import exact_pairs
+>>> from seis_sklearn.testing import assert_equivariant
+>>> from seis_sklearn.testing.strategies import exact_pairs, exact_transforms
 >>> @settings(max_examples=5, deadline=None)
 ... @given(exact_pairs())
 ... def test_exact_transforms_keep_everything(case):
-...     layout, transform, A, B = case
-...     result = seis_score(A, B, layout=layout, n_components=1.0, reg=0.0, cv=None)
-...     assert result.equivariance > 0.99
+...     layout, name, A, B = case
+...     g = exact_transforms(layout)[name]          # B is g(A)
+...     assert_equivariant(lambda batch: batch, A, g, layout=layout)   # on g's orbit
 >>> test_exact_transforms_keep_everything()
 """
 
@@ -36,6 +45,7 @@ __all__ = [
     "activation_shapes",
     "correlated",
     "exact_pairs",
+    "exact_transforms",
     "ill_conditioned_pairs",
     "modes",
     "orbits",
@@ -103,8 +113,10 @@ def activation_pairs(draw, layouts=LAYOUTS, min_samples=6, max_samples=30):
     return layout, A, B
 
 
-def _exact(layout):
-    """The exact transforms of a layout: quarter turns, flips, whole-pixel shifts."""
+def exact_transforms(layout):
+    """Name → the exact transforms of a layout (quarter turns and flips of spatial
+    layouts, a circular 1-px shift of every layout but ND): the transforms
+    :func:`exact_pairs` draws from, to apply to other arrays of that layout."""
     spatial = {"NCHW", "NHWC", "NCDHW"}
     found = {}
     if layout in spatial:
@@ -128,8 +140,8 @@ def exact_pairs(draw, layouts=("NCHW", "NHWC", "NCDHW", "NLD"), min_samples=12, 
         shape = (shape[0], shape[1], shape[1], shape[3])
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     A = correlated(rng, shape)
-    name = draw(st.sampled_from(sorted(_exact(layout))))
-    return layout, name, A, np.ascontiguousarray(_exact(layout)[name](A))
+    name = draw(st.sampled_from(sorted(exact_transforms(layout))))
+    return layout, name, A, np.ascontiguousarray(exact_transforms(layout)[name](A))
 
 
 def _smooth(rng, shape, sigma):
@@ -152,10 +164,13 @@ def ill_conditioned_pairs(draw, min_samples=6, max_samples=80):
       orders of magnitude along its high frequencies, which only B's added noise
       fills (B = A shifted by a few pixels, plus noise);
     * ``"dead"`` — some channels of A, or of B, are zero (dead units);
+    * ``"masked"`` — a fixed random set of A's features (channel, row, column) is
+      zero on every sample, and B is A exactly shifted: dead units in both views,
+      in places the shift does not keep (B may get a little noise on top);
     * ``"wide"`` — few samples against many features, so that the kept ``k`` comes
       close to the rows (in flatten mode) or the columns.
     """
-    kind = draw(st.sampled_from(["smooth", "dead", "wide"]))
+    kind = draw(st.sampled_from(["smooth", "dead", "wide", "masked"]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     c = draw(st.integers(1, 6))
     size = draw(st.integers(3, 8))
@@ -167,6 +182,9 @@ def ill_conditioned_pairs(draw, min_samples=6, max_samples=80):
     A = _smooth(rng, shape, draw(st.floats(1.0, 2.5)))
     shift = draw(st.integers(0, size - 1))
     noise = draw(st.sampled_from([1e-3, 0.03, 0.3]))
+    if kind == "masked":
+        A *= rng.random(shape[1:]) < draw(st.floats(0.3, 0.9))
+        noise = draw(st.sampled_from([0.0, 0.0, 1e-3]))
     B = np.roll(A, shift, axis=-1) + noise * A.std() * rng.normal(size=shape)
     if kind == "dead":
         dead = rng.random(c) < 0.5
