@@ -26,12 +26,23 @@ class LatentAction:
         ``a, b`` (``T̂_0 = I``).
     orthogonality_defect, order_defect, homomorphism_defect : float or None
         The largest of each.
+    degenerate : bool
+        The defects should not be read at face value: ``degenerate_reason`` says
+        why (k at least half the rows, so that a least-squares map fits any
+        views; k capped by the rows below the variance share asked for).
+    degenerate_reason : str
+        Empty when ``degenerate`` is false.
     """
 
     maps: np.ndarray
     orthogonality_defects: np.ndarray
     order_defects: np.ndarray | None
     homomorphism_defects: np.ndarray | None
+    degenerate_reason: str = ""
+
+    @property
+    def degenerate(self):
+        return bool(self.degenerate_reason)
 
     @property
     def orthogonality_defect(self):
@@ -53,6 +64,8 @@ class LatentAction:
         if self.order_defects is not None:
             parts.append(f"order defect {self.order_defect:.3g}")
             parts.append(f"homomorphism defect {self.homomorphism_defect:.3g}")
+        if self.degenerate:
+            parts.append(f"DEGENERATE: {self.degenerate_reason}")
         return f"LatentAction({len(self.maps)} maps of {k}×{k}; " + ", ".join(parts) + ")"
 
 
@@ -60,8 +73,9 @@ def _relative(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def estimate(moments, components, cyclic, rcond=1e-10):
-    """The maps and defects from the views' moments and the pooled basis ``V_k``."""
+def estimate(moments, components, cyclic, rcond=1e-10, degenerate_reason=""):
+    """The maps and defects from the views' moments and the pooled basis ``V_k``
+    (``degenerate_reason``: why they should not be read at face value, or "")."""
     V = components
     m = moments.n_rows
     sxx = V.T @ moments.auto[0] @ V / m
@@ -74,7 +88,7 @@ def estimate(moments, components, cyclic, rcond=1e-10):
     eye = np.eye(k)
     orthogonality = np.array([_relative(T.T @ T, eye) for T in maps])
     if not cyclic:
-        return LatentAction(maps, orthogonality, None, None)
+        return LatentAction(maps, orthogonality, None, None, degenerate_reason)
     n = len(maps) + 1  # the group's order: the identity and every power given
 
     def power(j):
@@ -86,4 +100,4 @@ def estimate(moments, components, cyclic, rcond=1e-10):
     homomorphism = np.array(
         [[_relative(power(a) @ power(b), power(a + b)) for b in range(1, n)] for a in range(1, n)]
     )
-    return LatentAction(maps, orthogonality, order, homomorphism)
+    return LatentAction(maps, orthogonality, order, homomorphism, degenerate_reason)

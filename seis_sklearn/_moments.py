@@ -686,10 +686,22 @@ def check_moment_memory(n_views, d):
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
         return
     if needed > available // 2:
-        raise ValueError(
+        head = (
             f"the moments of {n_views} views with d={d} columns need {needed / 2**30:.1f} GiB "
-            f"(this machine has {available / 2**30:.1f} GiB): use fit with solver='gram' "
-            "(or 'auto'), which works from the Gram matrix of the rows"
+            f"(this machine has {available / 2**30:.1f} GiB)"
+        )
+        if n_views > 2:  # an orbit: its basis is pooled from the moments, no Gram route
+            raise ValueError(
+                f"{head}: an orbit is scored from its d × d moments, so fewer columns are "
+                "the way out — average-pool the maps' grid (p × p blocks keep quarter "
+                "turns, flips and shifts by multiples of p exact; a layerwise report's "
+                "over_budget='pool' does it), or matricization='spatial' (d = the "
+                "positions) instead of 'flatten'; or score the pairs (A, B_g) one by one "
+                "with solver='gram'"
+            )
+        raise ValueError(
+            f"{head}: use fit with solver='gram' (or 'auto'), which works from the Gram "
+            "matrix of the rows"
         )
 
 

@@ -71,9 +71,11 @@ class SEISScorer(BaseEstimator):
     max_components : int, default=None
         Upper bound on ``k``.
     invariance : {"trace", "abs"}, default="trace"
-        ``"trace"``: ``S_I = max(0, tr K)/k``, basis-independent. ``"abs"``:
-        ``(1/k) Σ ρ_i |α_i|``, a literal reading of the paper, for comparison
-        only (blind to sign, basis-dependent under ties).
+        ``"trace"``: ``S_I = max(0, tr K)/k_eff``, basis-independent. ``"abs"``:
+        ``Σ ρ_i |α_i| / k_eff``, a literal reading of the paper, for comparison
+        only (blind to sign, basis-dependent under ties). ``k_eff`` is the
+        number of canonical pairs the views can have (docs/math.rst, "Counting
+        the pairs a view can have"): ``k`` when both views fill the basis.
     score_kind : {"equivariance", "invariance", "equivariance_weighted", \
 "invariance_weighted"}, default="equivariance"
         Which score :meth:`score` returns.
@@ -131,8 +133,8 @@ class SEISScorer(BaseEstimator):
     -----
     Held-out scoring (SPEC §2.4) projects new data on the fitted canonical
     directions ``V_k R(Σ_xx) u_i`` and ``V_k R(Σ_yy) w_i`` and takes the Pearson
-    correlation ``ρ′_i`` of each pair: ``S_E′ = (1/k) Σ max(ρ′_i, 0)``,
-    ``S_I′ = max(0, Σ ρ′_i α_i)/k`` (capped at ``S_E′`` so that
+    correlation ``ρ′_i`` of each pair: ``S_E′ = Σ max(ρ′_i, 0)/k_eff``,
+    ``S_I′ = max(0, Σ ρ′_i α_i)/k_eff`` (capped at ``S_E′`` so that
     ``S_I′ ≤ S_E′`` holds for held-out data too). In-sample correlations are
     biased upward when ``k`` is not small against ``m``; held-out scores are
     the honest ones.
@@ -404,7 +406,39 @@ class SEISScorer(BaseEstimator):
                 "the latent action needs the moment solver (this scorer was fitted with "
                 "solver='gram'); refit with solver='moments'"
             )
-        return estimate_latent(self._moments, self.components_.T, cyclic)
+        return estimate_latent(
+            self._moments, self.components_.T, cyclic, degenerate_reason=self._latent_reason()
+        )
+
+    def _latent_reason(self):
+        """Why the latent action's defects say little, or "": k at least half the rows
+        (a least-squares map then fits any pair of views), or k capped by the rows'
+        degrees of freedom below the share of the variance asked for (the basis holds
+        part of the orbit's span only)."""
+        k, m = self.n_components_, self.n_rows_
+        per_sample, d = matrix_shape(self.activation_shape_, self.layout_, self.matricization_)
+        reasons = []
+        if 2 * k >= m:
+            reasons.append(
+                f"k={k} is at least half of the m={m} rows fitted: a least-squares map "
+                "of that size fits any views, so its defects are not the layer's"
+            )
+        cap = m - per_sample
+        target = self.n_components
+        capped_by_rows = self.max_components is None or k < self.max_components
+        if (
+            isinstance(target, float)
+            and capped_by_rows
+            and k < d
+            and float(self.explained_variance_ratio_) < target
+        ):
+            reasons.append(
+                f"k={k} is capped by m − R = {cap} (the rows' degrees of freedom) below the "
+                f"{target:.0%} of the variance asked for: the basis holds part of the "
+                "orbit's span only — more samples, or fewer columns (pooling, "
+                "max_components), would be needed"
+            )
+        return "; ".join(reasons)
 
     def _reading(self, views, first):
         """``(layout, matricization, label)`` to read ``views`` with.
