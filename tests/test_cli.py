@@ -7,7 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -196,20 +197,40 @@ def test_interrupted_report_resumes_to_the_same_csv(tmp_path, rng):
     assert whole.returncode == 0, whole.stderr
 
     out = tmp_path / "cut"
-    process = subprocess.Popen(
-        [str(SEIS), "report", "--pairs", str(folder), "--out", str(out), "-q"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    # an event, not the clock: the run says when its third layer is loaded (two rows
+    # written) and waits there, on its stdin, until it is killed
+    hold = textwrap.dedent(
+        """
+        import sys
+        from seis_sklearn.io import LayerPair
+        loaded = LayerPair.load
+        def load(self, *args, **kwargs):
+            pair = loaded(self, *args, **kwargs)
+            if self.name == "layer2":
+                print("holding at layer2", flush=True)
+                sys.stdin.read()  # until the test kills the run
+            return pair
+        LayerPair.load = load
+        from seis_sklearn.cli import console
+        sys.argv = ["seis", *sys.argv[1:]]
+        console()
+        """
     )
+    process = subprocess.Popen(
+        [sys.executable, "-c", hold, "report", "--pairs", str(folder), "--out", str(out), "-q"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    hang = threading.Timer(600, process.kill)  # only a safety net against a hang
+    hang.start()
     try:
-        deadline = time.monotonic() + 120
-        while not list((out / "rows").glob("*.json")) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        os.kill(process.pid, signal.SIGKILL)  # no chance to clean up
+        assert process.stdout.readline() == "holding at layer2\n", process.stderr.read()
+        os.kill(process.pid, signal.SIGKILL)  # mid-layer: no chance to clean up
     finally:
-        process.wait()
+        hang.cancel()
+        process.kill()
+        process.communicate()
     kept = sorted(p.name for p in (out / "rows").glob("*.json"))
-    assert 1 <= len(kept) < 12, "the run was not interrupted mid-way"
+    assert kept == ["t000-l0000.json", "t000-l0001.json"], "not stopped at layer2"
     assert not (out / "report.csv").exists()
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # nothing half-written
 

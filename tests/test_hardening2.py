@@ -311,7 +311,14 @@ def test_cli_options_named_and_out_guarded(workdir):
 
 
 SLOW = """
-import time, torch
+import os, sys, torch
+
+# The test's handshake, only where it stops the run (SEIS_TEST_HOLD=1): on the 9th
+# forward of a whole batch (batch 3 of 12; the probe's batches are of 2) the model says
+# so on stdout and waits for the test to close its stdin (once the signal is sent), so
+# the stop lands in the middle of the pass however slow the machine.
+HOLD_AT = 9 if os.environ.get("SEIS_TEST_HOLD") == "1" else None
+calls = []
 
 class Slow(torch.nn.Module):
     def __init__(self):
@@ -321,7 +328,11 @@ class Slow(torch.nn.Module):
         self.head = torch.nn.Linear(6, 3)
 
     def forward(self, x):
-        time.sleep(0.15)  # slow enough to be stopped in the middle of the pass
+        if len(x) == 8:
+            calls.append(len(x))
+            if len(calls) == HOLD_AT:
+                print("in the pass", flush=True)
+                sys.stdin.read()  # until the test closes it
         return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 def slow(): return Slow()
@@ -336,7 +347,7 @@ def test_a_stopped_shared_pass_keeps_its_statistics_and_resumes(tmp_path, sig):
     (fitted from moments after the resume: equal to float32 rounding)."""
     import json
     import signal
-    import time
+    import threading
 
     import pandas as pd
 
@@ -345,14 +356,22 @@ def test_a_stopped_shared_pass_keeps_its_statistics_and_resumes(tmp_path, sig):
     base = ["report", "--model", "slow.py:slow", "--inputs", "x.npy", "--transform", "rot90",
             "--transform", "hflip", "--transform", "vflip", "--batch-size", "8", "-q",
             "--metrics", "cka_debiased", "--metrics", "channel_eed"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}", "SEIS_TEST_HOLD": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "seis_sklearn", *base, "--out", "cut"], cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(7)  # imports, the probe, then a part of 12 batches × 4 forward passes
-    proc.send_signal(getattr(signal, sig))
-    _, err = proc.communicate(timeout=120)
+    hang = threading.Timer(600, proc.kill)  # only a safety net against a hang
+    hang.start()
+    try:  # an event, not the clock: the model says it is in the pass, then waits
+        assert proc.stdout.readline() == "in the pass\n", proc.stderr.read()
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate()  # closes stdin: the model goes on, the pass stops
+    finally:  # at the next batch
+        hang.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, err
     assert "statistics of an unfinished pass, are kept" in err
     saved = json.loads((tmp_path / "cut" / "checkpoint" / "checkpoint.json").read_text())
