@@ -834,12 +834,12 @@ def _fit_streamed(layers, kept, held, held_out, bar=None, keep_moments=True):
             bar.update(1)
         shapes[key], choices[key] = plan["shape"], plan["choice"]
         if not plan.get("failed") and (
-            key not in kept or kept[key].n_samples < 2 or key not in held
+            key not in kept
+            or kept[key].n_samples < 2
+            or key not in held
+            or held[key].n_samples < 2
         ):
-            raise ValueError(
-                f"held_out={held_out} leaves layer {key!r} too few samples to fit and to "
-                "score: give more inputs"
-            )
+            raise ValueError(_too_few_samples(key, kept, held, held_out))
         if not plan.get("failed"):
             if keep_moments:
                 fitted, scored = kept[key], held[key]
@@ -869,6 +869,20 @@ def _fit_streamed(layers, kept, held, held_out, bar=None, keep_moments=True):
                 del scored
         results[key] = unscored(key, plan["failed"], plan["layout"], plan["params"], "held-out")
     return results, shapes, LazyMoments(moments), choices
+
+
+def _too_few_samples(key, kept, held, held_out):
+    """The error of a streamed report whose inputs leave a layer fewer than 2 kept or
+    2 held-out samples, with the number of inputs that would do."""
+    n_kept = kept[key].n_samples if key in kept else 0
+    n_held = held[key].n_samples if key in held else 0
+    every = int(round(1.0 / held_out))  # every `every`-th sample is held out
+    return (
+        f"too few samples: held_out={held_out} holds out every {every}th of the "
+        f"{n_kept + n_held} inputs, {n_held} for layer {key!r}, and held-out "
+        f"correlations need at least 2 held-out samples (and the fit 2 kept ones): give "
+        f"at least {2 * every} inputs"
+    )
 
 
 def _failed_plan(original, seis_params, reading, exc):

@@ -249,12 +249,16 @@ class Basis:
     k : int
     n_columns : int
         ``d``, the columns of the matricized views.
+    constant : tuple of bool
+        Per view: no variance after centring (constant to rounding); such a view
+        has no weight in the basis, and no pair with it has a score.
     """
 
     components: np.ndarray
     eigenvalues: np.ndarray
     k: int
     n_columns: int = 0
+    constant: tuple = ()
 
     @property
     def explained_variance_ratio(self):
@@ -332,7 +336,7 @@ def pooled_basis(moments, n_components, max_components=None, names=None):
     k = select_k(eigenvalues, n_components, dof=dof, max_components=max_components)
     if k == 0:
         raise no_variance_error(views_without_variance(names))
-    return Basis(deterministic_signs(V[:, :k]), eigenvalues, k, d)
+    return Basis(deterministic_signs(V[:, :k]), eigenvalues, k, d, tuple(traces == 0))
 
 
 @dataclass
@@ -367,6 +371,10 @@ class CCAFit:
         of the two views' effective numbers of directions in the basis
         (:func:`effective_directions`; docs/math.rst, "Counting the pairs a view can
         have"). ``k`` when both views fill the basis.
+    constant_views : str
+        Which view of the pair has no variance after centring ("the original
+        view", "the transformed view", "both views"), or "": then there is nothing
+        to compare and the pair has no score (NaN, with the reason).
     """
 
     trace_agreement: float
@@ -380,6 +388,7 @@ class CCAFit:
     weights: np.ndarray
     null: np.ndarray
     effective_pairs: float
+    constant_views: str = ""
 
 
 def project(C, V, symmetric=False):
@@ -726,7 +735,7 @@ def gram_basis(gm, n_components, max_components=None, names=None):
     if k == 0:
         raise no_variance_error(views_without_variance(names))
     coefficients = scale[:, None] * deterministic_signs(U[:, :k]) / np.sqrt(w[:k])
-    return GramBasis(None, eigenvalues, k, gm.mean.shape[-1], coefficients)
+    return GramBasis(None, eigenvalues, k, gm.mean.shape[-1], tuple(traces == 0), coefficients)
 
 
 def gram_pair_covariances(gm, basis, view=1):

@@ -143,6 +143,8 @@ def fit(stats, params, names=None):
         fit_cca(list(covariances(stats, basis, g)), params["reg"], stats.n_rows)
         for g in range(1, stats.n_views)
     ]
+    for g, cca in enumerate(ccas, start=1):
+        cca.constant_views = _constant_views(basis.constant, g)
     means = stats.mean
     return Fit(
         basis, ccas, stats.n_rows, means, None if gram else stats, "gram" if gram else "moments"
@@ -159,10 +161,31 @@ def fit_views(arrays, layout, mode, names, params, solver, components=True):
     return fitted
 
 
+def _constant_views(constant, g):
+    """Which of views 0 and ``g`` has no variance (:attr:`Basis.constant`), or ""."""
+    if not constant:
+        return ""
+    first, other = constant[0], constant[g]
+    if first and other:
+        return "both views"
+    return "the original view" if first else "the transformed view" if other else ""
+
+
 def result(scores, rho, cca, basis, n_rows, matricization, layout, evaluation, fit_rows=None,
            **extra):  # fmt: skip
-    """A :class:`SEISResult`; ``fit_rows`` (default ``n_rows``): rows the basis was fitted on."""
+    """A :class:`SEISResult`; ``fit_rows`` (default ``n_rows``): rows the basis was fitted on.
+
+    A pair one of whose views has no variance after centring has no score: NaN, with
+    the reason (the rule the layerwise reports follow for constant layers)."""
     reason = degenerate_reason(basis.k, basis.n_columns, n_rows if fit_rows is None else fit_rows)
+    if cca.constant_views:
+        verb = "have" if cca.constant_views == "both views" else "has"
+        empty = (
+            f"{cca.constant_views} {verb} no variance after centring (every feature constant "
+            "over the samples): nothing to compare, no score"
+        )
+        reason = f"{empty}; {reason}" if reason else empty
+        scores = dict.fromkeys(scores, float("nan"))
     return SEISResult(
         **scores,
         canonical_correlations=rho,
@@ -217,6 +240,11 @@ def held_out(fitted, projected, names, invariance, label, layout, orbit):
     Raises the error of a fit without variance when the new views have none in the
     fitted subspace (constant data, or values so small that their products underflow).
     """
+    if projected.n_samples < 2:  # a correlation over one sample: nothing to measure
+        raise ValueError(
+            f"held-out scores need at least 2 held-out samples (correlations over the "
+            f"samples); got {projected.n_samples}: score more samples"
+        )
     V = fitted.basis.components
     k = V.shape[1]
     within = sum(float(np.trace(a)) for a in projected.auto)

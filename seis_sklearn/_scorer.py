@@ -224,6 +224,19 @@ class SEISScorer(BaseEstimator):
         X, y = _unstack(X, y)
         return self._fit(X, y, names=("X", "y"), streaming=False, reset=True)
 
+    def __getattr__(self, name):
+        # only for attributes not found: a fitted attribute asked for while partial_fit
+        # has seen fewer than 2 samples says so, instead of a bare AttributeError
+        pending = self.__dict__.get("_pending")
+        if pending and name.endswith("_") and not name.startswith("__"):
+            seen = pending["moments"].n_samples
+            raise AttributeError(
+                f"{name} is not set yet: partial_fit has seen {seen} sample"
+                f"{'' if seen == 1 else 's'}, and a fit needs at least 2; call partial_fit "
+                "with more samples first"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def partial_fit(self, X, y=None):
         """Add a batch of pairs to the fit (exact: any split equals one ``fit``).
 

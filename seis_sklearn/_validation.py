@@ -96,6 +96,7 @@ def as_activation_array(A, name):
         A = A.numpy()
     if isinstance(A, np.matrix):  # a 2-D array that is not an ndarray in behaviour
         A = np.asarray(A)
+    _check_frame_columns(A, name)
     lazy = is_dask_array(A)  # a dask array is checked from its metadata, never computed
     if isinstance(A, np.ndarray) or lazy:
         arr = A
@@ -122,6 +123,25 @@ def as_activation_array(A, name):
     return arr
 
 
+def _check_frame_columns(X, name):
+    """A DataFrame (or Series) whose columns are not all plain numbers — categorical,
+    text, object — is one ``TypeError`` naming ``name`` and the column (numpy would
+    turn categories into their values, or objects, without a word). Returns whether
+    ``X`` was a frame."""
+    dtypes = getattr(X, "dtypes", None)
+    if dtypes is None or isinstance(X, np.ndarray) or is_dask_array(X):
+        return False
+    if not hasattr(dtypes, "__len__"):  # a Series: one dtype
+        dtypes, columns = [dtypes], [getattr(X, "name", 0)]
+    else:
+        columns = getattr(X, "columns", range(len(dtypes)))
+    for column, dtype in zip(columns, dtypes, strict=False):
+        kind = getattr(dtype, "kind", "O")
+        if kind not in "biuf" or type(dtype).__name__ == "CategoricalDtype":
+            raise TypeError(f"{name} must be numeric; column {column!r} has dtype {dtype}")
+    return True
+
+
 def check_numeric(X, name):
     """Refuse non-numeric 2-D input before scikit-learn would convert it silently.
 
@@ -129,12 +149,7 @@ def check_numeric(X, name):
     and object arrays holding anything but numbers are one ``TypeError`` naming
     ``name``; an object array of numbers is accepted (scikit-learn's contract).
     """
-    dtypes = getattr(X, "dtypes", None)
-    if dtypes is not None and not isinstance(X, np.ndarray):  # a DataFrame
-        for column, dtype in zip(getattr(X, "columns", range(len(dtypes))), dtypes, strict=False):
-            kind = getattr(dtype, "kind", "O")
-            if kind not in "biuf" or type(dtype).__name__ == "CategoricalDtype":
-                raise TypeError(f"{name} must be numeric; column {column!r} has dtype {dtype}")
+    if _check_frame_columns(X, name):
         return
     if hasattr(X, "toarray") or is_dask_array(X):  # sparse or lazy: checked where converted
         return

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from seis_sklearn import SEISScorer, SubspaceDenoiser, seis_score
+from seis_sklearn._result import SCORE_NAMES
 
 
 @pytest.fixture
@@ -182,10 +183,19 @@ def test_two_samples():
     assert result.n_components == 1 and _finite_scores(result)[0] == pytest.approx(1, abs=1e-5)
 
 
-def test_one_constant_view_scores_zero(rng):
+@pytest.mark.parametrize("cv", [None, 5])
+@pytest.mark.parametrize("which", ["A", "B"])
+def test_one_constant_view_has_no_score_and_says_why(rng, which, cv):
+    """One rule for a view with no variance (issue 38, item 5): no score — NaN with
+    the reason, as a layerwise report's row for a constant layer — not a 0.0 that
+    reads as 'everything lost' with degenerate false."""
     A = rng.normal(size=(30, 5))
-    result = seis_score(A, np.zeros_like(A), n_components=5, cv=None)
-    assert _finite_scores(result) == [0.0, 0.0, 0.0, 0.0]
+    pair = (A, np.full_like(A, 3.0)) if which == "B" else (np.full_like(A, 3.0), A)
+    result = seis_score(*pair, n_components=5, cv=cv)
+    assert all(np.isnan(getattr(result, n)) for n in SCORE_NAMES)
+    assert result.degenerate
+    view = "transformed" if which == "B" else "original"
+    assert result.degenerate_reason.startswith(f"the {view} view has no variance after centring")
 
 
 def test_both_views_constant_is_an_error():
