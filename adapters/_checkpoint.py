@@ -4,12 +4,21 @@ A report whose transforms share one pass over the inputs finishes all of them at
 end of that pass: stopped at 60 % (SIGINT, SIGTERM), it had nothing finished to keep.
 With a :class:`Checkpoint`, :func:`~seis_sklearn.adapters._common.stream_views` checks
 between batches whether a stop was asked for; if so it saves every layer's kept and
-held-out statistics — the exact, mergeable moments of the samples seen
-(:class:`~seis_sklearn._moments.Moments`), as ``.npz`` files of plain arrays (no
-pickles) — and the position reached, then raises :class:`KeyboardInterrupt`. A resumed
-run restores them, skips the samples already seen, and merges: the scores are those of
-an uninterrupted run (to rounding: a layer whose rows were kept is fitted from its
-moments after a resume).
+held-out statistics as ``.npz`` files of plain arrays (no pickles) — the rows
+themselves where the layer still keeps rows (:class:`~seis_sklearn._accumulate.RowsFirst`:
+fewer bytes than their moments), else the exact, mergeable moments of the samples seen
+(:class:`~seis_sklearn._moments.Moments`) — and the position reached, then raises
+:class:`KeyboardInterrupt`. A resumed run restores them, skips the samples already
+seen, and goes on: a layer that kept rows is fitted from the same rows by the same
+solver as in an uninterrupted run (the same numbers; fitted from moments instead, a
+wide layer with k close to its rows read up to 2e-3 apart: float32 products of its
+moments against the rows' float64 algebra), one that accumulated moments from the same
+moments merged (float32 rounding).
+
+A stop asked for after the pass, while the layers are fitted, takes effect at the next
+layer (:class:`FitsStopped`): the checkpoint then holds the whole pass's statistics of
+the layers not yet fitted and the report rows of those fitted, so a resumed run skips
+the pass and fits only the rest (:meth:`Checkpoint.finished_rows`).
 """
 
 from __future__ import annotations
@@ -25,9 +34,31 @@ from seis_sklearn._moments import Moments
 from seis_sklearn.metrics import MinibatchCKA
 
 MANIFEST = "checkpoint.json"
-# 2: the CKA columns' minibatch sums (earlier: the rows' norms of a matricized CKA); a
-# checkpoint of another format is not resumed from (the pass starts afresh)
-FORMAT = "seis-checkpoint-2"
+# 2: the CKA columns' minibatch sums (earlier: the rows' norms of a matricized CKA);
+# 3: kept rows saved as rows, a finished pass and the rows of fitted layers; a checkpoint
+# of another format is not resumed from (the pass starts afresh)
+FORMAT = "seis-checkpoint-3"
+
+
+class FitsStopped(KeyboardInterrupt):
+    """A stop asked for while a finished pass's layers were fitted, raised before the
+    next layer's fit.
+
+    Attributes
+    ----------
+    done : dict
+        View key → what :func:`~seis_sklearn.adapters._common.stream` returns, for the
+        layers fitted before the stop (all of a view's layers, or the first ones in
+        order).
+    state : dict
+        View key → the pass's (plans, kept, held) accumulators.
+    position : int
+        Samples streamed: the whole pass.
+    """
+
+    def __init__(self, done, state, position):
+        super().__init__("stopped between the fits of the layers")
+        self.done, self.state, self.position = done, state, position
 
 
 class Resumed:
@@ -92,6 +123,18 @@ class Checkpoint:
             return 0
         return int(self._saved["position"])
 
+    def pass_finished(self, views):
+        """Whether the saved statistics of these ``views`` are those of the whole pass
+        (saved after it, between the layers' fits): a resumed run streams nothing."""
+        return bool(self.start(views)) and bool(self._saved.get("pass_finished"))
+
+    def finished_rows(self, view):
+        """The report rows of the layers of ``view`` fitted before a stop (after the
+        pass), in the layers' order; [] when none."""
+        if self._saved is None:
+            return []
+        return list(self._saved["views"].get(_view_name(view), {}).get("rows", []))
+
     def seed(self, views, state, deviations):
         """Fill the pass's state (plans of failed layers, resumed accumulators, channel
         deviations) from the saved checkpoint; call only when :meth:`start` is > 0."""
@@ -102,9 +145,13 @@ class Checkpoint:
                 if entry.get("failed"):
                     layers[key] = entry["plan"]
                     continue
-                layers[key] = None  # its plan is made again from the next batch
-                kept[key] = Resumed(_load(self.folder / entry["kept"]))
-                held[key] = Resumed(_load(self.folder / entry["held"]))
+                if "plan" in entry:  # the pass finished: no batch comes to remake it
+                    layers[key] = {**entry["plan"], "shape": tuple(entry["plan"]["shape"]),
+                                   "names": tuple(entry["plan"]["names"])}  # fmt: skip
+                else:
+                    layers[key] = None  # its plan is made again from the next batch
+                kept[key] = _restore(self.folder, entry["kept"])
+                held[key] = _restore(self.folder, entry["held"])
             deviation = deviations.get(view)
             if deviation is not None and deviation.eed is not None and saved.get("deviation"):
                 sums, counts, failed = saved["deviation"]
@@ -116,26 +163,43 @@ class Checkpoint:
                     with np.load(self.folder / name) as arrays:
                         deviation.cka[key] = MinibatchCKA.from_state(dict(arrays))
 
-    def save(self, position, views, state, deviations):
+    def save(self, position, views, state, deviations, rows=None):
         """Save every layer's statistics and the position reached (files first, the
-        manifest last: a half-written checkpoint is never read)."""
+        manifest last: a half-written checkpoint is never read).
+
+        ``rows`` (a stop after the pass, :class:`FitsStopped`): view key → the report
+        rows of its layers fitted before the stop; those layers' statistics are not
+        saved, the others' are, and the checkpoint marks the pass as finished.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
-        manifest = {"format": FORMAT, "position": int(position), "views": {}}
+        finished = rows is not None
+        manifest = {"format": FORMAT, "position": int(position), "views": {},
+                    "pass_finished": finished}  # fmt: skip
         for i, view in enumerate(views):
             layers, kept, held = state[view]
             entries = {}
+            done = {row["layer"] for row in (rows or {}).get(view, [])}
             for j, (key, plan) in enumerate(layers.items()):
+                if key in done:
+                    continue
                 if plan.get("failed") or key not in kept or key not in held:
                     plan = {k: v for k, v in plan.items() if k != "accumulator"}
                     plan["failed"] = plan.get("failed") or "no samples before the stop"
                     entries[key] = {"failed": plan["failed"], "plan": _jsonable(plan)}
                     continue
                 stem = f"v{i:03d}-l{j:04d}-{safe_stem(key)}"
-                _save(self.folder / f"{stem}.kept.npz", kept[key].result())
-                _save(self.folder / f"{stem}.held.npz", held[key].result())
-                entries[key] = {"kept": f"{stem}.kept.npz", "held": f"{stem}.held.npz"}
+                entries[key] = {
+                    "kept": _save_accumulator(self.folder, f"{stem}.kept.npz", kept[key]),
+                    "held": _save_accumulator(self.folder, f"{stem}.held.npz", held[key]),
+                }
+                if finished:  # no batch will remake the plan
+                    entries[key]["plan"] = _jsonable(
+                        {k: v for k, v in plan.items() if k != "accumulator"}
+                    )
             deviation = deviations.get(view)
             record = {"layers": entries}
+            if finished:
+                record["rows"] = _jsonable(rows.get(view, []))
             if deviation is not None and deviation.eed is not None:
                 eed = deviation.eed
                 record["deviation"] = [eed.sums, eed.counts, sorted(eed.failed)]
@@ -163,6 +227,76 @@ def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _save_accumulator(folder, name, accumulator):
+    """Save a layer's kept or held-out statistics in ``folder/name``; returns the entry
+    that :func:`_restore` reads back: the rows themselves where the accumulator still
+    keeps rows (:class:`~seis_sklearn._accumulate.RowsFirst`, in its parts), so that a
+    resumed run fits and scores them as an uninterrupted one does; else the moments."""
+    parts = _kept_parts(accumulator)
+    if parts is None:
+        _save(folder / name, accumulator.result())
+        return {"moments": name}
+    import io
+
+    device = None
+    arrays = {}
+    for i, part in enumerate(parts):
+        for g, array in enumerate(part):
+            if not isinstance(array, np.ndarray):  # a torch tensor: saved from the host
+                device = str(array.device)
+                array = array.cpu().numpy()
+            arrays[f"p{i:06d}v{g}"] = array
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(folder / name, buffer.getvalue())
+    return {
+        "rows": name, "parts": len(parts), "views": len(parts[0]), "device": device,
+        "layout": accumulator.layout, "matricization": accumulator.matricization,
+        "names": list(accumulator.names) if accumulator.names is not None else None,
+        "budget": int(accumulator.budget),
+    }  # fmt: skip
+
+
+def _kept_parts(accumulator):
+    """The parts of the rows a :class:`~seis_sklearn._accumulate.RowsFirst` still keeps
+    (None: it accumulates moments, or its rows have no numpy dtype, e.g. bfloat16)."""
+    from seis_sklearn._accumulate import RowsFirst
+
+    if not isinstance(accumulator, RowsFirst) or not accumulator.kept or not accumulator._parts:
+        return None
+    for array in accumulator._parts[0]:
+        if not isinstance(array, np.ndarray) and str(array.dtype) not in (
+            "torch.float32", "torch.float64", "torch.float16",
+        ):  # fmt: skip
+            return None
+    return accumulator._parts
+
+
+def _restore(folder, entry):
+    """The accumulator :func:`_save_accumulator` saved: a
+    :class:`~seis_sklearn._accumulate.RowsFirst` holding the same parts of rows (where
+    they were, numpy or torch on their device), or :class:`Resumed` moments."""
+    if "moments" in entry:
+        return Resumed(_load(folder / entry["moments"]))
+    from seis_sklearn._accumulate import RowsFirst
+
+    with np.load(folder / entry["rows"], allow_pickle=False) as data:
+        parts = [
+            [data[f"p{i:06d}v{g}"].copy() for g in range(entry["views"])]
+            for i in range(entry["parts"])
+        ]
+    if entry["device"] is not None:
+        import torch
+
+        parts = [[torch.from_numpy(a).to(entry["device"]) for a in part] for part in parts]
+    names = tuple(entry["names"]) if entry["names"] is not None else None
+    restored = RowsFirst(parts[0], entry["layout"], entry["matricization"], names=names,
+                         budget=entry["budget"])  # fmt: skip
+    for part in parts:
+        restored.add(part)
+    return restored
 
 
 def _save(path, moments):

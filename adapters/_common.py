@@ -22,6 +22,8 @@ import numpy as np
 from seis_sklearn._files import safe_stem
 from seis_sklearn._validation import first_line
 
+from ._checkpoint import FitsStopped
+
 VIEWS = ("original", "transformed")
 
 
@@ -424,7 +426,11 @@ def stream_views(
     checkpoint : Checkpoint, optional
         Between batches, a stop asked for saves the statistics there and raises
         :class:`KeyboardInterrupt` (:mod:`seis_sklearn.adapters._checkpoint`); with
-        ``offset`` > 0 the pass resumes from what it saved.
+        ``offset`` > 0 the pass resumes from what it saved. After the pass, a stop
+        asked for raises :class:`~seis_sklearn.adapters._checkpoint.FitsStopped` before
+        the next layer's fit (the caller saves the checkpoint with the rows of the
+        layers fitted); a view whose layers were all fitted before such a stop has no
+        layers left to fit (empty results).
     offset : int, default=0
         Index of the batches' first sample in the inputs (the samples before it were
         streamed before a stop): it decides which samples are held out.
@@ -473,8 +479,17 @@ def stream_views(
     bar = progress_bar(
         sum(len(state[v][0]) for v in views), progress, desc="layers fitted", unit="layer"
     )
+    stop = checkpoint.stop_requested if checkpoint is not None else None
+    fitted = {}
     try:
-        return {view: _fit_streamed(*state[view], held_out, bar, keep_moments) for view in views}
+        for view in views:
+            if not state[view][0] and checkpoint is not None and checkpoint.finished_rows(view):
+                fitted[view] = ({}, {}, LazyMoments(), {})  # every layer fitted before a stop
+                continue
+            fitted[view] = _fit_streamed(*state[view], held_out, bar, keep_moments, stop)
+        return fitted
+    except FitsStopped as stopped:  # between two layers' fits: what is done, and the rest
+        raise FitsStopped({**fitted, view: stopped.done}, state, done) from None
     finally:
         if bar is not None:
             bar.close()
@@ -591,29 +606,56 @@ def report_rows(
             view: deviation_for(metrics, action(function), seis_params, readings)
             for view, function in views.items()
         }
+        if checkpoint is not None and checkpoint.stop_requested():
+            raise KeyboardInterrupt  # asked while the last pass's rows were written
         start = checkpoint.start(list(views)) if checkpoint is not None else 0
-        batches = (
-            run({"original": None, **views}, True, skip=start)
-            if start
-            else run({"original": None, **views}, True)
-        )
-        streamed = stream_views(
-            batches, list(views), held_out, seis_params, deviations=deviations,
-            readings=readings, checkpoint=checkpoint, offset=start, progress=progress,
-            keep_moments=bool(set(metrics) - NOT_FROM_MOMENTS),
-        )  # fmt: skip
+        if start and checkpoint.pass_finished(list(views)):
+            batches = _no_batches(n_samples)  # stopped after the pass: nothing to stream
+        elif start:
+            batches = run({"original": None, **views}, True, skip=start)
+        else:
+            batches = run({"original": None, **views}, True)
+        try:
+            streamed = stream_views(
+                batches, list(views), held_out, seis_params, deviations=deviations,
+                readings=readings, checkpoint=checkpoint, offset=start, progress=progress,
+                keep_moments=bool(set(metrics) - NOT_FROM_MOMENTS),
+            )  # fmt: skip
+        except FitsStopped as stopped:  # keep the pass: the rows fitted, the others' statistics
+            fitted = _pass_rows(stopped.done, checkpoint if start else None, module_of,
+                                metrics, deviations, readings)  # fmt: skip
+            checkpoint.save(stopped.position, list(views), stopped.state, deviations, fitted)
+            raise
+        done = _pass_rows(streamed, checkpoint if start else None, module_of, metrics,
+                          deviations, readings)  # fmt: skip
         if checkpoint is not None:
             checkpoint.clear()
-        done = []
-        for view, (results, shapes, moments, choices) in streamed.items():
-            done += layerwise_rows(
-                results, shapes, module_of, view[1], moments, metrics, deviations[view], choices,
-                readings,
-            )  # fmt: skip
+        done = [row for view_rows in done.values() for row in view_rows]
         done += never_ran_rows(expected, done, module_of)
         emit(done)
         rows += done
     return rows
+
+
+def _pass_rows(streamed, resumed, module_of, metrics, deviations, readings):
+    """View key → the rows of a pass's views (:func:`layerwise_rows`), after the rows
+    of the layers fitted before a stop that the checkpoint ``resumed`` from kept."""
+    out = {}
+    for view, (results, shapes, moments, choices) in streamed.items():
+        before = resumed.finished_rows(view) if resumed is not None else []
+        new = layerwise_rows(
+            results, shapes, module_of, view[1], moments, metrics, deviations[view], choices,
+            readings,
+        )  # fmt: skip
+        for row in new:  # their depths follow the rows fitted before the stop
+            row["depth"] += len(before)
+        out[view] = before + new
+    return out
+
+
+def _no_batches(n_samples):
+    """A batch generator with no batches (a resumed pass that had finished)."""
+    yield n_samples
 
 
 def probe_readings(
@@ -821,15 +863,19 @@ def statistics_bytes(shape, itemsize, n_samples, seis_params, reading=None):
     return 2 * (each + 2 * rows * width * 8)  # kept and held, with their sums and shifts
 
 
-def _fit_streamed(layers, kept, held, held_out, bar=None, keep_moments=True):
+def _fit_streamed(layers, kept, held, held_out, bar=None, keep_moments=True, stop=None):
     """What :func:`stream` returns, from one transform's accumulators (``bar``: a
     progress bar moved by one per layer). ``keep_moments=False`` (no metric reads the
     moments): each layer's accumulators are let go as soon as it is fitted, so that the
-    memory of the fits does not add to every layer's statistics."""
+    memory of the fits does not add to every layer's statistics. ``stop`` (optional):
+    returns True once a stop is asked for; checked before each layer's fit, it raises
+    :class:`~seis_sklearn.adapters._checkpoint.FitsStopped` with what is fitted."""
     if not layers:
         raise ValueError("inputs gave no batches")
     results, shapes, moments, choices = {}, {}, {}, {}
     for key, plan in layers.items():
+        if stop is not None and stop():
+            raise FitsStopped((results, shapes, LazyMoments(moments), choices), None, None)
         if bar is not None:
             bar.update(1)
         shapes[key], choices[key] = plan["shape"], plan["choice"]

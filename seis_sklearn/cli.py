@@ -1208,6 +1208,8 @@ def _report_model(args, settings, done, adapter, model, layers, inputs, transfor
         with _model_failures(args):
             _run_report(adapter, model, inputs, pending, layers, settings, args,
                         {**where, "on_rows": write, "checkpoint": checkpoint})  # fmt: skip
+        if stopping():  # asked while the last rows were written: every row is kept
+            raise KeyboardInterrupt
 
 
 CHECKPOINT_DIR = "checkpoint"
@@ -1216,7 +1218,9 @@ CHECKPOINT_DIR = "checkpoint"
 @contextlib.contextmanager
 def _stop_requests(graceful):
     """SIGINT and SIGTERM while a report runs. ``graceful`` (a streamed pass): the first
-    one only asks to stop — the pass saves its statistics at the next batch and raises
+    one only asks to stop, and says so at once on stderr — the pass saves its statistics
+    at the next batch, or, once the pass is over, after the layer being fitted (with the
+    rows of the layers fitted: docs/cli.rst, "Nothing lost, nothing clobbered"), and raises
     KeyboardInterrupt — and a second one stops at once; otherwise both raise
     KeyboardInterrupt at once (finished transforms are written already). Yields the
     function that says whether a stop was asked for."""
@@ -1227,6 +1231,12 @@ def _stop_requests(graceful):
     def on_signal(signum, _frame):
         if graceful and not asked:
             asked.append(signum)
+            # os.write: the main thread may be inside a write to sys.stderr
+            os.write(2, (
+                f"seis report: {signal.Signals(signum).name} received: stopping at the next "
+                "batch of the pass, or after the layer being fitted, with what is done saved "
+                "for --resume (a second signal stops at once)\n"
+            ).encode())  # fmt: skip
             return
         raise KeyboardInterrupt
 
@@ -1496,12 +1506,7 @@ def main(argv=None):
     except BrokenPipeError:
         raise  # the reader went away (``| head``): console() exits quietly
     except KeyboardInterrupt:
-        kept = (
-            f"; finished layers, and the statistics of an unfinished pass, are kept in "
-            f"{args.out} (--resume)"
-            if args.command == "report"
-            else ""
-        )
+        kept = f"; {_kept_after_stop(args.out)}" if args.command == "report" else ""
         print(f"seis: interrupted{kept}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (CommandError, ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
@@ -1510,6 +1515,40 @@ def main(argv=None):
         print(f"seis {args.command}: error: {first_line(exc)}", file=sys.stderr)
         _drop_stdout()
         return EXIT_FAILURE
+
+
+def _kept_after_stop(out):
+    """What an interrupted report left in ``out`` for --resume, read from what is there:
+    the finished layers' rows and the checkpoint of an unfinished pass (its manifest is
+    written last, so a checkpoint is counted only once it is whole)."""
+    if not out:
+        return "nothing is kept"
+    folder = Path(out)
+    n_rows = len(list((folder / ROWS_DIR).glob("*.json"))) if (folder / ROWS_DIR).is_dir() else 0
+    saved = None
+    with contextlib.suppress(OSError, ValueError):
+        saved = json.loads((folder / CHECKPOINT_DIR / "checkpoint.json").read_text())
+    parts = []
+    if n_rows:
+        parts.append(f"{n_rows} finished layer results")
+    if isinstance(saved, dict) and saved.get("views"):
+        views = ", ".join(saved["views"])
+        if saved.get("pass_finished"):
+            fitted = sum(len(v.get("rows", [])) for v in saved["views"].values())
+            parts.append(
+                f"the statistics of the whole pass over {saved['position']} samples ({views}) "
+                f"and the rows of the {fitted} layers fitted after it: --resume fits the rest"
+            )
+        else:
+            parts.append(
+                f"the statistics of the unfinished pass ({views}) over its first "
+                f"{saved['position']} samples: --resume streams the rest"
+            )
+    elif (folder / RUN_FILE).is_file():
+        parts.append("no statistics of an unfinished pass (none saved): --resume redoes it")
+    if not parts:
+        return "nothing is kept"
+    return f"kept in {out} (--resume): " + "; ".join(parts)
 
 
 def _drop_stdout():
