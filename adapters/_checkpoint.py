@@ -240,12 +240,14 @@ def _save_accumulator(folder, name, accumulator):
         return {"moments": name}
     import io
 
-    device = None
+    device = dtype = None
     arrays = {}
     for i, part in enumerate(parts):
         for g, array in enumerate(part):
             if not isinstance(array, np.ndarray):  # a torch tensor: saved from the host
-                device = str(array.device)
+                device, dtype = str(array.device), str(array.dtype).removeprefix("torch.")
+                if dtype == "bfloat16":  # no numpy dtype: float32 holds it exactly
+                    array = array.float()
                 array = array.cpu().numpy()
             arrays[f"p{i:06d}v{g}"] = array
     buffer = io.BytesIO()
@@ -253,6 +255,7 @@ def _save_accumulator(folder, name, accumulator):
     atomic_write(folder / name, buffer.getvalue())
     return {
         "rows": name, "parts": len(parts), "views": len(parts[0]), "device": device,
+        "torch_dtype": dtype,
         "layout": accumulator.layout, "matricization": accumulator.matricization,
         "names": list(accumulator.names) if accumulator.names is not None else None,
         "budget": int(accumulator.budget),
@@ -261,16 +264,11 @@ def _save_accumulator(folder, name, accumulator):
 
 def _kept_parts(accumulator):
     """The parts of the rows a :class:`~seis_sklearn._accumulate.RowsFirst` still keeps
-    (None: it accumulates moments, or its rows have no numpy dtype, e.g. bfloat16)."""
+    (None: it accumulates moments)."""
     from seis_sklearn._accumulate import RowsFirst
 
     if not isinstance(accumulator, RowsFirst) or not accumulator.kept or not accumulator._parts:
         return None
-    for array in accumulator._parts[0]:
-        if not isinstance(array, np.ndarray) and str(array.dtype) not in (
-            "torch.float32", "torch.float64", "torch.float16",
-        ):  # fmt: skip
-            return None
     return accumulator._parts
 
 
@@ -290,7 +288,11 @@ def _restore(folder, entry):
     if entry["device"] is not None:
         import torch
 
-        parts = [[torch.from_numpy(a).to(entry["device"]) for a in part] for part in parts]
+        dtype = getattr(torch, entry["torch_dtype"])
+        parts = [
+            [torch.from_numpy(a).to(device=entry["device"], dtype=dtype) for a in part]
+            for part in parts
+        ]
     names = tuple(entry["names"]) if entry["names"] is not None else None
     restored = RowsFirst(parts[0], entry["layout"], entry["matricization"], names=names,
                          budget=entry["budget"])  # fmt: skip

@@ -131,12 +131,12 @@ def _seis(args, cwd, **hooks):
     )  # fmt: skip
 
 
-def _stopped(cwd, out, marker, signals=("SIGTERM",), **hooks):
+def _stopped(cwd, out, marker, signals=("SIGTERM",), base=BASE, **hooks):
     """Run the report until the hook prints ``marker``, send ``signals`` (each after the
     run has said on stderr that the one before was received), let it go on; returns
     (rc, the stderr lines read before it went on, the rest of stderr)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "seis_sklearn", *BASE, "--out", out], cwd=cwd,
+        [sys.executable, "-m", "seis_sklearn", *base, "--out", out], cwd=cwd,
         env=_env(cwd, **hooks), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -168,20 +168,20 @@ def _rows(folder):
     return pd.DataFrame([json.loads(f.read_text()) for f in files])
 
 
-def _same_report(work, out):
+def _same_report(work, out, whole="whole"):
     """The resumed rows equal the uninterrupted ones: every layer, score and metric
     column, to float32 rounding (the wide layers: exactly)."""
-    got, want = _rows(work / out), _rows(work / "whole")
+    got, want = _rows(work / out), _rows(work / whole)
     assert got[["transform", "layer", "depth"]].equals(want[["transform", "layer", "depth"]])
     columns = SCORES + METRICS
     gap = np.abs(got[columns].to_numpy(float) - want[columns].to_numpy(float))
     assert np.nanmax(gap) < 1e-6, gap
     assert (got[columns].isna() == want[columns].isna()).all().all()
     wide = got["shape"] == "4×15×15"
-    assert wide.sum() == 2
+    assert wide.sum() == 2 * got["transform"].nunique()
     assert (got.loc[wide, SCORES].to_numpy() == want.loc[wide, SCORES].to_numpy()).all()
     csv = (work / out / "report.csv").read_text()
-    assert csv == (work / "whole" / "report.csv").read_text()
+    assert csv == (work / whole / "report.csv").read_text()
 
 
 def test_a_resume_mid_pass_gives_the_report_of_an_uninterrupted_run(work):
@@ -247,3 +247,55 @@ def test_a_second_signal_says_nothing_of_the_pass_was_saved(work):
     resumed = _seis([*BASE, "--out", "twice", "--resume"], work)
     assert resumed.returncode == 0, resumed.stderr
     _same_report(work, "twice")
+
+
+def test_a_stop_in_the_second_transforms_fits_keeps_the_first_transforms_rows(work):
+    """Item 9 with two transforms sharing the pass: the stop lands in the fit of the
+    second transform's first layer; the first transform's three rows and that one are
+    kept, --resume fits the second transform's two other layers only."""
+    base = [*BASE, "--transform", "vflip"]
+    whole = _seis([*base, "--out", "whole2"], work)
+    assert whole.returncode == 0, whole.stderr
+    rc, said, err = _stopped(work, "fits2", "in the fits", base=base, hold_fit=4)
+    assert rc == 130, err
+    saved = json.loads((work / "fits2" / "checkpoint" / "checkpoint.json").read_text())
+    rows = {name: [row["layer"] for row in view["rows"]] for name, view in saved["views"].items()}
+    assert rows == {"hflip": ["conv", "mix", "head"], "vflip": ["conv"]}
+    assert list(saved["views"]["vflip"]["layers"]) == ["mix", "head"]
+    assert "the rows of the 4 layers fitted after it" in err
+    resumed = _seis([*base, "--out", "fits2", "--resume"], work, no_pass=1)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.count("fit: ") == 2
+    _same_report(work, "fits2", "whole2")
+
+
+def test_kept_rows_are_saved_and_restored_as_they_were(tmp_path):
+    """Item 8's kind: kept rows come back where and as they were (numpy, or torch tensors
+    of their dtype — bfloat16 too, which numpy cannot hold), in the same parts, under
+    the same budget; moments stay moments."""
+    import torch
+    from seis_sklearn.adapters._checkpoint import Resumed, _restore, _save_accumulator
+
+    from seis_sklearn._accumulate import RowsFirst
+
+    rng = np.random.default_rng(0)
+    for make in (np.asarray, lambda a: torch.from_numpy(a).to(torch.bfloat16)):
+        batches = [[make(rng.normal(size=(n, 2, 3, 3)).astype(np.float32)) for _ in "ab"]
+                   for n in (5, 3)]  # fmt: skip
+        rows = RowsFirst(batches[0], "NCHW", "flatten", names=("a", "b"))
+        for batch in batches:
+            rows.add(batch)
+        entry = _save_accumulator(tmp_path, "rows.npz", rows)
+        back = _restore(tmp_path, entry)
+        assert isinstance(back, RowsFirst) and back.kept and back.budget == rows.budget
+        assert back.n_samples == 8 and len(back._parts) == 2
+        for got, want in zip(back.rows(), rows.rows(), strict=True):
+            assert type(got) is type(want) and got.dtype == want.dtype
+            assert (_host(got) == _host(want)).all()
+        small = RowsFirst(batches[0], "NCHW", "flatten", names=("a", "b"), budget=0)
+        small.add(batches[0])  # past its budget: moments
+        assert isinstance(_restore(tmp_path, _save_accumulator(tmp_path, "m.npz", small)), Resumed)
+
+
+def _host(array):
+    return array if isinstance(array, np.ndarray) else array.float().numpy()
