@@ -124,6 +124,113 @@ def _check_transform(transform):
         raise TypeError("transform must be callable (a batch of inputs → transformed batch)")
 
 
+# samples read at once by check_finite_inputs: a memory map is scanned, never loaded whole
+_FINITE_CHUNK_BYTES = 64 * 2**20
+
+
+def check_finite_inputs(inputs, name="inputs"):
+    """Refuse inputs that hold NaN or infinite values, before any model runs.
+
+    A non-finite input gives non-finite activations, and one such sample makes a
+    layer's statistics — and every score of the report — NaN. ``inputs`` is a numpy
+    array (a memory map is scanned in chunks of samples, never loaded whole), a torch
+    tensor, or a dict of them (the graph inputs of an ONNX model); anything else (an
+    iterable of batches) is checked batch by batch as it is read
+    (:func:`check_finite_batch`). Integer and boolean inputs are finite.
+
+    Parameters
+    ----------
+    inputs : ndarray, torch.Tensor, dict or iterable
+    name : str, default="inputs"
+        The argument to name in the error (the command line passes ``--inputs FILE``).
+
+    Raises
+    ------
+    ValueError
+        With the number of non-finite values (NaN and infinite), of the samples that
+        hold them and the first such sample.
+    """
+    if isinstance(inputs, dict):
+        for key, value in inputs.items():
+            check_finite_inputs(value, f"{name}[{key!r}]")
+        return
+    if not (isinstance(inputs, np.ndarray) or _is_tensor(inputs)):
+        return
+    counts = _non_finite(inputs)
+    if counts is not None:
+        raise ValueError(f"{name}: {_non_finite_text(counts, 0, len(inputs))}")
+
+
+def check_finite_batch(batch, index, start, name="inputs"):
+    """Refuse a batch of inputs read from an iterable that holds NaN or infinite values.
+
+    Parameters
+    ----------
+    batch : ndarray or torch.Tensor
+    index : int
+        The batch's position among the batches read (0 for the first).
+    start : int
+        The position of its first sample among all samples read.
+    name : str, default="inputs"
+
+    Raises
+    ------
+    ValueError
+        Naming ``name``, the batch and the samples, before the batch runs.
+    """
+    counts = _non_finite(batch)
+    if counts is not None:
+        where = f"batch {index} (samples {start}–{start + len(batch) - 1})"
+        raise ValueError(
+            f"{name}: {where} {_non_finite_text(counts, start, len(batch), of='its')}"
+        )
+
+
+def _is_tensor(value):
+    return type(value).__module__.startswith("torch") and hasattr(value, "isfinite")
+
+
+def _non_finite(inputs):
+    """(NaN count, infinite count, samples holding them, first such sample) or None."""
+    dtype = str(inputs.dtype)
+    if not any(kind in dtype for kind in ("float", "complex")) or not inputs.ndim:
+        return None  # integer, boolean (and object: refused elsewhere) values are finite
+    if not len(inputs):
+        return None
+    per_sample = max(1, int(np.prod(inputs.shape[1:])) * inputs.dtype.itemsize)
+    step = max(1, _FINITE_CHUNK_BYTES // per_sample)
+    n_nan = n_inf = n_samples = 0
+    first = None
+    for start in range(0, len(inputs), step):
+        chunk = inputs[start : start + step]
+        if _is_tensor(chunk):
+            nan, finite = chunk.isnan(), chunk.isfinite()
+            bad = (~finite).reshape(len(chunk), -1).any(1).cpu().numpy()
+            n_bad, nan = int((~finite).sum()), int(nan.sum())
+        else:
+            chunk = np.asarray(chunk)
+            finite = np.isfinite(chunk)
+            if finite.all():
+                continue
+            bad = ~finite.reshape(len(chunk), -1).all(1)
+            n_bad, nan = int(finite.size - finite.sum()), int(np.isnan(chunk).sum())
+        if n_bad:
+            n_nan, n_inf = n_nan + nan, n_inf + n_bad - nan
+            n_samples += int(bad.sum())
+            if first is None:
+                first = start + int(np.flatnonzero(bad)[0])
+    return None if n_nan + n_inf == 0 else (n_nan, n_inf, n_samples, first)
+
+
+def _non_finite_text(counts, offset, n, of="the"):
+    n_nan, n_inf, n_samples, first = counts
+    return (
+        f"holds {n_nan + n_inf:,} non-finite value(s) ({n_nan:,} NaN, {n_inf:,} infinite) in "
+        f"{n_samples:,} of {of} {n:,} samples (the first: sample {offset + first}), which would "
+        "make every layer's statistics and scores NaN: remove or repair those samples"
+    )
+
+
 def batch_views(transform):
     """The views a batch generator computes: view key → the transform of the inputs
     that gives it (None: the inputs as they are).

@@ -19,6 +19,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -131,8 +132,19 @@ def _fraction(text):
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """The parser of ``seis`` and of each command: long options only in full (an
+    abbreviation such as ``--n-component`` is refused, not read as ``--n-components``),
+    and an unknown option refused in its command's usage with the nearest one
+    (:func:`_check_options`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def _common():
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = _Parser(add_help=False)
     group = parent.add_argument_group("output manners")
     group.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bars or messages on stderr"
@@ -282,7 +294,7 @@ def build_parser():
     """
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="seis",
         description=(
             "SEIS: does a layer keep (equivariance S_E), and keep in place (invariance S_I), "
@@ -331,6 +343,12 @@ def build_parser():
         help="fit and score on all samples (biased upward; the output says so)",
     )
     group.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    group.add_argument(
+        "--raw",
+        action="store_true",
+        help="--format json: also the per-component arrays (canonical correlations, "
+        "alignments, weights) and each fold's scores",
+    )
     group.add_argument("--out", metavar="FILE", help="write here (atomically) instead of stdout")
     _statistics_options(score)
     group.add_argument("--force", action="store_true", help="overwrite an existing --out FILE")
@@ -487,7 +505,153 @@ def build_parser():
     paper.add_argument("--seeds", type=_positive_int, default=5, metavar="N",
                        help="train every model with seeds 0 … N−1 (default 5)")  # fmt: skip
     paper.add_argument("--force", action="store_true", help="replace a finished run in --out")
+    parser.commands = commands.choices  # name → the command's parser, for _check_options
     return parser
+
+
+def _check_options(parser, argv):
+    """A long option the command does not have — mistyped (``--transfrom``) or
+    abbreviated (``--n-component``) — as a usage error of that command, with the
+    nearest of its options; before argparse, which would name only the first missing
+    required option, or show the top-level usage."""
+    import difflib
+
+    command = next((i for i, token in enumerate(argv) if not token.startswith("-")), None)
+    sub = parser.commands.get(argv[command]) if command is not None else None
+    if sub is None:
+        return  # no command yet, or not one: argparse says so
+    known = [flag for action in sub._actions for flag in action.option_strings]
+    for token in argv[command + 1 :]:
+        if token == "--":
+            break
+        flag = token.partition("=")[0]
+        if token.startswith("--") and flag not in known:
+            close = difflib.get_close_matches(flag, [k for k in known if k[1] == "-"], n=1)
+            sub.error(
+                f"unrecognized option {flag}"
+                + (
+                    f"; did you mean {close[0]}?"
+                    if close
+                    else f" (see seis {sub.prog.split()[-1]} --help)"
+                )
+            )
+
+
+def _parse(parser, argv):
+    """The parsed arguments; anything left over is a usage error of its command."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _check_options(parser, argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+# The Python API's argument names, as the command line's options: library messages the
+# command line shows (errors, warnings, a report's reasons) name the options a user of
+# `seis` can give (docs/cli.rst, "Messages").
+_API_OPTIONS = {
+    "over_budget": "--over-budget",
+    "budget": "--memory-budget/--time-budget",
+    "n_components": "--n-components",
+    "max_components": "--max-components",
+    "matricization": "--matricization",
+    "layout": "--layout",
+    "input_layout": "--input-layout",
+    "invariance": "--invariance",
+    "solver": "--solver",
+    "reg": "--reg",
+    "held_out": "--held-out",
+    "batch_size": "--batch-size",
+    "select": "--select",
+    "tokens": "--tokens",
+    "n_prefix": "--prefix-tokens",
+    "layers": "--layers",
+    "op_types": "--op-type",
+    "metrics": "--metrics",
+    "n_permutations": "--permutations",
+    "n_bootstrap": "--bootstrap",
+    "random_state": "--seed",
+    "n_jobs": "--jobs",
+    "cv": "--cv",
+    "device": "--device",
+    "providers": "--device",
+    "inputs": "--inputs",
+    "transforms": "--transform",
+}
+_API_VALUES = {  # argument=value pairs that are an option of their own, or none
+    ("cv", "None"): "--in-sample",
+    ("held_out", "None"): "--in-sample",
+    ("cv", "'auto'"): "the default evaluation",
+}
+QUOTES = "'\""
+_NAMES = "|".join(sorted(_API_OPTIONS, key=len, reverse=True))
+# name=value (a quoted string, a number, None/True/False, or nothing: ``budget=``), and a
+# gloss the library gives after it, ``n_prefix= (--prefix-tokens N)``
+_ARGUMENT = re.compile(
+    rf"(?<![\w./-])({_NAMES})=(?![{{=])('[^']*'|\"[^\"]*\"|-?\d[\w.+-]*|None|True|False)?"
+    r"(?: \((--[^()]*)\))?"
+)
+# layout={'name': 'NCHW'}, and the command-line form the library adds after it
+_LAYOUT_DICT = re.compile(
+    r"(?<![\w./-])layout=\{'([^']*)': '(\w+)'\}((?: \(or '\w+'\))?)(?:, --layout \S+ on the "
+    r"command line)?"
+)
+# a message that starts with the argument it is about: ``layers: …``, ``held_out must …``
+_SUBJECT = re.compile(
+    rf"^(?!tokens:)({_NAMES})(?=: | must | is | needs | goes | gives )"
+)  # (``tokens: …`` describes a reading: not an argument)
+
+
+def _cli_text(text, subject=True):
+    """A library message with the Python API's arguments written as the command line's
+    options: ``over_budget='pool'`` → ``--over-budget pool``, ``budget=`` →
+    ``--memory-budget/--time-budget``, ``cv=None`` → ``--in-sample``; ``subject``: also a
+    leading argument name (``layers: …`` → ``--layers: …``), for errors and warnings."""
+
+    def option(match):
+        name, value = match.group(1), match.group(2)
+        if (name, value) in _API_VALUES:
+            return _API_VALUES[name, value]
+        flag = _API_OPTIONS[name]
+        if value is None and match.group(3):  # the library's own gloss: --prefix-tokens N
+            return match.group(3)
+        if value is None or value in ("None", "True", "False"):
+            return flag
+        return f"{flag} {value.strip(QUOTES)}"
+
+    text = _LAYOUT_DICT.sub(
+        lambda m: (
+            f"--layout {m.group(1)}={m.group(2)}"
+            + (f" (or {m.group(1)}={m.group(3)[6:-2]})" if m.group(3) else "")
+        ),
+        text,
+    )
+    text = _ARGUMENT.sub(option, text)
+    if subject:
+        text = _SUBJECT.sub(lambda m: _API_OPTIONS[m.group(1)], text)
+    return text
+
+
+@contextlib.contextmanager
+def _cli_warnings(command):
+    """Warnings while a command runs, as ``seis COMMAND: warning: …`` — once per distinct
+    message, naming the command line's options — instead of ``warnings.showwarning``'s
+    file, line and source line. Only for the command line: the library's warnings are
+    left to Python's own machinery for its users."""
+    said = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = _cli_text(str(message))
+        # a layer over budget is said before the pass and, not scored, after it: once
+        key = re.sub(r"^(layer '[^']*'):? ", r"\1 ", text)
+        if key not in said:
+            said.add(key)
+            print(f"seis {command}: warning: {text}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 # ------------------------------------------------------------------ helpers
@@ -542,6 +706,8 @@ def cmd_score(args):
     from ._result import SCORE_NAMES
     from .io import array_header
 
+    if args.raw and args.format != "json":
+        raise CommandError(f"--raw goes with --format json (the {args.format} has no arrays)")
     if args.out:
         _check_new_file(args.out, args.force)
     if args.B is None:
@@ -573,6 +739,12 @@ def cmd_score(args):
     ):
         _say(args, f"seis score: {_layout_message(result)}")
     record = {"A": names[0], "B": names[1], "shape": list(A.shape), **result.as_dict()}
+    if args.raw:  # each fold's four scores, beside the fit's per-component arrays
+        record["fold_scores"] = [{name: getattr(fold, name) for name in SCORE_NAMES}
+                                 for fold in result.folds]  # fmt: skip
+    else:  # the summary: k values per array are for --raw
+        for key in RAW_ARRAYS:
+            record.pop(key)
     if args.format == "json":
         text = json.dumps(record, indent=2) + "\n"
     elif args.format == "csv":
@@ -593,6 +765,10 @@ def cmd_score(args):
     else:
         sys.stdout.write(text)
     return EXIT_OK
+
+
+# the per-component arrays of a result, in seis score's JSON with --raw only
+RAW_ARRAYS = ("canonical_correlations", "alignments", "weights")
 
 
 def _csv_value(value):
@@ -646,7 +822,8 @@ def _score_table(names, A, B, result, score_names):
         lines.append(f"{name:<24}{value:>10.4f}" + (f"   ± {std:.4f}" if std is not None else ""))
     lines.append(
         f"{'degenerate':<24}{'yes' if result.degenerate else 'no':>10}"
-        + (f"   {result.degenerate_reason}: do not read at face value" if result.degenerate
+        + (f"   {_cli_text(result.degenerate_reason, False)}: do not read at face value"
+           if result.degenerate
            else "")
     )  # fmt: skip
     if result.p_values is not None:
@@ -670,11 +847,9 @@ def _score_table(names, A, B, result, score_names):
         f"{result.matricization} matricization of {result.layout} ({grid_text(result.grid)})"
     )
     if result.variance_shortfall:
-        lines.append(f"variance target not reached: {result.variance_shortfall}")
+        lines.append(f"variance target not reached: {_cli_text(result.variance_shortfall, False)}")
     if result.evaluation == "in-sample":
-        why = result.evaluation_reason.replace("cv=None", "--in-sample").replace(
-            "cv='auto'", "the default evaluation"
-        )
+        why = _cli_text(result.evaluation_reason, False)  # cv=None: --in-sample
         lines.append(f"note: in-sample scores are biased upward; in-sample because {why}")
     return "\n".join(lines) + "\n"
 
@@ -761,26 +936,32 @@ def _report_settings(args):
     settings["held_out"] = None if args.in_sample else args.held_out
     settings["transforms"] = args.transform
     settings["input_layout"] = args.input_layout
-    settings["inputs"] = _file_record(_array_argument(args.inputs)[0], args.inputs)
+    settings["inputs"] = _file_record(_array_argument(args.inputs)[0], args.inputs, "inputs")
     if args.onnx:
-        settings["onnx"] = _file_record(Path(args.onnx), args.onnx)
+        settings["onnx"] = _file_record(Path(args.onnx), args.onnx, "onnx")
         settings["op_types"] = args.op_type
     elif args.torchscript:
-        settings["torchscript"] = _file_record(Path(args.torchscript), args.torchscript)
+        settings["torchscript"] = _file_record(
+            Path(args.torchscript), args.torchscript, "torchscript"
+        )
     elif args.exported:
-        settings["exported"] = _file_record(Path(args.exported), args.exported)
+        settings["exported"] = _file_record(Path(args.exported), args.exported, "exported")
     else:
         settings["model"] = args.model
         if args.weights:
-            settings["weights"] = _file_record(Path(args.weights), args.weights)
+            settings["weights"] = _file_record(Path(args.weights), args.weights, "weights")
     return settings
 
 
-def _file_record(path, text):
+def _file_record(path, text, option):
     from .io import file_identity
 
+    if path.is_dir():
+        raise CommandError(f"--{option} {text}: is a folder; give a file")
+    if path.exists() and not path.is_file():
+        raise CommandError(f"--{option} {text}: not a regular file (a device, a pipe or a socket)")
     if not path.is_file():
-        raise CommandError(f"{text}: no such file")
+        raise CommandError(f"--{option} {text}: no such file")
     return {"path": str(path.resolve()), "argument": text, "identity": file_identity(path)}
 
 
@@ -1041,7 +1222,8 @@ def _report_pairs(args, settings, done):
             result = unscored(layer["name"], first_line(exc), str(layout), params, "")
             reading, choice = None, ""
             metrics = {name: float("nan") for name in settings["metrics"]}
-            _say(args, f"layer {layer['name']!r} not scored: {first_line(exc)}")
+            why = _cli_text(first_line(exc), subject=False)
+            _say(args, f"layer {layer['name']!r} not scored: {why}")
         row = result_row(
             result,
             layer=layer["name"],
@@ -1158,6 +1340,9 @@ def _model_job(args, settings):
         raise CommandError(
             f"--inputs {args.inputs}: needs samples first, at least 2; got shape {inputs.shape}"
         )
+    from seis_sklearn.adapters._common import check_finite_inputs
+
+    check_finite_inputs(inputs, name=f"--inputs {args.inputs}")  # before --out is touched
     transforms = [from_spec(spec) for spec in settings["transforms"]]
 
     def run(args, settings, done):
@@ -1322,14 +1507,32 @@ def _user_code(option, what):
         ) from exc
 
 
+def _is_torchscript(path):
+    """Whether ``path`` is a zip archive laid out as ``torch.jit.save`` writes one."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
 def _load_exported(path, torch):
     from seis_sklearn.adapters.torch._export import load_exported, static_batch
 
     try:
         program, module = load_exported(path, torch)
     except Exception as exc:  # torch raises many types for a bad file
+        if _is_torchscript(path):
+            raise CommandError(
+                f"--exported {path}: a TorchScript model, not a torch.export program; pass "
+                f"it as --torchscript {path}"
+            ) from exc
+        why = first_line(exc).split(". This is an internal miniz error")[0]  # torch's advice
         raise CommandError(
-            f"--exported {path}: not a loadable torch.export program ({first_line(exc)})"
+            f"--exported {path}: not a loadable torch.export program ({why})"
         ) from exc
     fixed = static_batch(program)
     if fixed is not None:
@@ -1348,9 +1551,10 @@ def _load_model(args):
     if args.exported:
         return _load_exported(args.exported, torch)
     if args.torchscript:
+        from seis_sklearn.adapters.torch._script import torchscript_deprecations
+
         try:
-            with warnings.catch_warnings():  # deprecated in torch >= 2.10, still what .pt is
-                warnings.simplefilter("ignore", DeprecationWarning)
+            with torchscript_deprecations():  # deprecated in torch >= 2.10, still what .pt is
                 return torch.jit.load(args.torchscript, map_location="cpu")
         except (RuntimeError, ValueError) as exc:
             raise CommandError(
@@ -1404,6 +1608,10 @@ def _load_model(args):
 def _finish_report(args, frame, settings):
     from .report import save_report
 
+    for column in ("remedy", "degenerate_reason", "matricization_choice", "layout_choice"):
+        if column in frame:  # the library's reasons, naming the command line's options
+            frame[column] = [_cli_text(v, subject=False) if isinstance(v, str) else v
+                             for v in frame[column]]  # fmt: skip
     csv_path, png_path = save_report(frame, args.out, title=args.title)
     run_file = Path(args.out) / RUN_FILE
     record = {"status": "finished", "fingerprint": _fingerprint(settings), "settings": settings}
@@ -1493,13 +1701,16 @@ def main(argv=None):
     """
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
     except SystemExit as exc:  # --help, --version (0) and usage errors (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     from ._moments import InputFiles
 
     try:
-        with exit_on_bus_error(f"seis {args.command}: error: ", lambda: InputFiles.reading):
+        with (
+            exit_on_bus_error(f"seis {args.command}: error: ", lambda: InputFiles.reading),
+            _cli_warnings(args.command),
+        ):
             status = COMMANDS[args.command](args)
         sys.stdout.flush()  # a full disk or device behind stdout fails here, not at exit
         return status
@@ -1512,7 +1723,7 @@ def main(argv=None):
     except (CommandError, ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
         if args.debug:
             raise
-        print(f"seis {args.command}: error: {first_line(exc)}", file=sys.stderr)
+        print(f"seis {args.command}: error: {_cli_text(first_line(exc))}", file=sys.stderr)
         _drop_stdout()
         return EXIT_FAILURE
 

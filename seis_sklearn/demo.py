@@ -188,6 +188,7 @@ def main(argv=None):
         prog="python -m seis_sklearn.demo",
         description="SEIS on random-filter activations of scikit-learn's digits, "
         "transformed directly (the paper's synthetic validation).",
+        allow_abbrev=False,  # options in full, as seis takes them
     )
     parser.add_argument("--out", default="demo-output", help="output folder (created)")
     parser.add_argument("--samples", type=int, default=600, help="digits used (default 600)")

@@ -45,7 +45,7 @@ def pair(tmp_path, rng):
 
 def test_score_npy_json_equals_seis_score(tmp_path, pair):
     A, B = pair
-    proc = seis("score", tmp_path / "A.npy", tmp_path / "B.npy", "--format", "json")
+    proc = seis("score", tmp_path / "A.npy", tmp_path / "B.npy", "--format", "json", "--raw")
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     want = seis_score(A, B).as_dict()

@@ -294,7 +294,7 @@ def test_cli_score_table_says_evaluation_degenerate_and_variance(tmp_path):
     (degenerate,) = [x for x in lines if x.startswith("degenerate ")]
     assert degenerate.split()[1] == "yes" and "k=63 is at least half of the m=64" in degenerate
     assert any(x.startswith("cross-fitted over 5 folds; k = 63") for x in lines)
-    assert any(x.startswith("variance target not reached: n_components=0.95") for x in lines)
+    assert any(x.startswith("variance target not reached: --n-components 0.95") for x in lines)
     inside = seis(*args, "--in-sample")
     assert inside.returncode == 0, inside.stderr
     (line,) = [x for x in inside.stdout.splitlines() if x.startswith("equivariance ")]

@@ -45,6 +45,8 @@ from seis_sklearn.metrics import check_report_metrics
 from .._common import (
     batch_items,
     batch_views,
+    check_finite_batch,
+    check_finite_inputs,
     check_stream_args,
     check_tokens,
     check_transforms_per_pass,
@@ -495,12 +497,18 @@ def _forward_batches(
         for start in range(0, n_total, step):
             stop = min(start + step, n_total)
             batch = {k: np.array(v[start:stop], order="C") for k, v in feeds.items()}
+            for k, v in batch.items():  # what a check of the whole inputs has not seen
+                check_finite_batch(v, start // step, start, name=_input_name(inputs, k))
             yield from batch_items((start, stop), views, record)
             if bar is not None:
                 bar.update(stop - start)
     finally:
         if bar is not None:
             bar.close()
+
+
+def _input_name(inputs, key):
+    return f"inputs[{key!r}]" if isinstance(inputs, dict) else "inputs"
 
 
 def _pad(array, size):
@@ -577,6 +585,7 @@ def extract_activations(
         Tensor name → ndarray of shape (n_samples, ...), or → ``(original,
         transformed)`` with ``transform``, in graph order.
     """
+    check_finite_inputs(inputs)
     batches, runner = _started(
         model, inputs, layers, op_types, transform, batch_size, providers, progress
     )
@@ -617,6 +626,7 @@ def stream_scores(
         Tensor name → held-out :class:`~seis_sklearn.SEISResult`.
     """
     check_stream_args(held_out, transform)
+    check_finite_inputs(inputs)
     batches, _ = _started(
         model, inputs, layers, op_types, transform, batch_size, providers, progress, on_device=True
     )
@@ -651,7 +661,8 @@ def layerwise_seis(
     Parameters
     ----------
     model, inputs, batch_size, providers, progress
-        As in :func:`extract_activations`.
+        As in :func:`extract_activations`; inputs with NaN or infinite values are
+        refused before the pass (a ``ValueError`` naming ``inputs``).
     transforms : dict of str → callable
         Name → a function of a batch of inputs (ndarray).
     layers, op_types
@@ -690,6 +701,7 @@ def layerwise_seis(
     from seis_sklearn.report import report_frame
 
     metrics = check_report_metrics(metrics)
+    check_finite_inputs(inputs)  # before the pass, naming inputs
     if not isinstance(transforms, dict) or not transforms:
         raise TypeError("transforms must be a non-empty dict of name → callable")
     model_prefix = check_tokens(tokens, n_prefix, None)

@@ -34,6 +34,8 @@ from seis_sklearn.metrics import check_report_metrics
 from .._common import (
     batch_items,
     batch_views,
+    check_finite_batch,
+    check_finite_inputs,
     check_stream_args,
     check_tokens,
     check_transforms_per_pass,
@@ -410,6 +412,7 @@ def extract_activations(
     grid = (
         tuple(inputs.shape) if isinstance(inputs, np.ndarray) or hasattr(inputs, "dim") else None
     )
+    check_finite_inputs(inputs)
     batches = _forward_batches(
         model, inputs, layers, transform, batch_size, device, select, progress
     )
@@ -438,7 +441,7 @@ def statistics_on_device(device):
 
 def _forward_batches(
     model, inputs, layers, transform, batch_size, device, select, progress, tensors=False,
-    check_rows=True, digests=None,
+    check_rows=True, digests=None, warned=None,
 ):  # fmt: skip
     """Generator: first the number of samples (or None), then per batch
     ``((start, stop), {view: {layer key: ndarray}})`` — or, with ``tensors=True``
@@ -450,7 +453,10 @@ def _forward_batches(
     forward raises or the consumer stops early. ``check_rows=False`` (the report's
     probe) records layers whose outputs do not keep samples first instead of
     refusing them; ``digests`` (a list) receives a digest of every input batch, so
-    that two passes can be checked to have read the same batches.
+    that two passes can be checked to have read the same batches. Every batch is
+    checked for non-finite values as it is read (:func:`check_finite_batch`: an
+    iterable's are seen nowhere else); ``warned`` (a list) is shared by the passes of
+    one report, so that the cast of integer inputs is said once.
     """
     torch = _import_torch()
     if not isinstance(model, torch.nn.Module):
@@ -484,7 +490,7 @@ def _forward_batches(
         runner.eval()
         runner.to(device)
         floating = next((p.dtype for p in runner.parameters() if p.is_floating_point()), None)
-        warned = []
+        warned = [] if warned is None else warned
 
         def record(function):  # the current batch, transformed by function
             fed = (
@@ -515,7 +521,8 @@ def _forward_batches(
 
         start = 0
         with torch.inference_mode():
-            for batch in batches:
+            for index, batch in enumerate(batches):
+                check_finite_batch(batch, index, start)
                 if digests is not None:
                     digests.append(_digest(batch))
                 batch = _model_input(batch.to(device), floating, warned)
@@ -551,16 +558,18 @@ def _model_input(batch, floating, warned):
         return batch
     if not batch.is_floating_point():
         if not warned:
-            warnings.warn(
-                f"inputs are {str(batch.dtype).replace('torch.', '')}: cast to the model's "
-                f"{str(floating).replace('torch.', '')} as they are (no rescaling; scale "
-                "them as the model expects, e.g. images / 255)",
-                UserWarning,
-                stacklevel=4,
-            )
+            warnings.warn(_cast_message(batch.dtype, floating), UserWarning, stacklevel=4)
             warned.append(True)
         return batch.to(floating)
     return batch.to(floating)
+
+
+def _cast_message(dtype, floating):
+    return (
+        f"inputs are {str(dtype).replace('torch.', '')}: cast to the model's "
+        f"{str(floating).replace('torch.', '')} as they are (no rescaling; scale them as "
+        "the model expects, e.g. images / 255)"
+    )
 
 
 def _digest(batch):
@@ -645,6 +654,7 @@ def stream_scores(
         scoring the held-out ones.
     """
     check_stream_args(held_out, transform)
+    check_finite_inputs(inputs)
     batches = _forward_batches(
         model, inputs, layers, transform, batch_size, device, select, progress, tensors=True
     )
@@ -684,6 +694,9 @@ def layerwise_seis(
         reads them more than once (a first sample to size the passes, one pass
         per group of transforms), so an iterable must be one that can be
         iterated again (a ``DataLoader``, a list of batches), not a generator.
+        NaN or infinite values are refused before the pass (a ``ValueError``
+        naming ``inputs`` with their count and samples); an iterable's batches
+        are checked as they are read, before any row is given to ``on_rows``.
     transforms : dict of str → callable
         Name → a function of a batch of inputs (a tensor) giving the transformed
         batch, e.g. ``{"rot90": partial(transforms.rot90, k=1)}`` with
@@ -830,7 +843,14 @@ def layerwise_seis(
         check_layout_argument(layout, layers)
     modules = dict(model.named_modules())
     per_pass = check_transforms_per_pass(transforms_per_pass)
+    check_finite_inputs(inputs)  # before the pass; an iterable's batches as they are read
     first, inputs = _probe_inputs(inputs, torch)
+    cast_warned = []  # integer inputs' cast, said once for all the report's passes
+    floating = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if first is not None and floating is not None and not first.is_floating_point():
+        if not first.is_complex():  # refused when the pass reads it
+            warnings.warn(_cast_message(first.dtype, floating), UserWarning, stacklevel=2)
+            cast_warned.append(True)
 
     def run(
         views, streamed=False, inputs=inputs, progress=progress, check_rows=True, at=None,
@@ -840,7 +860,7 @@ def layerwise_seis(
             inputs = inputs[skip:]
         return _forward_batches(
             model, inputs, at or layers, views, batch_size, device, select, progress, streamed,
-            check_rows, digests,
+            check_rows, digests, cast_warned,
         )  # fmt: skip
 
     def probe(views, at=None):

@@ -12,6 +12,9 @@ graph's ``nn_module_stack`` metadata; each module gets its original class name a
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 
 def original_classes(program):
     """Module name → original class name, from the graph's ``nn_module_stack``."""
@@ -37,6 +40,56 @@ def static_batch(program):
     return None
 
 
+class _Kept(logging.Handler):
+    """A logging handler that keeps the records instead of printing them."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def kept_logs(name):
+    """The records of the logger ``name`` and its children while the block runs, kept
+    (yielded as a list) instead of printed.
+
+    ``torch.export.load`` logs a warning with the whole traceback of a file it cannot
+    read (a text file, an ``.npy``, a zip of something else) before it raises; the
+    caller says it in one line. Every logger of the family that has handlers gets the
+    keeping handler instead for the block (children without handlers reach it through
+    ``name``'s), and its own back afterwards.
+    """
+    kept = _Kept()
+    family = [name] + [
+        n for n in list(logging.root.manager.loggerDict) if n.startswith(name + ".")
+    ]
+    loggers = [logging.getLogger(n) for n in family]
+    loggers = [loggers[0]] + [logger for logger in loggers[1:] if logger.handlers]
+    saved = [(logger.handlers, logger.propagate) for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.handlers, logger.propagate = [kept], False
+        yield kept.records
+    finally:
+        for logger, (handlers, propagate) in zip(loggers, saved, strict=True):
+            logger.handlers, logger.propagate = handlers, propagate
+
+
+def _logged_cause(records):
+    """The first line of the last exception logged in ``records`` (None if none)."""
+    import re
+
+    for record in reversed(records):
+        if record.exc_info and record.exc_info[1] is not None:
+            text = str(record.exc_info[1]).strip().splitlines()
+            if text:  # less c10's "[enforce fail at file.cc:180] . "
+                return re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text[0])
+    return None
+
+
 def load_exported(path, torch):
     """A saved ``torch.export`` program as a module with its original layer names.
 
@@ -52,7 +105,14 @@ def load_exported(path, torch):
     module : torch.nn.Module
         :func:`torch.export.unflatten` of it; every submodule has ``original_name``.
     """
-    program = torch.export.load(path)
+    with kept_logs("torch.export") as logged:  # a bad file: one error, no logged traceback
+        try:
+            program = torch.export.load(path)
+        except Exception as exc:
+            cause = _logged_cause(logged)  # what "check the warnings above" refers to
+            if cause and "warnings above" in str(exc):
+                raise RuntimeError(cause) from exc
+            raise
     module = torch.export.unflatten(program)
     classes = original_classes(program)
     for name, submodule in module.named_modules():

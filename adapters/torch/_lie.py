@@ -141,11 +141,11 @@ def lie_derivative(
 
 
 @contextlib.contextmanager
-def progress_bar_of(total, enabled):
+def progress_bar_of(total, enabled, desc="Lie derivative"):
     """A progress bar over samples (None when disabled), closed afterwards."""
     from .._common import progress_bar
 
-    bar = progress_bar(total, enabled)
+    bar = progress_bar(total, enabled, desc=desc)
     try:
         yield bar
     finally:

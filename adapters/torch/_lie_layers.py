@@ -167,7 +167,8 @@ def attribute(model, batches, n_samples, generators, layers, output, border, dev
     counts, total = 0, dict.fromkeys(generators, 0.0)
     rest, rest_signed = dict.fromkeys(generators, 0.0), dict.fromkeys(generators, 0.0)
     try:
-        with evaluating(model), progress_bar_of(n_samples, progress) as bar:
+        label = "Lie derivative by layer"
+        with evaluating(model), progress_bar_of(n_samples, progress, label) as bar:
             for batch in batches:
                 batch = batch.to(device)
                 if sites is None:  # the first batch says the grid and the output

@@ -13,15 +13,36 @@ value; calls inside untaken branches record nothing for that pass).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+
+
+@contextlib.contextmanager
+def torchscript_deprecations():
+    """Silence torch's own deprecation of TorchScript while the block runs — only it.
+
+    ``torch.jit.save``/``load``/``script`` warn that TorchScript is deprecated
+    (``DeprecationWarning`` in torch 2.10–2.13, ``FutureWarning``, which Python shows
+    by default, from 2.14 or on Python 3.14): a user with a ``.pt`` file cannot act on
+    it at each load and copy. The filter matches those messages raised from
+    ``torch.jit`` only; any other warning in the block is shown as usual.
+    """
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.filterwarnings(
+                "ignore",
+                message=r"`torch\.jit\.\w+` is (deprecated|not supported in Python)",
+                category=category,
+                module=r"torch\.jit(\.|$)",
+            )
+        yield
 
 
 def script_copy(model, torch):
     """An independent copy of a ScriptModule (own compilation unit), on the CPU."""
     buffer = io.BytesIO()
-    with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; users have .pt files
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with torchscript_deprecations():  # torch >= 2.10 deprecates TorchScript; users have .pt files
         torch.jit.save(model, buffer)
         buffer.seek(0)
         return torch.jit.load(buffer, map_location="cpu")

@@ -178,7 +178,9 @@ def format_table(table):
 def main(argv=None):
     """Command-line entry point."""
     parser = argparse.ArgumentParser(
-        prog="python -m seis_sklearn.adapters.torch.demo", description=__doc__.splitlines()[0]
+        prog="python -m seis_sklearn.adapters.torch.demo",
+        description=__doc__.splitlines()[0],
+        allow_abbrev=False,  # options in full, as seis takes them
     )
     parser.add_argument("--out", default="demo-output", help="output folder (created)")
     parser.add_argument("--epochs", type=int, default=12)
