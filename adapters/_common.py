@@ -27,7 +27,7 @@ from ._checkpoint import FitsStopped
 VIEWS = ("original", "transformed")
 
 
-TOKENS = ("all", "patch")
+TOKENS = ("auto", "all", "patch")
 
 
 def check_tokens(tokens, n_prefix, model_prefix=None, *, required=False):
@@ -38,21 +38,26 @@ def check_tokens(tokens, n_prefix, model_prefix=None, *, required=False):
     ``n_prefix=None`` takes ``model_prefix`` (what the model says, e.g. timm's
     ``num_prefix_tokens``), and where neither says, each layer's count is the one
     that leaves a grid of patches (:func:`~seis_sklearn.adapters._layout.read_layers`).
+    ``tokens="auto"`` drops them where the model says how many there are (or
+    ``n_prefix`` is given) and keeps every token where it does not.
 
     Returns
     -------
     int or None
-        0 for ``"all"``; for ``"patch"`` the count given or said by the model, or
-        None (found per layer). ``required=True`` (saved pairs, which have no input
-        grid) refuses None.
+        0 for ``"all"``; for ``"patch"`` and ``"auto"`` the count given or said by the
+        model, or None (``"patch"``: found per layer; ``"auto"``: every token kept).
+        ``required=True`` (saved pairs, which have no input grid) refuses None for
+        ``"patch"``.
     """
     if tokens not in TOKENS:
-        raise ValueError(f"tokens must be 'all' or 'patch'; got {tokens!r}")
+        raise ValueError(f"tokens must be 'auto', 'all' or 'patch'; got {tokens!r}")
     if tokens == "all":
         if n_prefix is not None:
-            raise ValueError("n_prefix goes with tokens='patch'")
+            raise ValueError("n_prefix goes with tokens='patch' (or 'auto'), not 'all'")
         return 0
     n = n_prefix if n_prefix is not None else model_prefix
+    if n is None and tokens == "auto":
+        return None
     if n is None:
         if required:
             raise ValueError(

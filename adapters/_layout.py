@@ -18,10 +18,13 @@ pass of two samples (the report's sizing probe):
   samples, the second with the input's lower-right quadrant replaced. The change of
   a layer's output is concentrated in the upper halves of its spatial axes and spread
   over its channels; the layout whose spatial axes hold more of it wins, by a margin;
-* **tokens** ``(N, L, D)``: NLD; with ``tokens="patch"`` the prefix of each layer is
-  the count that leaves a grid of patches — the model's own count (timm's
-  ``num_prefix_tokens``, torchvision's ``class_token``, a Hugging Face config) where it
-  does, none where ``L`` already is a grid;
+* **tokens** ``(N, L, D)``: NLD; with ``tokens="auto"`` (the default) the model's own
+  prefix (timm's ``num_prefix_tokens``, torchvision's ``class_token``, a Hugging Face
+  config) is dropped where the rest tiles the input's grid, and every token is kept
+  where the model does not say (:func:`auto_prefix`); with ``tokens="patch"`` the
+  prefix of each layer is the count that leaves a grid of patches — the model's own
+  count where it does, none where ``L`` already is a grid; ``tokens="all"`` keeps every
+  token. The ``layout_choice`` column says what was read;
 * a layout given for the layer (``layout={"features.1": "NHWC"}``), or one string for
   every layer of its number of axes, is taken as it is.
 
@@ -191,7 +194,7 @@ def read_layers(
         The input's spatial grid (:func:`input_grid`).
     layout : str or dict
         As :func:`check_layout_argument` returns it.
-    tokens : {"all", "patch"}
+    tokens : {"auto", "all", "patch"}
     model_prefix : int or None
         The prefix tokens the model says it has (or ``n_prefix`` given).
     prefix_given : bool, default=False
@@ -254,16 +257,54 @@ def _grid(sizes):
     return f"a {sizes[0]}×{sizes[1]} map"
 
 
+def auto_prefix(n_tokens, grid, model_prefix):
+    """``tokens="auto"``: the prefix tokens of a layer of ``n_tokens`` tokens — the
+    model's own count where it says one and the rest tile the input's grid (or no grid
+    is known) — and what was read, in words; every token is kept where the model does
+    not say (the words then name a count that would leave a grid, for
+    ``tokens="patch"``).
+
+    Returns
+    -------
+    (int, str)
+    """
+    n, p = n_tokens, model_prefix
+    if p is None:
+        found = token_prefix(n, grid, None)
+        if found is not None and found[0] > 0:
+            return 0, (
+                f"tokens: all {n} kept — the model does not say its prefix tokens; "
+                f"{found[0]} would leave a grid of patches (tokens='patch' drops them)"
+            )
+        if found is not None:
+            return 0, f"tokens: all {n} are patches"
+        return 0, f"tokens: all {n} kept (the model does not say its prefix tokens)"
+    if p == 0:
+        return 0, f"tokens: all {n} kept (the model has no prefix tokens)"
+    if p < n and (grid is None or _token_grid(n - p, grid)):
+        return p, f"tokens: the model's {p} prefix token(s) dropped, {n - p} patches read"
+    if _token_grid(n, grid):
+        return 0, f"tokens: all {n} are patches"
+    return 0, (
+        f"tokens: all {n} kept — the model's {p} prefix token(s) leave no grid of patches "
+        "of the input here"
+    )
+
+
 def _with_tokens(reading, key, shape, grid, tokens, model_prefix, prefix_given=False):
-    if reading.layout != "NLD" or tokens != "patch":
+    if reading.layout != "NLD":
         return reading
-    if prefix_given:
+    if tokens == "all":
+        found = 0, f"tokens: all {shape[0]} kept (tokens='all')"
+    elif prefix_given:
         if model_prefix >= shape[0]:
             raise LayoutError(
                 f"n_prefix={model_prefix} (--prefix-tokens) is not below the {shape[0]} tokens "
                 f"of layer {key!r}: nothing would be left to score"
             )
         found = model_prefix, f"tokens: n_prefix={model_prefix} given, dropped"
+    elif tokens == "auto":
+        found = auto_prefix(shape[0], grid, model_prefix)
     else:
         found = token_prefix(shape[0], grid, model_prefix)
     if found is None:

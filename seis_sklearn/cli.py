@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import csv
 import dataclasses
-import fnmatch
 import hashlib
 import importlib
 import importlib.util
@@ -190,17 +189,20 @@ def _seis_options(parser, report=False):
     if report:
         group.add_argument(
             "--tokens",
-            choices=("all", "patch"),
-            default="all",
-            help="token activations (N, L, D): 'patch' drops the first --prefix-tokens "
-            "(class/register tokens) so spatial mode sees the patch grid",
+            choices=("auto", "all", "patch"),
+            default="auto",
+            help="token activations (N, L, D): 'auto' drops the prefix tokens the model "
+            "declares (timm's num_prefix_tokens, a Hugging Face config) so spatial mode "
+            "reads the patch grid; 'patch' also finds them from the input's grid where the "
+            "model does not say; 'all' keeps every token (default: auto)",
         )
         group.add_argument(
             "--prefix-tokens",
             type=_nonnegative_int,
             default=None,
             metavar="N",
-            help="tokens before the patches (default: the model's num_prefix_tokens)",
+            help="tokens before the patches, with --tokens auto or patch (default: the "
+            "model's num_prefix_tokens)",
         )
     group.add_argument(
         "--reg", type=float, default=1e-6, help="ridge factor epsilon (default 1e-6)"
@@ -405,7 +407,9 @@ def build_parser():
         "--layers",
         action="append",
         metavar="NAME",
-        help="layer names or globs (repeatable; default: every layer of the folders; a "
+        help="layer names or globs: '*' within one part of a name (between dots; between "
+        "slashes for ONNX tensors), '**' across parts: layer*.1, layer1.** (repeatable; "
+        "default: every layer of the folders; a "
         "model's blocks and head, or its Conv/Linear modules)",
     )
     source.add_argument(
@@ -860,8 +864,8 @@ def _score_table(names, A, B, result, score_names):
 def _report_settings(args):
     """What defines a report run (its fingerprint), and the plan of its work."""
     params = _seis_params(args)
-    if args.prefix_tokens is not None and args.tokens != "patch":
-        raise CommandError("--prefix-tokens goes with --tokens patch")
+    if args.prefix_tokens is not None and args.tokens == "all":
+        raise CommandError("--prefix-tokens goes with --tokens patch or auto, not all")
     if args.tokens == "patch" and args.prefix_tokens is None and args.pairs:
         raise CommandError(
             "--tokens patch needs --prefix-tokens N here: saved pairs do not say how many "
@@ -991,21 +995,20 @@ def _pairs_source(text, patterns):
 
 
 def _select(items, patterns, name_of, where):
+    """The items whose names ``--layers`` chooses: names or globs, ``*`` within one
+    dotted part and ``**`` across parts — the rule of the Python API's ``layers=``
+    (:func:`seis_sklearn.adapters._names.match_names`), in the items' order."""
     if not patterns:
         return list(items)
-    chosen = []
-    for item in items:
-        if any(fnmatch.fnmatchcase(name_of(item), p) for p in patterns):
-            chosen.append(item)
-    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(name_of(i), p) for i in items)]
-    if unmatched:
-        import difflib
+    from seis_sklearn.adapters._names import match_names
 
-        names = [name_of(i) for i in items]
-        close = difflib.get_close_matches(unmatched[0], names, n=3)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise CommandError(f"{where}: --layers {unmatched[0]!r} matches no layer{hint}")
-    return chosen
+    try:
+        names = match_names([name_of(i) for i in items], patterns, argument="--layers",
+                            what="layer", where=where)  # fmt: skip
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    chosen = set(names)
+    return [item for item in items if name_of(item) in chosen]
 
 
 def _fingerprint(settings):
@@ -1319,7 +1322,7 @@ def _model_job(args, settings):
         tensors = adapter.list_tensors(model)
         layers = None
         if args.layers or args.op_type:
-            layers = adapter._select(tensors, args.layers, args.op_type)
+            layers = adapter._select(tensors, args.layers, args.op_type, argument="--layers")
         elif not any(t.op_type in adapter.DEFAULT_OP_TYPES for t in tensors):
             raise CommandError("the model has no Conv/Gemm/MatMul node; choose with --layers")
     else:

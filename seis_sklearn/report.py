@@ -125,7 +125,49 @@ def result_row(
     return row
 
 
-def plot_layerwise(frame, *, title=None, weighted=False, ax=None):
+def save_figure(fig, path, *, dpi=110):
+    """Write a figure to ``path`` atomically, in the format its suffix names.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    path : str or path-like
+        ``.png``, ``.pdf``, ``.svg`` … (what matplotlib writes); its folder must exist.
+    dpi : int, default=110
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    ValueError
+        Naming ``path``: no suffix, a format matplotlib does not write, or a folder
+        that does not exist (nothing is written).
+    """
+    path = Path(path)
+    kind = path.suffix.lower().lstrip(".")
+    formats = fig.canvas.get_supported_filetypes()
+    if kind not in formats:
+        raise ValueError(
+            f"path={str(path)!r}: the suffix must name an image format "
+            f"({', '.join('.' + f for f in sorted(formats))}); got {path.suffix or 'none'!r}"
+        )
+    if not path.parent.is_dir():
+        raise ValueError(f"path={str(path)!r}: the folder {str(path.parent)!r} does not exist")
+    buf = io.BytesIO()
+    fig.savefig(buf, format=kind, dpi=dpi)
+    atomic_write(path, buf.getvalue())
+    return path
+
+
+def _saved(fig, path):
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_layerwise(frame, *, title=None, weighted=False, ax=None, path=None):
     """S_E (solid) and S_I (dashed) against depth, one colour per transform.
 
     Parameters
@@ -137,12 +179,16 @@ def plot_layerwise(frame, *, title=None, weighted=False, ax=None):
         Plot the variance-weighted pair instead of the uniform one.
     ax : matplotlib.axes.Axes, optional
         Draw into this axis (e.g. one panel per model) instead of a new figure.
+    path : str or path-like, optional
+        Also save the figure there (:func:`save_figure`: ``.png``, ``.pdf``,
+        ``.svg`` …; with ``ax``, the whole figure that holds it).
 
     Returns
     -------
     matplotlib.figure.Figure
         Two lines per transform; the x axis is labelled with the layer names;
-        degenerate rows (SPEC §2.1) are crossed out in grey.
+        degenerate rows (SPEC §2.1) are crossed out in grey. Every plot function of
+        the project returns the Figure (``fig.axes`` holds its panels).
     """
     try:
         from matplotlib.figure import Figure
@@ -183,7 +229,7 @@ def plot_layerwise(frame, *, title=None, weighted=False, ax=None):
     ax.legend(fontsize=7, ncol=2, loc="best")
     evaluation = ", ".join(sorted(set(frame["evaluation"])))
     ax.set_title(title or f"SEIS by layer ({evaluation})")
-    return ax.figure
+    return _saved(ax.figure, path)
 
 
 #: Columns :func:`plot_measures` draws when a report has them, and their titles.
@@ -199,7 +245,7 @@ MEASURE_TITLES = {
 }
 
 
-def plot_measures(frame, measures=None, *, title=None):
+def plot_measures(frame, measures=None, *, title=None, path=None):
     """Every measure of a report against depth, one panel each (their scales differ),
     one line per transform: SEIS beside the metrics from the literature.
 
@@ -212,6 +258,8 @@ def plot_measures(frame, measures=None, *, title=None):
         Columns to draw; default every column of :data:`MEASURE_TITLES` the frame has
         with a value.
     title : str, optional
+    path : str or path-like, optional
+        Also save the figure there (:func:`save_figure`).
 
     Returns
     -------
@@ -257,7 +305,7 @@ def plot_measures(frame, measures=None, *, title=None):
     axes[0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    return fig
+    return _saved(fig, path)
 
 
 def save_report(frame, out, *, title=None):

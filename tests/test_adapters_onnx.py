@@ -196,11 +196,28 @@ def test_op_type_and_glob_selection(cnn):
     chosen = OA.find_tensors(proto, op_types=["Conv", "Relu"])
     assert len(chosen) == 8
     assert [n.rsplit("/", 1)[1].split("_")[0] for n in chosen] == ["Conv", "Relu"] * 4
-    assert OA.find_tensors(proto, pattern="/block2/*") == [
+    # '*' stays within one '/'-separated part of a name, '**' crosses parts (issue 38)
+    block2 = [
         "/block2/block2.0/Conv_output_0",
         "/block2/block2.2/Relu_output_0",
         "/block2/block2.3/MaxPool_output_0",
     ]
+    assert OA.find_tensors(proto, pattern="/block2/**") == block2
+    assert OA.find_tensors(proto, pattern="/block2/*/*") == block2
+    assert OA.find_tensors(proto, pattern="/block*/*/Relu_output_0")[:2] == [
+        "/block1/block1.2/Relu_output_0", block2[1],
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="no tensor of the model matches"):
+        OA.find_tensors(proto, pattern="/block2/*")
+    # layers= and the command line take the same rule, and say what '**' would match
+    assert OA.extract_activations(
+        proto, np.zeros((2, 1, 32, 32), np.float32), layers="/block2/**", progress=False
+    ).keys() == set(block2)
+    with pytest.raises(ValueError, match=r"layers '/block2/\*' matches no tensor of the model "
+                       r"\('\*' stays within one '/'-separated part.*would cross parts and "
+                       r"match 3"):  # fmt: skip
+        OA.extract_activations(proto, np.zeros((2, 1, 32, 32), np.float32), layers="/block2/*",
+                               progress=False)  # fmt: skip
     with pytest.raises(ValueError, match=r"op_types: the model has no 'Softmax' node \(it has"):
         OA.find_tensors(proto, op_types="Softmax")
 
@@ -229,7 +246,7 @@ def test_callers_model_proto_and_file_are_unchanged(cnn, images, tmp_path):
     before = proto.SerializeToString()
     path = tmp_path / "m.onnx"
     path.write_bytes(before)
-    OA.extract_activations(proto, images[:8], ["/block1/*"], progress=False)
+    OA.extract_activations(proto, images[:8], ["/block1/**"], progress=False)
     OA.extract_activations(path, images[:8], op_types="Relu", progress=False)
     OA.extract_activations(before, images[:8], op_types="Conv", progress=False)
     assert proto.SerializeToString() == before
@@ -427,3 +444,27 @@ def test_complex_inputs_and_bad_transforms_are_named(cnn, images):
     before = images.copy()
     OA.layerwise_seis(proto, images, {"neg": lambda b: np.negative(b, out=b)}, progress=False)
     assert np.array_equal(images, before)  # the transform worked on a copy
+
+
+def test_transforms_as_text_specs(residual, rng):
+    """Issue 38 (4): the ONNX adapter takes the command line's transform specs as the
+    torch one does — a list of specs, each its own name, the numpy transform of the
+    spec — and gives the numbers of the callables."""
+    _, proto = residual
+    x = rng.normal(size=(40, 1, 9, 9)).astype(np.float32)
+    kwargs = dict(layers=["out"], progress=False, batch_size=16)
+    specs = OA.layerwise_seis(proto, x, ["rot90", "hflip+shift:1"], **kwargs)
+    given = OA.layerwise_seis(
+        proto, x, {"rot90": partial(T.rot90, k=1),
+                   "hflip+shift:1": T.compose(T.hflip, partial(T.translate, shift=1))},
+        **kwargs,
+    )  # fmt: skip
+    assert sorted(specs["transform"]) == ["hflip+shift:1", "rot90"]
+    assert specs.equals(given)
+    pairs = OA.extract_activations(proto, x, ["out"], transform="vflip", progress=False)
+    want = OA.extract_activations(proto, x, ["out"], transform=T.vflip, progress=False)
+    assert np.array_equal(pairs["out"][1], want["out"][1])
+    with pytest.raises(ValueError, match=r"transform: transform 'vflop': unknown step"):
+        OA.extract_activations(proto, x, ["out"], transform="vflop", progress=False)
+    with pytest.raises(TypeError, match=r"transforms: a list holds transform specs"):
+        OA.layerwise_seis(proto, x, [T.hflip], **kwargs)

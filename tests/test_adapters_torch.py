@@ -532,11 +532,16 @@ def test_report_auto_matricization_tokens_and_degenerate_rows(tmp_path):
     patch = layerwise_seis(
         vit, x, {"rot90": TT.rot90}, layers=["block"], progress=False, tokens="patch"
     )
-    every = layerwise_seis(vit, x, {"rot90": TT.rot90}, layers=["block"], progress=False)
+    every = layerwise_seis(
+        vit, x, {"rot90": TT.rot90}, layers=["block"], progress=False, tokens="all"
+    )
+    # the default ("auto") reads the prefix the model declares, as "patch" does
+    auto = layerwise_seis(vit, x, {"rot90": TT.rot90}, layers=["block"], progress=False)
+    assert auto["equivariance"][0] == patch["equivariance"][0]
     assert patch["shape"][0] == "16×8" and every["shape"][0] == "17×8"
     assert patch["equivariance"][0] == pytest.approx(1.0, abs=1e-4)  # a permutation of tokens
     assert every["equivariance"][0] < patch["equivariance"][0] - 0.01  # the class token moves
-    with pytest.raises(ValueError, match="tokens must be 'all' or 'patch'"):
+    with pytest.raises(ValueError, match="tokens must be 'auto', 'all' or 'patch'"):
         layerwise_seis(vit, x, {"r": TT.rot90}, layers=["block"], tokens="cls", progress=False)
     # the prefix is found per layer: a model that does not say it still works …
     vit.num_prefix_tokens = None

@@ -8,6 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from seis_sklearn.adapters.torch import (  # noqa: E402
+    default_layers,
     extract_activations,
     plot_similarity_map,
     similarity_map,
@@ -145,8 +146,8 @@ def test_two_models_and_a_transform():
     assert rot.loc["point", "point"] == pytest.approx(1.0, abs=1e-6)
     assert rot.loc["conv", "conv"] < 0.99
     assert rot.attrs["transform"]
-    ax = plot_similarity_map(rot)
-    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    fig = plot_similarity_map(rot)  # a Figure, as every plot function returns
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == names
 
 
 def test_seis_map_is_seis_score_of_layers_of_equal_shapes():
@@ -186,8 +187,10 @@ def test_similarity_map_refuses_what_it_cannot_compute():
     with pytest.raises(ValueError, match="model_b or transform"):
         similarity_map(net, x, LAYERS, model_b=_net(), layers_b=LAYERS, transform=TT.rot90,
                        progress=False)  # fmt: skip
-    with pytest.raises(ValueError, match="layers_b"):
-        similarity_map(net, x, LAYERS, model_b=_net(), progress=False)
+    # layers_b defaults to model_b's default layers (issue 38): no refusal any more
+    other = _net()
+    columns = similarity_map(net, x, LAYERS, model_b=other, batch_size=8, progress=False).columns
+    assert list(columns) == default_layers(other)
     with pytest.raises(ValueError, match="layers_b: the model has no module named 'nope'"):
         similarity_map(net, x, LAYERS, model_b=_net(), layers_b=["nope"], progress=False)
     # the forward passes' inference mode ended with the map, error or not
@@ -206,3 +209,36 @@ def test_two_models_see_the_same_batches_from_a_shuffling_loader():
                            progress=False)  # fmt: skip
     assert np.allclose(np.diag(frame.to_numpy()), 1.0, atol=1e-9)
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
+def test_default_layers_globs_specs_and_a_saved_figure(tmp_path):
+    """Issue 38 (4): similarity_map defaults to the report's default layers (for each
+    model), takes globs and text specs as every other function does, and its plot
+    returns a Figure — as plot_layerwise and plot_measures do — saved with path=."""
+    from matplotlib.figure import Figure
+
+    net = _net()
+    x = torch.randn(32, 3, 6, 6)
+    default = similarity_map(net, x, batch_size=16, progress=False)
+    assert list(default.index) == list(default.columns) == default_layers(net) == ["0", "2", "5"]
+    named = similarity_map(net, x, ["0", "2", "5"], batch_size=16, progress=False)
+    assert default.equals(named)
+    # a glob is expanded against the model's module names (here: every top-level module)
+    globbed = similarity_map(net, x, "*", batch_size=16, progress=False)
+    assert list(globbed.index) == [str(i) for i in range(6)]
+    # a text spec is the transform the callable gives
+    spec = similarity_map(net, x, LAYERS, transform="rot90", batch_size=16, progress=False)
+    given = similarity_map(net, x, LAYERS, transform=TT.rot90, batch_size=16, progress=False)
+    assert np.array_equal(spec.to_numpy(), given.to_numpy(), equal_nan=True)
+    assert spec.attrs["transform"] == "rot90"
+    with pytest.raises(ValueError, match=r"transform: transform 'rot9': unknown step"):
+        similarity_map(net, x, LAYERS, transform="rot9", progress=False)
+    # the figure, saved where asked, nothing written for a path it cannot write
+    fig = plot_similarity_map(spec, path=tmp_path / "map.png")
+    assert isinstance(fig, Figure) and len(fig.axes) == 2  # the heatmap and its colour bar
+    assert (tmp_path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"path='.*map\.txt': the suffix must name an image"):
+        plot_similarity_map(spec, path=tmp_path / "map.txt")
+    with pytest.raises(ValueError, match=r"path=.*the folder .* does not exist"):
+        plot_similarity_map(spec, path=tmp_path / "nowhere" / "map.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.png"]

@@ -31,8 +31,6 @@ array([[0. , 0.5, 2. ],
 from __future__ import annotations
 
 import contextlib
-import difflib
-import fnmatch
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -59,6 +57,7 @@ from .._common import (
     within_budget,
 )
 from .._layout import check_layout_argument
+from .._names import as_transform, as_transforms, glob_regex, match_names
 
 __all__ = [
     "DEFAULT_OP_TYPES",
@@ -218,7 +217,11 @@ def find_tensors(model, *, op_types=None, pattern=None):
     op_types : str or sequence of str, optional
         Keep outputs of nodes of these types (e.g. ``("Conv", "Relu")``).
     pattern : str, optional
-        Keep tensors whose name matches this shell glob (e.g. ``"/block1/*"``).
+        Keep tensors whose name matches this glob: ``*`` within one ``/``-separated
+        part of the name, ``**`` across parts (``"/block1/*"``: the tensors directly
+        under ``/block1``; ``"/block1/**"``: every tensor inside it) — the rule of
+        ``layers=`` and of the command line's ``--layers``
+        (:mod:`seis_sklearn.adapters._names`).
 
     Returns
     -------
@@ -229,7 +232,7 @@ def find_tensors(model, *, op_types=None, pattern=None):
     return _select(tensors, None, op_types, pattern)
 
 
-def _select(tensors, layers, op_types, pattern=None):
+def _select(tensors, layers, op_types, pattern=None, argument="layers"):
     names = [t.name for t in tensors]
     if isinstance(op_types, str):
         op_types = [op_types]
@@ -242,19 +245,14 @@ def _select(tensors, layers, op_types, pattern=None):
                 f"op_types: the model has no {missing[0]!r} node (it has {', '.join(present)})"
             )
     chosen = set()
-    if isinstance(layers, str):
-        layers = [layers]
-    for layer in layers or ():
-        hits = [n for n in names if n == layer or fnmatch.fnmatchcase(n, layer)]
-        if not hits:
-            close = difflib.get_close_matches(str(layer), names, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"layers: the model has no tensor named {layer!r}{hint}")
-        chosen.update(hits)
+    if layers is not None:
+        chosen.update(match_names(names, layers, argument=argument, what="tensor",
+                                  where="the model", separator="/"))  # fmt: skip
+    regex = glob_regex(pattern, "/") if pattern is not None else None
     for t in tensors:
         if op_types is not None and t.op_type in op_types:
             chosen.add(t.name)
-        if pattern is not None and fnmatch.fnmatchcase(t.name, pattern):
+        if regex is not None and (t.name == pattern or regex.fullmatch(t.name)):
             chosen.add(t.name)
     if layers is None and op_types is None and pattern is None:
         raise ValueError("name the tensors to record: layers= (names or globs) or op_types=")
@@ -558,14 +556,19 @@ def extract_activations(
         input's float type batch by batch; other dtype or shape mismatches are
         errors naming the graph input and what it expects.
     layers : str or sequence of str, optional
-        Tensor names or shell globs (:func:`list_tensors` lists them).
+        Tensor names or globs (:func:`list_tensors` lists them): ``*`` matches
+        within one ``/``-separated part of a name, ``**`` across parts
+        (``"/block1/*/Relu_output_0"``, ``"/block1/**"``) — the command line's rule
+        (:mod:`seis_sklearn.adapters._names`).
     op_types : str or sequence of str, optional
         Also record every output of nodes of these types (e.g.
         ``("Conv", "Relu")``).
-    transform : callable, optional
+    transform : callable or str, optional
         Maps a batch of inputs (an ndarray, e.g. with :mod:`seis_sklearn.transforms`)
-        to the transformed batch of the same shape. Then every tensor gives a
-        pair ``(original, transformed)``.
+        to the transformed batch of the same shape, or a text spec as the command
+        line takes it (``"rot90"``, ``"hflip"``, ``"rot90+shift:2"``:
+        :func:`seis_sklearn.transforms.from_spec`, channels-first inputs). Then every
+        tensor gives a pair ``(original, transformed)``.
     batch_size : int, default=256
         Used when the batch axis is dynamic; a model with a fixed batch size
         (e.g. 1) is run with that size, looping over the samples (a short last
@@ -585,6 +588,7 @@ def extract_activations(
         Tensor name → ndarray of shape (n_samples, ...), or → ``(original,
         transformed)`` with ``transform``, in graph order.
     """
+    given, transform = transform, as_transform(transform, _from_spec)
     check_finite_inputs(inputs)
     batches, runner = _started(
         model, inputs, layers, op_types, transform, batch_size, providers, progress
@@ -595,8 +599,14 @@ def extract_activations(
         dtype=dtype,
         paired=transform is not None,
         module_of=runner.op_type.__getitem__,
-        transform_name=describe(transform),
+        transform_name=given if isinstance(given, str) else describe(transform),
     )
+
+
+def _from_spec(spec):
+    from seis_sklearn.transforms import from_spec
+
+    return from_spec(spec)
 
 
 def stream_scores(
@@ -625,6 +635,7 @@ def stream_scores(
     dict
         Tensor name → held-out :class:`~seis_sklearn.SEISResult`.
     """
+    transform = as_transform(transform, _from_spec)
     check_stream_args(held_out, transform)
     check_finite_inputs(inputs)
     batches, _ = _started(
@@ -646,7 +657,7 @@ def layerwise_seis(
     progress=True,
     metrics=None,
     matricization="auto",
-    tokens="all",
+    tokens="auto",
     n_prefix=None,
     transforms_per_pass="auto",
     layout="auto",
@@ -663,8 +674,10 @@ def layerwise_seis(
     model, inputs, batch_size, providers, progress
         As in :func:`extract_activations`; inputs with NaN or infinite values are
         refused before the pass (a ``ValueError`` naming ``inputs``).
-    transforms : dict of str → callable
-        Name → a function of a batch of inputs (ndarray).
+    transforms : dict of str → callable or spec, list of specs, or one spec
+        Name → a function of a batch of inputs (ndarray), or text specs as the
+        command line's ``--transform`` takes them (``["rot90", "hflip"]``, each its
+        own name; :func:`seis_sklearn.transforms.from_spec`, channels-first inputs).
     layers, op_types
         As in :func:`extract_activations`; default: the outputs of every
         ``Conv``, ``Gemm`` and ``MatMul`` node (:data:`DEFAULT_OP_TYPES`).
@@ -674,11 +687,14 @@ def layerwise_seis(
         ``"cka"``, ``"cka_debiased"``, ``"svcca"``, ``"pwcca"``, ``"channel_eed"``
         columns, as in :func:`seis_sklearn.adapters.torch.layerwise_seis`.
     matricization, tokens
-        As in :func:`seis_sklearn.adapters.torch.layerwise_seis`.
+        As in :func:`seis_sklearn.adapters.torch.layerwise_seis`. An ONNX graph
+        does not declare prefix tokens: with ``tokens="auto"`` every token is kept
+        unless ``n_prefix`` is given (the ``layout_choice`` column names a count
+        that would leave a grid of patches).
     n_prefix : int, optional
-        Tokens before the patches, for ``tokens="patch"`` (an ONNX graph does
-        not say: give it, or each layer's is the count that leaves a grid of
-        patches of the input).
+        Tokens before the patches, for ``tokens="patch"`` or ``"auto"`` (an ONNX
+        graph does not say: give it, or with ``"patch"`` each layer's is the count
+        that leaves a grid of patches of the input).
     layout : str or dict, default="auto"
         As in :func:`seis_sklearn.adapters.torch.layerwise_seis`: recognised per
         tensor from the input's grid, or given (one layout, or a dict tensor →
@@ -702,8 +718,7 @@ def layerwise_seis(
 
     metrics = check_report_metrics(metrics)
     check_finite_inputs(inputs)  # before the pass, naming inputs
-    if not isinstance(transforms, dict) or not transforms:
-        raise TypeError("transforms must be a non-empty dict of name → callable")
+    transforms = as_transforms(transforms, _from_spec)
     model_prefix = check_tokens(tokens, n_prefix, None)
     layout = check_layout_argument(layout)
     seis_params = {**seis_params, "matricization": matricization}

@@ -19,7 +19,6 @@ Importable as ``seis_sklearn.adapters.torch`` (the source lives in the top-level
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import itertools
 import re
@@ -48,6 +47,7 @@ from .._common import (
     within_budget,
 )
 from .._layout import check_layout_argument, manifest_layouts
+from .._names import as_transform, as_transforms, match_names
 from ._families import default_layers, prefix_tokens
 from ._lie import lie_derivative
 from ._lie_layers import layerwise_lie_derivative, lee_columns
@@ -84,6 +84,18 @@ def _import_torch():
             "(or install the torch build for your machine first)"
         ) from None
     return torch
+
+
+def _from_spec(spec):
+    """The torch transform of a text spec (:func:`seis_sklearn.transforms.parse_spec`)."""
+    from .transforms import from_spec
+
+    return from_spec(spec)
+
+
+def _transform_name(given, transform):
+    """A transform's name in a manifest: the spec given as text, else the callable's."""
+    return given if isinstance(given, str) else describe(transform)
 
 
 def default_select(output):
@@ -173,6 +185,17 @@ def find_layers(model, *, types=None, pattern=None, leaves_only=False):
     -------
     list of str
         Names in ``model.named_modules()`` order (the root, named ``""``, excluded).
+        Modules whose ``forward`` is known never to run are left out
+        (:func:`~seis_sklearn.adapters.torch._families.never_called`: the
+        ``out_proj`` of a ``torch.nn.MultiheadAttention``, whose weights the
+        attention applies without calling it — hooks on it record nothing); name
+        such a module yourself and its report row says that it never ran.
+
+    Notes
+    -----
+    ``pattern`` is a regular expression searched in the name; ``layers=`` of the
+    report functions and the command line's ``--layers`` take names and globs
+    instead (``*`` within one dotted part, ``**`` across parts).
 
     Examples
     --------
@@ -185,12 +208,15 @@ def find_layers(model, *, types=None, pattern=None, leaves_only=False):
     >>> find_layers(net, pattern=r"^[01]$")
     ['0', '1']
     """
+    from ._families import never_called
+
     regex = re.compile(pattern) if pattern is not None else None
     if types is not None and not isinstance(types, tuple):
         types = (types,)
     names = []
+    skipped = never_called(model.named_modules())
     for name, module in model.named_modules():
-        if not name:
+        if not name or name in skipped:
             continue
         if types is not None and not any(_is_kind(module, t) for t in types):
             continue
@@ -226,20 +252,18 @@ def _numpy_action(transform):
 
 
 def _check_layers(model, layers, argument="layers"):
+    """The modules ``layers`` names — module names or globs (``*`` within one dotted
+    part, ``**`` across parts: :mod:`seis_sklearn.adapters._names`, the command line's
+    rule) — as (names, modules) in the order named."""
     modules = dict(model.named_modules())
-    if isinstance(layers, str):
-        layers = [layers]
-    layers = list(layers)
-    if not layers:
-        raise ValueError(f"{argument} is empty: name at least one module (see find_layers)")
-    for name in layers:
-        if name not in modules or name == "":
-            close = difflib.get_close_matches(str(name), [n for n in modules if n], n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"{argument}: the model has no module named {name!r}{hint}")
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"{argument} names a module twice")
-    return layers, [modules[n] for n in layers]
+    if not isinstance(layers, str) and not isinstance(layers, Iterable):
+        raise TypeError(
+            f"{argument} must be a module name, a glob or a sequence of them; got "
+            f"{type(layers).__name__}"
+        )
+    names = match_names(list(modules), layers, argument=argument, what="module",
+                        where="the model")  # fmt: skip
+    return names, [modules[n] for n in names]
 
 
 def _batches(inputs, batch_size, torch):
@@ -267,14 +291,70 @@ def _batches(inputs, batch_size, torch):
     def unpack():
         for batch in inputs:
             if isinstance(batch, (tuple, list)):  # (inputs, targets) from a DataLoader
-                batch = batch[0]
+                batch = _first_of_pair(batch, torch)
             if isinstance(batch, np.ndarray):
                 batch = torch.from_numpy(np.ascontiguousarray(batch))
             if not isinstance(batch, torch.Tensor):
-                raise TypeError(f"a batch of inputs is a {type(batch).__name__}, not a tensor")
+                raise TypeError(
+                    f"inputs: a batch is a {type(batch).__name__}, not a tensor; {BATCHES_READ}"
+                )
             yield batch
 
     return unpack(), n
+
+
+#: How the batches of an iterable ``inputs`` are read, for errors.
+BATCHES_READ = (
+    "batches are read as tensors or arrays, or as (inputs, targets) pairs whose FIRST "
+    "element is the input"
+)
+
+
+@contextlib.contextmanager
+def _read_from(inputs):
+    """A forward pass over samples taken from ``inputs`` (the report's probe): a failure
+    of an iterable's batch says how its batches are read."""
+    try:
+        yield
+    except ForwardError as exc:
+        if isinstance(inputs, np.ndarray) or hasattr(inputs, "dim") or BATCHES_READ in str(exc):
+            raise
+        raise ForwardError(f"{exc} (inputs is an iterable: {BATCHES_READ})") from exc.__cause__
+
+
+def _first_of_pair(batch, torch):
+    """The inputs of an ``(inputs, targets, …)`` batch: its first element — refused
+    where it looks like the targets of a ``(targets, inputs)`` pair (integer labels,
+    one per sample, before floating-point samples of more axes)."""
+    if not batch:
+        raise TypeError(f"inputs: a batch is an empty {type(batch).__name__}; {BATCHES_READ}")
+    first = batch[0]
+    if not isinstance(first, (torch.Tensor, np.ndarray)):
+        kinds = ", ".join(type(b).__name__ for b in batch)
+        raise TypeError(
+            f"inputs: a batch is a {type(batch).__name__} of ({kinds}) whose first element is "
+            f"no tensor; {BATCHES_READ}"
+        )
+
+    def integer(a):
+        if isinstance(a, torch.Tensor):
+            return not (a.is_floating_point() or a.is_complex())
+        return a.dtype.kind in "biu"
+
+    later = [b for b in batch[1:] if isinstance(b, (torch.Tensor, np.ndarray))]
+    if (
+        first.ndim <= 1
+        and integer(first)
+        and any(b.ndim > first.ndim and not integer(b) for b in later)
+    ):
+        shapes = ", ".join(str(tuple(b.shape)) for b in batch if hasattr(b, "shape"))
+        raise ValueError(
+            f"inputs: a batch is a {type(batch).__name__} of shapes {shapes} whose first "
+            "element looks like integer labels; "
+            f"{BATCHES_READ}: yield (images, labels), e.g. a Dataset whose __getitem__ returns "
+            "(image, label)"
+        )
+    return first
 
 
 class ForwardError(RuntimeError):
@@ -367,9 +447,16 @@ def extract_activations(
         array (a memory map too) is read one batch at a time. Floating-point
         batches are cast to the dtype of the model's parameters.
     layers : str or sequence of str
-        Names from ``model.named_modules()`` (see :func:`find_layers`).
-    transform : callable, optional
-        Maps a batch of inputs (a tensor on ``device``) to the transformed batch.
+        Names from ``model.named_modules()`` (see :func:`find_layers`), or globs:
+        ``*`` matches within one dotted part of a name, ``**`` across parts
+        (``"layer1.*"``: the blocks of ``layer1``, not their convolutions;
+        ``"layer1.**"``: everything inside it) — the rule of the command line's
+        ``--layers`` (:mod:`seis_sklearn.adapters._names`, docs/torch.rst).
+    transform : callable or str, optional
+        Maps a batch of inputs (a tensor on ``device``) to the transformed batch,
+        or a text spec as the command line takes it (``"rot90"``, ``"hflip"``,
+        ``"rot90+shift:2"``: :func:`seis_sklearn.transforms.parse_spec`, applied to
+        channels-first inputs by :func:`seis_sklearn.adapters.torch.transforms.from_spec`).
         Then every layer gives a pair ``(original, transformed)``.
     batch_size : int, default=256
         Batch size when ``inputs`` is a tensor or an array.
@@ -409,6 +496,7 @@ def extract_activations(
         … instead of ``name``.
     """
     layout = check_layout_argument(layout)
+    given, transform = transform, as_transform(transform, _from_spec)
     grid = (
         tuple(inputs.shape) if isinstance(inputs, np.ndarray) or hasattr(inputs, "dim") else None
     )
@@ -422,7 +510,7 @@ def extract_activations(
         dtype=dtype,
         paired=transform is not None,
         module_of=lambda key: module_type(dict(model.named_modules())[key.split("#")[0]]),
-        transform_name=describe(transform),
+        transform_name=_transform_name(given, transform),
         layouts=lambda shapes: manifest_layouts(shapes, grid, layout),
     )
 
@@ -474,6 +562,7 @@ def _forward_batches(
         device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     )
     keep = tensors and statistics_on_device(device)
+    direct = isinstance(inputs, (np.ndarray, torch.Tensor))  # else batches of an iterable
     batches, n_total = _batches(inputs, batch_size, torch)
     yield n_total
     if isinstance(model, torch.jit.ScriptModule):  # no hooks: record from a private copy
@@ -503,9 +592,10 @@ def _forward_batches(
             except _SelectFailed as exc:  # the recording failed, not the model
                 exc.reraise()
             except (Exception, SystemExit) as exc:  # noqa: BLE001 - the model's own code
+                read = "" if direct else f" (inputs is an iterable: {BATCHES_READ})"
                 raise ForwardError(
                     f"the model's forward failed on a batch of shape {tuple(fed.shape)} "
-                    f"({type(exc).__name__}: {first_line(exc)})"
+                    f"({type(exc).__name__}: {first_line(exc)}){read}"
                 ) from exc
             recorded = {}
             for key, tensor in recorder.take().items():
@@ -633,8 +723,9 @@ def stream_scores(
     ----------
     model, inputs, layers, batch_size, device, select, progress
         As in :func:`extract_activations`.
-    transform : callable
-        Maps a batch of inputs to the transformed batch.
+    transform : callable or str
+        Maps a batch of inputs to the transformed batch, or a text spec (as in
+        :func:`extract_activations`).
     held_out : float, default=0.2
         Fraction of samples held out, in (0, 0.5].
     dtype : numpy dtype, optional
@@ -653,6 +744,7 @@ def stream_scores(
         numbers as storing the activations, fitting on the kept samples and
         scoring the held-out ones.
     """
+    transform = as_transform(transform, _from_spec)
     check_stream_args(held_out, transform)
     check_finite_inputs(inputs)
     batches = _forward_batches(
@@ -673,7 +765,7 @@ def layerwise_seis(
     progress=True,
     metrics=None,
     matricization="auto",
-    tokens="all",
+    tokens="auto",
     n_prefix=None,
     transforms_per_pass="auto",
     layout="auto",
@@ -697,11 +789,17 @@ def layerwise_seis(
         NaN or infinite values are refused before the pass (a ``ValueError``
         naming ``inputs`` with their count and samples); an iterable's batches
         are checked as they are read, before any row is given to ``on_rows``.
-    transforms : dict of str → callable
+    transforms : dict of str → callable or spec, list of specs, or one spec
         Name → a function of a batch of inputs (a tensor) giving the transformed
         batch, e.g. ``{"rot90": partial(transforms.rot90, k=1)}`` with
-        :mod:`seis_sklearn.adapters.torch.transforms`.
-    layers : sequence of str, optional
+        :mod:`seis_sklearn.adapters.torch.transforms`; or text specs as the command
+        line's ``--transform`` takes them, each its own name (``["rot90", "hflip",
+        "shift:4"]``; :func:`seis_sklearn.transforms.parse_spec`), applied to
+        channels-first inputs (for channels-last images pass
+        ``partial(transforms.from_spec("rot90"), layout="NHWC")``).
+    layers : str or sequence of str, optional
+        Module names or globs, as in :func:`extract_activations` (``"layer*.1"``
+        is the second block of every stage, not ``layer2.0.downsample.1``).
         Default: the network's blocks and head (:func:`default_layers`: residual,
         transformer, mixer or ConvNeXt blocks, decoder stages), or every
         ``Conv*d`` and ``Linear`` module when it has no blocks.
@@ -737,15 +835,22 @@ def layerwise_seis(
         spatial where a layer has a map (or token axis) of more than 2×2
         positions and flatten where it has not (a 2×2 map gives spatial mode 4
         columns: SPEC §2.1), and says so in the row.
-    tokens : {"all", "patch"}, default="all"
-        For token activations ``(N, L, D)``: ``"patch"`` drops each layer's prefix
-        tokens (class, distillation, register tokens), so that spatial mode sees
-        the patch grid the transform permutes.
+    tokens : {"auto", "all", "patch"}, default="auto"
+        For token activations ``(N, L, D)``: the prefix tokens (class,
+        distillation, register tokens) sit outside the patch grid the transform
+        permutes. ``"auto"``: each layer loses the prefix the model declares
+        (timm's ``num_prefix_tokens``, torchvision's ``class_token``, a Hugging
+        Face config: :func:`prefix_tokens`) where the rest tiles the input's grid,
+        so that spatial mode reads the patch grid; a model that declares none
+        keeps every token. ``"patch"``: drops each layer's prefix also where the
+        model does not say (the count that leaves a grid). ``"all"``: keeps every
+        token. Each row's ``layout_choice`` says what was read (``tokens: the
+        model's 1 prefix token(s) dropped, 16 patches read``) and ``shape`` the
+        shape scored.
     n_prefix : int, optional
-        Tokens before the patches; default: what the model says (timm's
-        ``num_prefix_tokens``, torchvision's ``class_token``, a Hugging Face
-        config), else, per layer, the count that leaves a grid of patches of the
-        input.
+        Tokens before the patches (with ``"auto"`` or ``"patch"``); default: what
+        the model says, else (``"patch"``), per layer, the count that leaves a
+        grid of patches of the input.
     layout : str or dict, default="auto"
         How each layer's activations are laid out. ``"auto"``: recognised per layer
         before the pass from a forward pass of two samples — channels first or last
@@ -814,8 +919,7 @@ def layerwise_seis(
     metrics = check_report_metrics(metrics, lee=True)
     lee = "lee" in metrics
     metrics = [m for m in metrics if m != "lee"]
-    if not isinstance(transforms, dict) or not transforms:
-        raise TypeError("transforms must be a non-empty dict of name → callable")
+    transforms = as_transforms(transforms, _from_spec)
     if lee and isinstance(inputs, Iterator):
         raise TypeError(
             f"inputs is a one-shot iterator ({type(inputs).__name__}), and the 'lee' column "
@@ -866,7 +970,7 @@ def layerwise_seis(
     def probe(views, at=None):
         batches = run(views, inputs=first, progress=False, check_rows=False, at=at)
         next(batches)
-        with contextlib.closing(batches):
+        with contextlib.closing(batches), _read_from(inputs):
             return next(batches)[1]
 
     if default and first is not None:
@@ -911,6 +1015,32 @@ def _probe_inputs(inputs, torch):
     return (None if first is None else first[:2]), inputs
 
 
+def _running_default_layers(model, inputs, batch_size, device, select, argument="layers"):
+    """A model's default layers as a layerwise report takes them (:func:`default_layers`,
+    then :func:`_sample_first_layers` on the first two inputs), and the inputs to run
+    (a one-shot iterator's first batch put back)."""
+    torch = _import_torch()
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    layers = default_layers(model)
+    if not layers:
+        raise ValueError(
+            f"{argument}: found no block and no Conv1d/2d/3d or Linear module; name the layers"
+        )
+    first, inputs = _probe_inputs(inputs, torch)
+    if first is None:
+        return layers, inputs
+
+    def probe(views, at):
+        batches = _forward_batches(model, first, at, views, batch_size, device, select, False,
+                                   check_rows=False)  # fmt: skip
+        next(batches)
+        with contextlib.closing(batches), _read_from(inputs):
+            return next(batches)[1]
+
+    return _sample_first_layers(model, layers, probe), inputs
+
+
 def _change_quadrant(batch):
     """The batch with its lower-right quadrant (of the last two axes) replaced by fixed
     noise of the batch's scale: the report's layout probe."""
@@ -930,14 +1060,23 @@ def _sample_first_layers(model, layers, probe):
 
     A module that folds patches into the batch axis (MobileViT's inner
     transformers) is replaced by the nearest enclosing module that keeps samples
-    first (its block); a module whose ``forward`` never runs
-    (``MultiheadAttention.out_proj``) is left out.
+    first (its block); a module whose ``forward`` did not run on the first two
+    samples is left out, said in a warning (modules known never to run, as
+    ``MultiheadAttention.out_proj``, are no default layers: :func:`find_layers`).
     """
     recorded = probe(None, layers)["original"]
     ran = {key.split("#")[0] for key in recorded}
     folded = {key.split("#")[0] for key, a in recorded.items() if a.ndim == 0 or a.shape[0] != 2}
     if not folded and ran >= set(layers):
         return layers
+    idle = [name for name in layers if name not in ran]
+    if idle:
+        warnings.warn(
+            f"default layers {', '.join(map(repr, idle))} left out: their forward did not "
+            "run on the first two inputs (name them in layers= to get rows that say so)",
+            UserWarning,
+            stacklevel=3,
+        )
     kept = [name for name in layers if name in ran and name not in folded]
     ancestors = {}
     for name in layers:

@@ -19,7 +19,8 @@ them from the structure, without knowing the library:
 4. **The head**: the last ``Linear`` or 1×1 convolution outside every block.
 
 When none of these applies, every ``Conv*d`` and ``Linear`` module (the previous
-default).
+default). Modules whose ``forward`` never runs (:func:`never_called`: a
+``MultiheadAttention``'s ``out_proj``) are never proposed.
 """
 
 from __future__ import annotations
@@ -95,10 +96,32 @@ def _stages(modules):
     return _outermost(names)
 
 
+def never_called(modules):
+    """Names of submodules whose ``forward`` is known never to run: the ``out_proj``
+    of every ``torch.nn.MultiheadAttention``, whose weights the attention applies
+    itself (``F.multi_head_attention_forward``) without calling the module.
+
+    Parameters
+    ----------
+    modules : iterable of (str, torch.nn.Module)
+        ``model.named_modules()``.
+
+    Returns
+    -------
+    set of str
+    """
+    found = set()
+    for name, module in modules:
+        if "MultiheadAttention" in _class_names(module):
+            found.add(f"{name}.out_proj" if name else "out_proj")
+    return found
+
+
 def _head(modules, blocks):
     head = None
+    skipped = never_called(modules)
     for name, module in modules:
-        if any(name == b or name.startswith(b + ".") for b in blocks):
+        if name in skipped or any(name == b or name.startswith(b + ".") for b in blocks):
             continue
         kinds = _class_names(module)  # names: TorchScript modules are no nn.Linear instances
         pointwise = "Conv2d" in kinds and tuple(getattr(module, "kernel_size", ())) == (1, 1)

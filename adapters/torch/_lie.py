@@ -204,6 +204,7 @@ def _check(model, inputs, generators, output, border, batch_size, device, tangen
         )
     if not x.is_floating_point():
         raise TypeError(f"inputs must be floating point; got {x.dtype}")
+    check_finite_images(x)
     if border not in BORDERS:
         raise ValueError(f"border must be one of {', '.join(map(repr, BORDERS))}; got {border!r}")
     if not isinstance(tangent, str) or tangent not in TANGENTS:
@@ -211,6 +212,23 @@ def _check(model, inputs, generators, output, border, batch_size, device, tangen
             f"tangent must be one of {', '.join(map(repr, TANGENTS))}; got {tangent!r}"
         )
     return torch, x, generators, resolve_device(device)
+
+
+def check_finite_images(x):
+    """Refuse images holding NaN or infinite values: their Lie derivative is NaN, and a
+    mean over samples would silently leave them out or be NaN itself."""
+    import torch
+
+    if x.numel() == 0:
+        return
+    bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+    count = int(bad.sum())
+    if count:
+        first = int(torch.nonzero(bad)[0, 0])
+        raise ValueError(
+            f"inputs: {count} of {len(x)} samples hold NaN or infinite values (the first is "
+            f"sample {first}); their Lie derivative is undefined — drop or repair them first"
+        )
 
 
 def resolve_device(device):
@@ -236,7 +254,7 @@ def _head(model, output, torch):
     its softmax for ``"probabilities"``."""
 
     def f(inp):
-        out = output_tensor(model(inp))
+        out = per_sample_output(model(inp), len(inp), output)
         if output == "probabilities":
             return torch.softmax(out, dim=-1)
         if output == "map" and out.ndim != 4:
@@ -264,6 +282,35 @@ def output_tensor(out):
             if isinstance(item, torch.Tensor):
                 return item
     raise TypeError(f"the model's output holds no tensor: {type(out).__name__}")
+
+
+def per_sample_output(raw, n_samples, output):
+    """:func:`output_tensor` of a model's output, checked to hold one row per sample.
+
+    Raises
+    ------
+    ValueError
+        Naming ``output`` and, for a dict, its keys: the tensor read is a scalar (a
+        loss) or has another first axis.
+    """
+    out = output_tensor(raw)
+    if out.ndim and out.shape[0] == n_samples:
+        return out
+    if isinstance(raw, dict):
+        keys = ", ".join(map(repr, raw.keys()))
+        read = "'logits'" if "logits" in raw else "its first tensor"
+        what = f"a dict with keys {keys}; read at {read}"
+        fix = "return the per-sample output under the key 'logits' (or first)"
+    elif isinstance(raw, (tuple, list)):
+        what = f"a {type(raw).__name__} of {len(raw)}; read at its first tensor"
+        fix = "return the per-sample output first"
+    else:
+        what, fix = "a tensor", "return one row per sample"
+    raise ValueError(
+        f"output={output!r}: the model's output is {what}, of shape {tuple(out.shape)} — "
+        f"not one row per sample of the batch of {n_samples}; {fix}, or wrap the model in a "
+        "module that returns that tensor"
+    )
 
 
 def _jvp(f, x, v, torch):

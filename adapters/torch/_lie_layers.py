@@ -458,7 +458,8 @@ def _patch_grid(n_patches, grid):
 def generator_for(name, transform):
     """The continuous generator a report's transform is a finite step of, or None.
 
-    By the callable (``functools.partial`` unwrapped): :func:`rot90` and :func:`rotate`
+    By the callable (``functools.partial`` unwrapped, and a one-step text spec's
+    ``compose``): :func:`rot90` and :func:`rotate`
     of :mod:`seis_sklearn.adapters.torch.transforms` (and numpy's and torch's
     ``rot90``) → ``"rotate"``, ``scale`` → ``"scale"``, ``translate`` along one axis →
     ``"translate_x"`` (the last, width) or ``"translate_y"``; else by the transform's
@@ -467,6 +468,9 @@ def generator_for(name, transform):
     """
     import functools
 
+    steps = getattr(transform, "transforms", None)  # a text spec's compose() of one step
+    if isinstance(steps, tuple) and len(steps) == 1:
+        transform = steps[0]
     function, kwargs = transform, {}
     while isinstance(function, functools.partial):
         kwargs = {**function.keywords, **kwargs}

@@ -20,8 +20,9 @@ class SEISMonitor:
     inputs : torch.Tensor, ndarray or iterable of batches
         The probe set: the same inputs every epoch (a few hundred images are
         enough for held-out scores of layers of moderate width).
-    transforms : dict of str → callable
-        As in :func:`~seis_sklearn.adapters.torch.layerwise_seis`.
+    transforms : dict of str → callable or spec, or list of specs
+        As in :func:`~seis_sklearn.adapters.torch.layerwise_seis` (``["rot90",
+        "hflip"]``).
     layers : sequence of str, optional
         Default: :func:`~seis_sklearn.adapters.torch.default_layers` of the
         model at the first update.
@@ -50,8 +51,10 @@ class SEISMonitor:
     """
 
     def __init__(self, inputs, transforms, *, layers=None, **report_params):
-        if not isinstance(transforms, dict) or not transforms:
-            raise TypeError("transforms must be a non-empty dict of name → callable")
+        from .._names import as_transforms
+        from . import _from_spec
+
+        transforms = as_transforms(transforms, _from_spec)
         self.inputs = inputs
         self.transforms = transforms
         self.layers = layers
@@ -97,13 +100,15 @@ class SEISMonitor:
             return pd.DataFrame(columns=["epoch", "layer", "transform"])
         return pd.concat(self.frames, ignore_index=True)
 
-    def plot(self, score="equivariance"):
+    def plot(self, score="equivariance", *, path=None):
         """``score`` against epochs: one panel per transform, one line per layer.
 
         Parameters
         ----------
         score : str, default="equivariance"
             A column of the table (``"invariance"``, ``"equivariance_weighted"`` …).
+        path : str or path-like, optional
+            Also save the figure there (:func:`seis_sklearn.report.save_figure`).
 
         Returns
         -------
@@ -131,4 +136,6 @@ class SEISMonitor:
             ax.set_ylim(-0.03, 1.03)
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7, loc="best")
-        return fig
+        from seis_sklearn.report import _saved
+
+        return _saved(fig, path)

@@ -35,7 +35,7 @@ METRICS = ("cka", "cka_debiased", "seis")
 def similarity_map(
     model_a,
     inputs,
-    layers_a,
+    layers_a=None,
     *,
     model_b=None,
     layers_b=None,
@@ -49,21 +49,33 @@ def similarity_map(
     """Similarity of every layer of one model with every layer of another, or of a
     model on ``x`` with itself on ``transform(x)``.
 
+    Two models, as pytorch-cka's ``CKA(model1, model2, model1_layers=…,
+    model2_layers=…).compare(loader)`` takes them: ``similarity_map(model1, loader,
+    model1_layers, model_b=model2, layers_b=model2_layers)`` — the second model and
+    its layers are the keyword arguments ``model_b`` and ``layers_b``, and one
+    ``inputs`` feeds both. Layers default to each model's blocks and head, as every
+    report does (:func:`~seis_sklearn.adapters.torch.default_layers`).
+
     Parameters
     ----------
     model_a : torch.nn.Module
     inputs : torch.Tensor, ndarray or iterable of batches
         As in :func:`seis_sklearn.adapters.torch.extract_activations`. With two
         models, each batch goes through both (one pass over the inputs).
-    layers_a : str or sequence of str
-        Modules of ``model_a`` (rows of the map).
+    layers_a : str or sequence of str, optional
+        Modules of ``model_a`` (rows of the map): names or globs, as in
+        :func:`~seis_sklearn.adapters.torch.extract_activations`. Default:
+        :func:`~seis_sklearn.adapters.torch.default_layers` of ``model_a`` (those
+        that run and keep samples first, as a layerwise report takes them).
     model_b : torch.nn.Module, optional
-        The second model (columns); default ``model_a``.
+        The second model (columns; pytorch-cka's ``model2``); default ``model_a``.
     layers_b : str or sequence of str, optional
-        Its modules; default ``layers_a`` when ``model_b`` is not given.
-    transform : callable, optional
+        Its modules (pytorch-cka's ``model2_layers``); default ``layers_a`` when
+        ``model_b`` is not given, else ``model_b``'s default layers.
+    transform : callable or str, optional
         Columns are ``model_b``'s layers (default ``model_a``'s) on the transformed
-        inputs; only with one model.
+        inputs; only with one model. A text spec (``"rot90"``, ``"hflip"``) as in
+        :func:`~seis_sklearn.adapters.torch.extract_activations`.
     metric : {"cka_debiased", "cka", "seis"}, default="cka_debiased"
         Linear CKA with the unbiased (Song et al. 2012) or the ordinary HSIC,
         summed over batches; or SEIS's ``S_E`` of layers of equal shapes (module
@@ -94,12 +106,25 @@ def similarity_map(
     >>> m = similarity_map(net, x, ["0", "1", "2"], batch_size=32, progress=False)
     >>> m.round(2).values.diagonal().tolist()
     [1.0, 1.0, 1.0]
+    >>> list(similarity_map(net, x, batch_size=32, progress=False).index)  # default layers
+    ['0', '2']
     """
     from seis_sklearn.report import _pandas
 
-    from . import _forward_batches, _import_torch
+    from .._names import as_transform
+    from . import (
+        _check_layers,
+        _forward_batches,
+        _from_spec,
+        _import_torch,
+        _running_default_layers,
+    )
 
-    _import_torch()  # the error that says how to install it
+    torch = _import_torch()  # the error that says how to install it
+    for name, model in (("model_a", model_a), ("model_b", model_b)):
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise TypeError(f"{name} must be a torch.nn.Module; got {type(model).__name__}")
+    given, transform = transform, as_transform(transform, _from_spec)
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; got {metric!r}")
     debiased = metric == "cka_debiased"
@@ -115,19 +140,22 @@ def similarity_map(
             "transform compares one model on x with itself on transform(x): give "
             "model_b or transform, not both"
         )
-    if layers_b is None:
-        if two_models:
-            raise ValueError("layers_b: name the layers of model_b (see find_layers)")
+    if layers_a is None:
+        layers_a, inputs = _running_default_layers(model_a, inputs, batch_size, device, select,
+                                                   "layers_a")  # fmt: skip
+    if layers_b is None and two_models:
+        layers_b, inputs = _running_default_layers(model_b, inputs, batch_size, device, select,
+                                                   "layers_b")  # fmt: skip
+    elif layers_b is None:
         layers_b = layers_a
     model_b = model_b if model_b is not None else model_a
+    # names and globs → module names (the rule of docs/torch.rst, "Choosing layers")
+    layers_a, _ = _check_layers(model_a, layers_a, "layers_a")
+    layers_b, _ = _check_layers(model_b, layers_b, "layers_b")
     run = dict(batch_size=batch_size, device=device, select=select)
 
     if two_models:  # one module running both on every batch: one pass, the same batches
-        from . import _check_layers
-
-        names_a, _ = _check_layers(model_a, layers_a, "layers_a")
-        names_b, _ = _check_layers(model_b, layers_b, "layers_b")
-        torch = _import_torch()
+        names_a, names_b = layers_a, layers_b
 
         class Both(torch.nn.Module):
             def __init__(self):
@@ -203,7 +231,7 @@ def similarity_map(
         invariance = _pandas().DataFrame(invariance, index=keys_a, columns=keys_b)
         invariance.index.name, invariance.columns.name = "layer_a", "layer_b"
     frame.attrs.update(metric=metric, batch_size=batch_size, samples_used=used,
-                       transform=None if transform is None else _name(transform))  # fmt: skip
+                       transform=_name(given, transform))  # fmt: skip
     if invariance is not None:
         frame.attrs["invariance"] = invariance
     return frame
@@ -271,7 +299,7 @@ def _seis_values(scorers, keys_a, keys_b):
     return equivariance, invariance
 
 
-def plot_similarity_map(frame, ax=None, **imshow):
+def plot_similarity_map(frame, ax=None, *, path=None, **imshow):
     """Heatmap of a :func:`similarity_map` frame.
 
     Parameters
@@ -280,12 +308,18 @@ def plot_similarity_map(frame, ax=None, **imshow):
         Rows and columns are layers.
     ax : matplotlib.axes.Axes, optional
         Where to draw; default a new figure's.
+    path : str or path-like, optional
+        Also save the figure there (:func:`seis_sklearn.report.save_figure`:
+        ``.png``, ``.pdf``, ``.svg`` …).
     **imshow
         Passed to ``Axes.imshow`` (default ``vmin=0, vmax=1, cmap="magma"``).
 
     Returns
     -------
-    matplotlib.axes.Axes
+    matplotlib.figure.Figure
+        The figure that holds the heatmap (``fig.axes[0]``; its colour bar is
+        ``fig.axes[1]``), as :func:`seis_sklearn.report.plot_layerwise` and
+        :func:`~seis_sklearn.report.plot_measures` return theirs.
     """
     if ax is None:
         from matplotlib.figure import Figure
@@ -303,7 +337,9 @@ def plot_similarity_map(frame, ax=None, **imshow):
         title += f" (columns on {frame.attrs['transform']})"
     ax.set_title(title)
     ax.figure.colorbar(image, ax=ax)
-    return ax
+    from seis_sklearn.report import _saved
+
+    return _saved(ax.figure, path)
 
 
 def _as_list(layers):
@@ -328,7 +364,10 @@ def _centred_gram(activations, debiased):
     return centred_gram(np.asarray(activations), debiased)
 
 
-def _name(transform):
+def _name(given, transform):
+    """The transform's name in ``attrs``: the spec given as text, else the callable's."""
     from .._common import describe
 
+    if transform is None or isinstance(given, str):
+        return given
     return describe(transform) or getattr(transform, "__name__", "transform")
