@@ -523,6 +523,9 @@ def _check_options(parser, argv):
     command = next((i for i, token in enumerate(argv) if not token.startswith("-")), None)
     sub = parser.commands.get(argv[command]) if command is not None else None
     if sub is None:
+        close = command is not None and difflib.get_close_matches(argv[command], parser.commands)
+        if close:  # a mistyped command
+            parser.error(f"unknown command {argv[command]!r}; did you mean {close[0]}?")
         return  # no command yet, or not one: argparse says so
     known = [flag for action in sub._actions for flag in action.option_strings]
     for token in argv[command + 1 :]:
@@ -975,7 +978,11 @@ def _pairs_source(text, patterns):
     name, sep, folder = text.partition("=")
     if not sep:
         name, folder = None, text
-    layers, manifest = list_pairs(folder)
+    try:
+        layers, manifest = list_pairs(folder)
+    except (ValueError, OSError) as exc:  # said of the option that named the folder
+        why = first_line(exc).removeprefix(f"{folder}: ")
+        raise CommandError(f"--pairs {text}: {why}") from exc
     layers = _select(layers, patterns, lambda layer: layer.name, f"--pairs {folder}")
     transform = name or manifest.get("transform") or Path(folder).resolve().name
     return {
@@ -1318,7 +1325,19 @@ def _model_job(args, settings):
         from seis_sklearn.transforms import from_spec
 
         _providers(args.device)  # checked before anything runs
-        model = adapter.load_model(args.onnx)
+        try:
+            model = adapter.load_model(args.onnx)
+        except ValueError as exc:  # the API's "model: …", said of --onnx
+            why = first_line(exc).removeprefix("model: ")
+            raise CommandError(f"--onnx {args.onnx}: {why}") from exc
+        initializers = {t.name for t in model.graph.initializer}
+        fed = [i.name for i in model.graph.input if i.name not in initializers]
+        if len(fed) != 1:
+            raise CommandError(
+                f"--onnx {args.onnx}: the model takes {len(fed)} inputs "
+                f"({', '.join(map(repr, fed))}) and --inputs gives one array; score it from "
+                "Python with a dict of name → array (seis_sklearn.adapters.onnx.layerwise_seis)"
+            )
         tensors = adapter.list_tensors(model)
         layers = None
         if args.layers or args.op_type:
@@ -1726,7 +1745,9 @@ def main(argv=None):
     except (CommandError, ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
         if args.debug:
             raise
-        print(f"seis {args.command}: error: {_cli_text(first_line(exc))}", file=sys.stderr)
+        text = first_line(exc)  # the library's words in the options (ours are already)
+        text = text if isinstance(exc, CommandError) else _cli_text(text)
+        print(f"seis {args.command}: error: {text}", file=sys.stderr)
         _drop_stdout()
         return EXIT_FAILURE
 

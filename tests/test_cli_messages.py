@@ -377,3 +377,50 @@ def test_the_module_entry_points_take_options_in_full_too(capsys):
             entry(argv)
         assert stopped.value.code == 2
         assert f"unrecognized arguments: {argv[0]}" in capsys.readouterr().err
+
+
+def test_a_mistyped_command_gets_the_nearest(capsys):
+    assert main(["reprot", "--out", "x"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("seis: error: unknown command 'reprot'; did you mean report?")
+    )
+
+
+def test_onnx_files_the_command_line_cannot_run_are_said_of_onnx(tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    np.save(tmp_path / "x.npy", np.zeros((20, 3, 8, 8), np.float32))
+    (tmp_path / "text.onnx").write_text("not a model")
+    a, b = (helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3, 8, 8]) for n in "ab")
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["out"])], "g", [a, b], [out])
+    onnx.save(helper.make_model(graph), tmp_path / "two.onnx")
+    for name, message in (
+        ("text.onnx", "cannot be read as an ONNX model"),
+        ("two.onnx", "the model takes 2 inputs ('a', 'b') and --inputs gives one array"),
+    ):
+        status = main(["report", "--onnx", str(tmp_path / name), "--inputs",
+                       str(tmp_path / "x.npy"), "--transform", "rot90", "--out",
+                       str(tmp_path / "out")])  # fmt: skip
+        assert status == 1
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"seis report: error: --onnx {tmp_path / name}: {message}")
+        assert "model:" not in line and "pass a dict" not in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_pairs_folder_that_is_not_one_is_said_of_pairs(tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    for given, message in (
+        (str(tmp_path / "missing"), "no such folder"),
+        (str(tmp_path / "file.txt"), "not a folder"),
+        (f"rot90={tmp_path / 'empty'}", "holds no saved pairs"),
+    ):
+        assert main(["report", "--pairs", given, "--out", str(tmp_path / "out")]) == 1
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"seis report: error: --pairs {given}: {message}")
+    assert not (tmp_path / "out").exists()
