@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CONSTRAINTS := requirements/constraints.txt
 DEMO_OUT ?= demo-output
 
-.PHONY: setup demo demo-synthetic paper test test-oldest test-zoo docs lint bench clean
+.PHONY: setup setup-zoo demo demo-synthetic paper test test-oldest test-zoo docs lint bench clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@$(PYTHON) -c 'import sys; sys.exit("seis-sklearn needs Python >= 3.10, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
@@ -60,7 +60,10 @@ $(ZOO_VENV)/.installed-stamp: pyproject.toml requirements/zoo.txt
 	$(ZOO_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c requirements/zoo.txt $(ZOO_PACKAGES) -e ".[torch,plot,onnx]"
 	touch $@
 
-test-zoo: $(ZOO_VENV)/.installed-stamp
+# Only the zoo environment, without running the tests (`make test-zoo` runs them).
+setup-zoo: $(ZOO_VENV)/.installed-stamp
+
+test-zoo: setup-zoo
 	$(TEST_THREADS) $(ZOO_VENV)/bin/python -m pytest -q -p no:cacheprovider -o addopts="" tests_zoo
 
 docs: $(STAMP)
