@@ -468,3 +468,20 @@ def test_transforms_as_text_specs(residual, rng):
         OA.extract_activations(proto, x, ["out"], transform="vflop", progress=False)
     with pytest.raises(TypeError, match=r"transforms: a list holds transform specs"):
         OA.layerwise_seis(proto, x, [T.hflip], **kwargs)
+
+
+def test_the_onnx_extra_exports_with_torchs_default_exporter(residual):
+    """Issue 38 (3): torch.onnx.export's default (dynamo) exporter imports onnxscript and
+    onnx_ir, which the onnx extra installs; what it writes is read like the rest."""
+    model, _ = residual
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(2, 1, 9, 9),), buffer, verbose=False)
+    proto = onnx.load_from_string(buffer.getvalue())
+    x = np.random.default_rng(0).normal(size=(2, 1, 9, 9)).astype(np.float32)
+    out = proto.graph.output[0].name
+    pairs = OA.extract_activations(proto, x, [out], progress=False)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(pairs[out], want, rtol=1e-5, atol=1e-5)
