@@ -1529,8 +1529,8 @@ def _user_code(option, what):
         ) from exc
 
 
-def _is_torchscript(path):
-    """Whether ``path`` is a zip archive laid out as ``torch.jit.save`` writes one."""
+def _zip_names(path, *endings):
+    """Whether ``path`` is a zip archive with a member ending in each of ``endings``."""
     import zipfile
 
     try:
@@ -1538,7 +1538,17 @@ def _is_torchscript(path):
             names = archive.namelist()
     except (OSError, zipfile.BadZipFile, ValueError):
         return False
-    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+    return all(any(n.endswith(end) for n in names) for end in endings)
+
+
+def _is_torchscript(path):
+    """Whether ``path`` is a zip archive laid out as ``torch.jit.save`` writes one."""
+    return _zip_names(path, "/constants.pkl") and _zip_names(path, ".py")
+
+
+def _torch_reason(exc):
+    """First line of torch's error about a file, less its advice on corrupt checkpoints."""
+    return first_line(exc).split(". This is an internal miniz error")[0]
 
 
 def _load_exported(path, torch):
@@ -1552,9 +1562,8 @@ def _load_exported(path, torch):
                 f"--exported {path}: a TorchScript model, not a torch.export program; pass "
                 f"it as --torchscript {path}"
             ) from exc
-        why = first_line(exc).split(". This is an internal miniz error")[0]  # torch's advice
         raise CommandError(
-            f"--exported {path}: not a loadable torch.export program ({why})"
+            f"--exported {path}: not a loadable torch.export program ({_torch_reason(exc)})"
         ) from exc
     fixed = static_batch(program)
     if fixed is not None:
@@ -1579,9 +1588,14 @@ def _load_model(args):
             with torchscript_deprecations():  # deprecated in torch >= 2.10, still what .pt is
                 return torch.jit.load(args.torchscript, map_location="cpu")
         except (RuntimeError, ValueError) as exc:
+            if _zip_names(args.torchscript, "/archive_format"):  # torch.export.save's
+                raise CommandError(
+                    f"--torchscript {args.torchscript}: a torch.export program, not a "
+                    f"TorchScript model; pass it as --exported {args.torchscript}"
+                ) from exc
             raise CommandError(
                 f"--torchscript {args.torchscript}: not a loadable TorchScript model "
-                f"({first_line(exc)})"
+                f"({_torch_reason(exc)})"
             ) from exc
     module_text, _, function = args.model.rpartition(":")
     if not module_text or not function:

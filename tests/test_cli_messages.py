@@ -228,6 +228,7 @@ def test_a_bad_exported_file_is_one_line(tmp_path, kind, capfd):
         assert line.endswith(f"pass it as --torchscript {path}")
     else:
         assert "not a loadable torch.export program" in line and "warnings above" not in line
+        assert "miniz" not in line  # torch's advice on corrupt checkpoints: not ours to give
     assert not (tmp_path / "out").exists()
 
 
@@ -424,3 +425,41 @@ def test_a_pairs_folder_that_is_not_one_is_said_of_pairs(tmp_path, capsys):
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith(f"seis report: error: --pairs {given}: {message}")
     assert not (tmp_path / "out").exists()
+
+
+def test_each_entry_point_says_the_cast_once_from_the_callers_line(rng):
+    x = rng.integers(0, 255, size=(24, 3, 8, 8)).astype(np.uint8)
+    rot = partial(TT.rot90, k=1)
+    for inputs in (x, torch.from_numpy(x)):
+        for call in (
+            partial(TA.extract_activations, _build(), inputs, ["0"], transform=rot),
+            partial(TA.stream_scores, _build(), inputs, ["0", "2"], rot),
+        ):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                call(batch_size=8, progress=False)
+            cast = [w for w in caught if "inputs are uint8: cast to the model's float32" in
+                    str(w.message)]  # fmt: skip
+            assert len(cast) == 1 and cast[0].filename == __file__
+
+
+def test_a_torchscript_option_given_an_exported_program_points_to_exported(tmp_path, capfd):
+    model = _build().eval()
+    program = torch.export.export(
+        model, (torch.zeros(4, 3, 8, 8),), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
+    torch.export.save(program, tmp_path / "m.pt2")
+    (tmp_path / "text.pt").write_text("not a model")
+    np.save(tmp_path / "x.npy", np.zeros((20, 3, 8, 8), np.float32))
+    for name, ending in (
+        ("m.pt2", f"a torch.export program, not a TorchScript model; pass it as --exported "
+                  f"{tmp_path / 'm.pt2'}"),
+        ("text.pt", "not a loadable TorchScript model ("),
+    ):  # fmt: skip
+        status = main(["report", "--torchscript", str(tmp_path / name), "--inputs",
+                       str(tmp_path / "x.npy"), "--transform", "rot90", "--out",
+                       str(tmp_path / "out")])  # fmt: skip
+        assert status == 1
+        (line,) = capfd.readouterr().err.strip().splitlines()
+        head = f"seis report: error: --torchscript {tmp_path / name}: "
+        assert line.startswith(head) and ending in line and "miniz" not in line

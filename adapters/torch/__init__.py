@@ -502,8 +502,9 @@ def extract_activations(
     )
     check_finite_inputs(inputs)
     batches = _forward_batches(
-        model, inputs, layers, transform, batch_size, device, select, progress
-    )
+        model, inputs, layers, transform, batch_size, device, select, progress,
+        warned=_cast_said(model, inputs),
+    )  # fmt: skip
     return collect(
         batches,
         out=out,
@@ -654,6 +655,28 @@ def _model_input(batch, floating, warned):
     return batch.to(floating)
 
 
+def _cast_said(model, inputs):
+    """Say, from the caller's line, that integer inputs (an array, a tensor) are cast to
+    the model's floating dtype; returns the list :func:`_forward_batches` shares, marked
+    when said, so that none of the passes says it again (an iterable's batches are
+    seen only as they are read: the first such batch says it)."""
+    torch = _import_torch()
+    if not isinstance(model, torch.nn.Module):
+        return []  # refused by _forward_batches, naming model
+    floating = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    dtype = getattr(inputs, "dtype", None)
+    if isinstance(dtype, np.dtype):
+        integer = dtype.kind in "biu"
+    else:
+        integer = isinstance(dtype, torch.dtype) and not (
+            dtype.is_floating_point or dtype.is_complex
+        )
+    if floating is None or not integer:
+        return []
+    warnings.warn(_cast_message(dtype, floating), UserWarning, stacklevel=3)
+    return [True]
+
+
 def _cast_message(dtype, floating):
     return (
         f"inputs are {str(dtype).replace('torch.', '')}: cast to the model's "
@@ -748,8 +771,9 @@ def stream_scores(
     check_stream_args(held_out, transform)
     check_finite_inputs(inputs)
     batches = _forward_batches(
-        model, inputs, layers, transform, batch_size, device, select, progress, tensors=True
-    )
+        model, inputs, layers, transform, batch_size, device, select, progress, tensors=True,
+        warned=_cast_said(model, inputs),
+    )  # fmt: skip
     return stream(batches, held_out, seis_params, dtype=dtype)[0]
 
 
@@ -949,12 +973,7 @@ def layerwise_seis(
     per_pass = check_transforms_per_pass(transforms_per_pass)
     check_finite_inputs(inputs)  # before the pass; an iterable's batches as they are read
     first, inputs = _probe_inputs(inputs, torch)
-    cast_warned = []  # integer inputs' cast, said once for all the report's passes
-    floating = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    if first is not None and floating is not None and not first.is_floating_point():
-        if not first.is_complex():  # refused when the pass reads it
-            warnings.warn(_cast_message(first.dtype, floating), UserWarning, stacklevel=2)
-            cast_warned.append(True)
+    cast_warned = _cast_said(model, first)  # said once for all the report's passes
 
     def run(
         views, streamed=False, inputs=inputs, progress=progress, check_rows=True, at=None,
