@@ -1687,7 +1687,8 @@ def cmd_demo(args):
         raise CommandError(
             f"--out {folder}: already holds {', '.join(finished)}; pass --force to overwrite"
         )
-    log = (lambda message: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    # a line per epoch, flushed: the progress shows in a pipe or a file as it happens
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     table = demo.run(folder, epochs=args.epochs, progress=_progress(not args.quiet), log=log)
     print(demo.format_table(table.sort_values(["model", "depth"], kind="stable")))
     _say(args, f"wrote {folder / 'report.csv'} and {folder / 'layers.png'}")

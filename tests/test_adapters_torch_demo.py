@@ -1,5 +1,9 @@
 """The embedded PyTorch demo, on a short run: the report's files, schema and sanity."""
 
+import subprocess
+import sys
+import threading
+
 import numpy as np
 import pytest
 
@@ -21,7 +25,11 @@ def test_short_demo_run_writes_the_report(tmp_path):
     assert set(table["evaluation"]) == {"held-out"}
     assert ((table["invariance"] <= table["equivariance"]) & (table["equivariance"] <= 1)).all()
     assert table["test_accuracy"].between(0, 1).all()
-    assert len(lines) == 2 and "test accuracy" in lines[0]
+    # progress: a line per epoch, then the accuracy, then the scoring's start and end
+    for name in ("plain", "rotation-augmented"):
+        mine = [line.removeprefix(f"{name}: ") for line in lines if line.startswith(name)]
+        assert [line.split()[0] for line in mine] == ["epoch", "trained", "scoring", "scored"]
+        assert mine[0].startswith("epoch 1/1: loss ") and "test accuracy" in mine[1]
     text = demo.format_table(table)
     assert "rotation-augmented" in text and "block1" in text
 
@@ -40,3 +48,53 @@ def test_cnn_shapes():
     names = [n for n, _ in model.named_children()]
     assert names[:4] == ["block1", "block2", "block3", "block4"] and names[-1] == "head"
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_train_logs_every_epoch():
+    images, labels = demo.digits_images()
+    lines = []
+    demo.train(demo.make_cnn(), images[:96], labels[:96], augment=True, epochs=3, log=lines.append)
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all(float(line.split("loss ")[1].split(",")[0]) > 0 for line in lines)
+
+
+# The process is held once its first epoch is trained (it writes "held" past Python's
+# buffers, then waits on stdin): the epoch's line must be in the pipe before "held".
+HELD = """
+import os, sys
+from seis_sklearn.adapters.torch import demo
+def held(*args, **kwargs):
+    os.write(2, b"held\\n")
+    sys.stdin.readline()
+    raise SystemExit(3)
+demo.accuracy = held
+"""
+ENTRIES = {
+    "seis demo": "from seis_sklearn.cli import console; sys.exit(console())",
+    "python -m ...demo": "sys.exit(demo.main(sys.argv[1:]))",
+}
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
+def test_the_demo_prints_each_epoch_into_a_pipe_as_it_ends(entry, tmp_path):
+    argv = ["demo"] if entry == "seis demo" else []
+    process = subprocess.Popen(
+        [sys.executable, "-c", HELD + ENTRIES[entry], *argv, "--epochs", "1",
+         "--out", str(tmp_path / "demo")],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    guard = threading.Timer(600, process.kill)  # only against a hang
+    guard.start()
+    seen = []
+    try:
+        for line in process.stderr:
+            if line == "held\n":
+                break
+            seen.append(line)
+        else:
+            pytest.fail(f"the demo ended before it was held: {''.join(seen)}")
+        assert any(line.startswith("plain: epoch 1/1: loss ") for line in seen), seen
+    finally:
+        guard.cancel()
+        process.kill()
+        process.wait()
