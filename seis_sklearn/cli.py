@@ -1122,15 +1122,44 @@ def cmd_report(args):
     settings = _report_settings(args)
     # everything is loaded and checked before --out is touched
     job = _report_pairs if "pairs" in settings else _model_job(args, settings)
+    folder = Path(args.out)
+    existed = folder.exists()
     with _out_lock(args.out):
+        fresh = not (folder / RUN_FILE).exists() or args.force
         done = _prepare_out(args.out, settings, args)
         kept = len(done)
         if kept:
             _say(args, f"resuming: {kept} layer results already in {args.out}")
-        job(args, settings, done)
+        try:
+            job(args, settings, done)
+        except (CommandError, ValueError):
+            # refused before anything was kept (a layer over budget with --over-budget
+            # error, …): leave --out as it was, not a run record that asks for --resume
+            if fresh and not _run_kept_anything(folder):
+                _undo_fresh_run(folder, remove_folder=not existed)
+            raise
         frame = report_frame(done.values())
         _finish_report(args, frame, settings)
     return EXIT_OK
+
+
+def _run_kept_anything(folder):
+    """Whether a run in ``folder`` wrote a row or a checkpoint."""
+    rows = folder / ROWS_DIR
+    return (rows.is_dir() and any(rows.iterdir())) or (folder / CHECKPOINT_DIR).exists()
+
+
+def _undo_fresh_run(folder, remove_folder):
+    """Remove what a fresh run wrote before it was refused: its run record, its empty
+    rows folder, and (``remove_folder``) the lock file and the folder it made."""
+    (folder / RUN_FILE).unlink(missing_ok=True)
+    rows = folder / ROWS_DIR
+    if rows.is_dir() and not any(rows.iterdir()):
+        rows.rmdir()
+    if remove_folder:
+        (folder / LOCK_FILE).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: something else is there
+            folder.rmdir()
 
 
 LOCK_FILE = ".seis-report.lock"

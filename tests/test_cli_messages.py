@@ -322,7 +322,10 @@ def test_over_budget_messages_name_the_command_lines_options(model_files, capsys
     err = capsys.readouterr().err
     assert "--over-budget pool" in err and "--memory-budget/--time-budget" in err
     assert "over_budget" not in err and "budget=" not in err
-    assert _report(folder, folder / "x.npy", *tiny, "--over-budget", "skip", "--force") == 0
+    # refused before anything was kept: nothing is left half-written in --out (a run
+    # record there asked the next run for --resume or --force)
+    assert not (folder / "out").exists()
+    assert _report(folder, folder / "x.npy", *tiny, "--over-budget", "skip") == 0
     out, err = capsys.readouterr()
     assert "--over-budget skip" in out and "--max-components" in out
     assert "seis report: warning: layer '0': not scored" in err
@@ -463,3 +466,17 @@ def test_a_torchscript_option_given_an_exported_program_points_to_exported(tmp_p
         (line,) = capfd.readouterr().err.strip().splitlines()
         head = f"seis report: error: --torchscript {tmp_path / name}: "
         assert line.startswith(head) and ending in line and "miniz" not in line
+
+
+def test_a_refused_run_leaves_an_existing_out_folder_as_it_was(model_files, capsys):
+    folder, _ = model_files
+    out = folder / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    tiny = ["--memory-budget", "0.000001", "--over-budget", "error"]
+    assert _report(folder, folder / "x.npy", *tiny) == 1
+    assert "--over-budget pool" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir() if p.name != ".seis-report.lock") == [
+        "notes.txt"
+    ]
+    assert (out / "notes.txt").read_text() == "mine"
