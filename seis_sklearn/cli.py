@@ -482,7 +482,7 @@ def build_parser():
         parents=[_common()],
     )
     demo.add_argument("--out", default="demo-output", metavar="DIR")
-    demo.add_argument("--epochs", type=_positive_int, default=12)
+    demo.add_argument("--epochs", type=_positive_int, default=6)
     demo.add_argument("--force", action="store_true", help="replace a finished demo in --out")
 
     paper = commands.add_parser(

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -53,7 +54,10 @@ def test_cnn_shapes():
 def test_train_logs_every_epoch():
     images, labels = demo.digits_images()
     lines = []
-    demo.train(demo.make_cnn(), images[:96], labels[:96], augment=True, epochs=3, log=lines.append)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reading the loss warns about nothing
+        demo.train(demo.make_cnn(), images[:96], labels[:96], augment=True, epochs=3,
+                   log=lines.append)  # fmt: skip
     assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
     assert all(float(line.split("loss ")[1].split(",")[0]) > 0 for line in lines)
 
@@ -98,3 +102,17 @@ def test_the_demo_prints_each_epoch_into_a_pipe_as_it_ends(entry, tmp_path):
         guard.cancel()
         process.kill()
         process.wait()
+
+
+def test_the_entry_points_and_the_readme_train_the_demos_epochs():
+    """``seis demo``, ``python -m ...demo`` and ``demo.run`` train the same epochs, the
+    ones the README's table says it was made with."""
+    import inspect
+    from pathlib import Path
+
+    from seis_sklearn.cli import build_parser
+
+    assert inspect.signature(demo.run).parameters["epochs"].default == demo.EPOCHS
+    assert build_parser().parse_args(["demo"]).epochs == demo.EPOCHS
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"What our run shows ({demo.EPOCHS} epochs each" in readme
