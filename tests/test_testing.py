@@ -234,3 +234,68 @@ def test_exact_pairs_pass_assert_equivariant_at_the_defaults(case):
     g = exact_transforms(layout)[name]
     np.testing.assert_array_equal(g(A), B)
     assert_equivariant(lambda batch: batch, A, g, layout=layout)
+
+
+# What a first user found (issue 37, item 1, second look): no verdict may hide.
+
+
+def test_a_layer_without_variance_on_one_view_fails(rng):
+    """A fixed mask after a ReLU that leaves nothing of the flipped inputs: S_E is NaN
+    (no score), and NaN < 0.99 is False — it passed."""
+    x = np.abs(rng.normal(size=(64, 3, 12, 12)))
+    x[..., 6:] *= -1
+    left = np.zeros((12, 12))
+    left[:, :6] = 1.0
+    with pytest.raises(AssertionError, match=r"FELL SHORT \(the transformed view has no var"):
+        assert_equivariant(lambda b: np.maximum(b, 0) * left, x, transforms.hflip)
+
+
+def test_a_constant_layer_cannot_be_decided(rng):
+    x = rng.normal(size=(30, 2, 6, 6))
+    with pytest.raises(UndecidedError, match="constant on every input"):
+        assert_equivariant(np.zeros_like, x, transforms.hflip)
+
+
+def test_a_torch_model_with_numpy_transforms_is_scored_on_the_orbit(rng):
+    """seis_sklearn.transforms.rot90 of a tensor gives an array: the orbit is still
+    found (the batches compared by value), and exact layers pass."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    with torch.no_grad():  # a kernel symmetric under quarter turns: exactly equivariant
+        conv.weight.copy_(sum(conv.weight.rot90(k, (2, 3)) for k in range(4)) / 4)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(), conv)
+    results = assert_equivariant(net, torch.randn(64, 3, 12, 12), transforms.rot90)
+    for result in results.values():
+        assert len(result.elements) == 3 and result.equivariance >= 0.999999
+
+
+@pytest.mark.parametrize("n", [64, 256])
+def test_an_exact_layer_scored_on_a_pair_passes_where_the_rows_decide(n, rng):
+    """On a pair the basis keeps every direction the rows allow (n_components=1.0), so
+    an exact layer is not failed by a truncation that g does not map into itself (a 1×1
+    conv + ReLU read 0.955–0.984 at 64–256 samples and FELL SHORT)."""
+    W = rng.normal(size=(8, 3))
+    x = rng.normal(size=(n, 3, 12, 12))
+    layer = lambda b: np.maximum(np.einsum("oc,nchw->nohw", W, b), 0)  # noqa: E731
+    result = assert_equivariant(layer, x, transforms.rot90, orbit=False)["output"]
+    assert result.equivariance == pytest.approx(1.0, abs=1e-6)
+
+
+def test_an_undecided_layer_does_not_hide_a_decided_failure(rng):
+    """Layer 'wide' (256 positions) cannot be decided on 40 samples of a pair; layer
+    'masked' (16 positions) can, and fails: the AssertionError names both."""
+    x = rng.normal(size=(40, 3, 12, 12))
+    half, wide_half = np.ones((4, 4)), np.ones((12, 12))
+    half[:, 2:], wide_half[:, 6:] = 0.0, 0.0
+
+    def model(batch):
+        pooled = batch.reshape(len(batch), 3, 4, 3, 4, 3).mean(axis=(3, 5))  # 4×4 blocks
+        return {"masked": pooled * half, "wide": batch * wide_half}  # 16 and 144 positions
+
+    with pytest.raises(AssertionError) as info:
+        assert_equivariant(model, x, transforms.rot90, orbit=False)
+    message = str(info.value)
+    masked = next(line for line in message.splitlines() if line.startswith("masked"))
+    assert masked.endswith("FELL SHORT")
+    assert "CANNOT DECIDE" in message and "cannot decide layer 'wide'" in message

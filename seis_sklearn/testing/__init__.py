@@ -26,10 +26,11 @@ FOLDS = 3
 
 
 PAIR_NOTE = (
-    "note: scored on the pair (x, g·x): its shared basis need not be mapped into itself "
-    "by g, so even an exactly equivariant layer can read a little below 1 (np.tanh on "
-    "white noise under rot90: 0.98 on 400 samples); a transform of finite order is "
-    "scored on its orbit (orbit='auto' with the inputs as one array, or orbit=[g, g², …])"
+    "note: scored on the pair (x, g·x), not on an orbit: with a truncated basis "
+    "(n_components below 1.0) even an exactly equivariant layer can read below 1, as the "
+    "basis need not be mapped into itself by g; a transform of finite order is scored on "
+    "its orbit (orbit='auto' finds it when g gives the inputs back within max_order "
+    "steps; or orbit=[g, g², …])"
 )
 
 
@@ -49,11 +50,13 @@ def _is_tensor(obj):
 
 
 def _same(a, b):
-    if _is_tensor(a) or _is_tensor(b):
+    """Whether two batches hold the same values (a tensor and an array compared by
+    value: a numpy transform of a tensor gives back an array)."""
+    if _is_tensor(a) and _is_tensor(b):
         import torch
 
-        return _is_tensor(a) and _is_tensor(b) and a.shape == b.shape and torch.equal(a, b)
-    a, b = np.asarray(a), np.asarray(b)
+        return a.shape == b.shape and torch.equal(a, b)
+    a, b = _array(a), _array(b)
     return a.shape == b.shape and np.array_equal(a, b)
 
 
@@ -137,7 +140,8 @@ def _layer_views(model_or_fn, batches, layers):
 
 def _array(a):
     if _is_tensor(a):
-        return a.detach().cpu().double().numpy()
+        a = a.detach().cpu()
+        return (a.float() if str(a.dtype) == "torch.bfloat16" else a).numpy()
     return np.asarray(a)
 
 
@@ -243,9 +247,17 @@ def assert_equivariant(
         With a table of every layer's S_E and S_I, what was required, and which
         layers fell short.
     UndecidedError
-        (a ``ValueError``) When a layer scored on a pair falls short while its
-        fits kept at least half as many directions as they had rows: the message
-        gives the samples that would decide, and the other remedies.
+        (a ``ValueError``) When no layer fell short where the data decide, but a
+        layer scored on a pair fell short while its fits kept at least half as many
+        directions as they had rows (the message gives the samples that would
+        decide, and the other remedies), or a layer is constant on every input.
+
+    Notes
+    -----
+    On a pair (no orbit) ``n_components`` defaults to 1.0: every direction the rows
+    allow, so that a truncated basis which ``g`` does not map into itself cannot
+    fail an exact layer. Every feature is centred over the samples first, so a
+    constant added to a layer passes: equivariance up to per-feature constants.
 
     Examples
     --------
@@ -269,8 +281,13 @@ def assert_equivariant(
         inputs = torch.as_tensor(inputs)  # the transform is a tensor function
     batches, is_orbit = _transformed_inputs(inputs, transform, orbit, max_order)
     views = _layer_views(model_or_fn, [inputs, *batches], layers)
+    params = dict(seis_params)
+    if not is_orbit:
+        # a pair's truncated basis is not mapped into itself by g: keep every direction
+        # the rows allow, so that an exact layer scores 1 where the rows decide
+        params.setdefault("n_components", 1.0)
     cv = FOLDS if held_out else None
-    results, lines, failed = {}, [], 0
+    results, lines, undecided, failed = {}, [], [], 0
     width = max(6, *(len(n) for n in views))
     required = f"S_E ≥ {min_equivariance:g}" + (
         f", S_I ≥ {min_invariance:g}" if min_invariance is not None else ""
@@ -279,20 +296,37 @@ def assert_equivariant(
     for name, (original, *moved) in views.items():
         with warnings.catch_warnings(record=True) as caught_here:
             warnings.simplefilter("always")
-            result = seis_score(original, moved if is_orbit else moved[0], cv=cv, **seis_params)
+            try:
+                result = seis_score(original, moved if is_orbit else moved[0], cv=cv, **params)
+            except ValueError as exc:
+                if "no variance" not in str(exc):
+                    raise
+                undecided.append(
+                    UndecidedError(
+                        f"cannot decide layer {name!r}: it is constant on every input, so "
+                        "there is nothing whose equivariance could be measured"
+                    )
+                )
+                lines.append(f"{name:<{width}}{'—':>8}{'—':>8}  {required:<12} CANNOT DECIDE")
+                continue
         caught += caught_here
         results[name] = result
-        short = result.equivariance < min_equivariance or (
-            min_invariance is not None and result.invariance < min_invariance
-        )
-        if short and not is_orbit and held_out:
-            undecided = _undecided(name, result, np.shape(original))
-            if undecided is not None:
-                raise undecided
+        if np.isnan(result.equivariance):  # one view without variance: no score, short
+            short, verdict = True, f"FELL SHORT ({result.degenerate_reason})"
+        else:
+            short = result.equivariance < min_equivariance or (
+                min_invariance is not None and result.invariance < min_invariance
+            )
+            verdict = "FELL SHORT" if short else "ok"
+        if short and not is_orbit and held_out and not np.isnan(result.equivariance):
+            why = _undecided(name, result, np.shape(original))
+            if why is not None:
+                undecided.append(why)
+                short, verdict = False, "CANNOT DECIDE"
         failed += short
         lines.append(
             f"{name:<{width}}{result.equivariance:>8.4f}{result.invariance:>8.4f}  "
-            f"{required:<12} {'FELL SHORT' if short else 'ok'}"
+            f"{required:<12} {verdict}"
         )
     if failed:
         head = f"{'layer':<{width}}{'S_E':>8}{'S_I':>8}  {'required':<12} result"
@@ -300,10 +334,15 @@ def assert_equivariant(
         if is_orbit and len(batches) > 1:
             evaluation += f" on its orbit of {len(batches) + 1}"
         notes = [f"note: {m}" for m in dict.fromkeys(str(w.message) for w in caught)]
+        notes += [f"note: {u}" for u in undecided]
         if not is_orbit:
             notes.insert(0, PAIR_NOTE)
         raise AssertionError(
             f"{failed} of {len(views)} layers fell short under the transform "
             f"({evaluation}):\n" + "\n".join([head, *lines, *notes])
         )
+    if undecided:  # nothing fell short where the data decide, but some could not
+        if len(undecided) == 1:
+            raise undecided[0]
+        raise UndecidedError("; ".join(str(u) for u in undecided))
     return results

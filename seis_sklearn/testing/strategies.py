@@ -96,7 +96,8 @@ def activation_arrays(draw, layouts=LAYOUTS, min_samples=6, max_samples=30, dtyp
 
 @st.composite
 def activation_pairs(draw, layouts=LAYOUTS, min_samples=6, max_samples=30):
-    """``(layout, A, B)``: B a noisy, moved copy of A with random weight and sign."""
+    """``(layout, A, B)``: B a noisy, moved copy of A with random weight and sign
+    (never constant: a view without variance has no score)."""
     layout, shape = draw(activation_shapes(layouts, min_samples, max_samples))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     A = correlated(rng, shape)
@@ -107,8 +108,12 @@ def activation_pairs(draw, layouts=LAYOUTS, min_samples=6, max_samples=30):
         "same": A,
         "independent": correlated(rng, shape),
     }[kind]
-    signal = draw(st.floats(-1.5, 1.5))
-    noise = draw(st.floats(0.0, 1.0))
+    # weights of at least 1e-2 and 1e-3 or none: B at a scale where its products
+    # underflow (1e-215) has no variance to score, like B = 0 (never drawn)
+    signal = draw(st.one_of(st.just(0.0), st.floats(0.01, 1.5))) * draw(st.sampled_from([-1, 1]))
+    noise = draw(st.one_of(st.just(0.0), st.floats(1e-3, 1.0)))
+    if signal == 0.0 and noise == 0.0:
+        noise = 1.0
     B = signal * moved + noise * rng.normal(size=shape)
     return layout, A, B
 
@@ -183,7 +188,9 @@ def ill_conditioned_pairs(draw, min_samples=6, max_samples=80):
     shift = draw(st.integers(0, size - 1))
     noise = draw(st.sampled_from([1e-3, 0.03, 0.3]))
     if kind == "masked":
-        A *= rng.random(shape[1:]) < draw(st.floats(0.3, 0.9))
+        mask = rng.random(shape[1:]) < draw(st.floats(0.3, 0.9))
+        mask.flat[0] = True  # some unit alive: a constant view has no score
+        A *= mask
         noise = draw(st.sampled_from([0.0, 0.0, 1e-3]))
     B = np.roll(A, shift, axis=-1) + noise * A.std() * rng.normal(size=shape)
     if kind == "dead":
