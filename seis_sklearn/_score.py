@@ -152,6 +152,8 @@ def seis_score(
             UserWarning,
             stacklevel=2,
         )
+    if np.isnan(result.equivariance) and "no variance" in result.degenerate_reason:
+        warnings.warn(f"no score: {result.degenerate_reason}", UserWarning, stacklevel=2)
     if not (n_permutations or n_bootstrap):
         return result
     (A, B), _ = check_views([A, B], ["A", "B"], params.get("layout", "auto"), "spatial")

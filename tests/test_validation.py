@@ -191,7 +191,8 @@ def test_one_constant_view_has_no_score_and_says_why(rng, which, cv):
     reads as 'everything lost' with degenerate false."""
     A = rng.normal(size=(30, 5))
     pair = (A, np.full_like(A, 3.0)) if which == "B" else (np.full_like(A, 3.0), A)
-    result = seis_score(*pair, n_components=5, cv=cv)
+    with pytest.warns(UserWarning, match="no score: the"):
+        result = seis_score(*pair, n_components=5, cv=cv)
     assert all(np.isnan(getattr(result, n)) for n in SCORE_NAMES)
     assert result.degenerate
     view = "transformed" if which == "B" else "original"
