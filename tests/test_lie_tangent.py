@@ -263,3 +263,22 @@ def test_tangent_refuses_an_unknown_convention():
     for function in (lie_derivative, layerwise_lie_derivative):
         with pytest.raises(ValueError, match="tangent must be one of 'grid', 'reference'"):
             function(net, x, tangent="floor", progress=False)
+
+
+def test_the_lie_derivative_raises_no_torchscript_deprecation():
+    """torch.func.jvp scripts a helper and torch >= 2.10 deprecates TorchScript at each
+    call: a suite run with -W error::DeprecationWarning broke (a first user's trial)."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        warnings.simplefilter("error", FutureWarning)
+        frame = lie_derivative(model, torch.randn(2, 3, 8, 8), border="wrap", progress=False)
+    # a circular conv + global pooling is invariant to wrapped translations
+    assert frame[["translate_x", "translate_y"]].to_numpy().max() < 1e-5

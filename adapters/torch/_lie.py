@@ -44,6 +44,8 @@ import contextlib
 
 import numpy as np
 
+from ._script import torchscript_deprecations
+
 GENERATORS = ("translate_x", "translate_y", "rotate", "scale")
 OUTPUTS = ("probabilities", "logits", "map")
 BORDERS = ("reflect", "wrap")
@@ -318,7 +320,9 @@ def _jvp(f, x, v, torch):
     no forward-mode formula."""
     # attention by its plain composition of products and a softmax: fused kernels
     # (flash attention) have neither a forward-mode formula nor a double backward
-    with _math_attention(torch):
+    # torch.func.jvp scripts a helper, and torch >= 2.10 warns that TorchScript is
+    # deprecated at each call: not the user's to act on
+    with _math_attention(torch), torchscript_deprecations():
         try:
             return torch.func.jvp(f, (x,), (v,))
         except (NotImplementedError, RuntimeError) as exc:
@@ -355,7 +359,12 @@ def warp_tangent(images, generator, border="reflect", tangent="grid"):
     t = torch.zeros((), dtype=images.dtype, device=images.device)
     one = torch.ones_like(t)
     images = images.detach()
-    return torch.func.jvp(lambda s: warp(images, s, generator, border, tangent), (t,), (one,))[1]
+
+    def moved(s):
+        return warp(images, s, generator, border, tangent)
+
+    with torchscript_deprecations():
+        return torch.func.jvp(moved, (t,), (one,))[1]
 
 
 def warp(images, t, generator, border="reflect", tangent="grid"):
