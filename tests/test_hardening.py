@@ -215,7 +215,7 @@ def test_a_full_disk_behind_stdout_is_one_line_and_exit_1(good):
     with open("/dev/full", "w") as full:
         proc = subprocess.run(
             [str(SEIS), "score", str(good[0]), str(good[0])], stdout=full,
-            stderr=subprocess.PIPE, text=True, timeout=120,
+            stderr=subprocess.PIPE, text=True, timeout=600,
         )  # fmt: skip
     assert proc.returncode == 1
     assert len(proc.stderr.splitlines()) == 1 and "No space left" in proc.stderr
@@ -279,7 +279,7 @@ def test_the_bus_error_handler_itself_never_raises(tmp_path):
             """
         )
         proc = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
         )
         assert proc.returncode == 1 and proc.stdout == ""
         assert proc.stderr.splitlines() == [
@@ -310,7 +310,7 @@ def test_a_file_truncated_between_the_check_and_the_read_ends_the_command(tmp_pa
         """
     )
     proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 1
     lines = proc.stderr.splitlines()  # the files of the pass being read
