@@ -324,13 +324,9 @@ def test_auto_prefix_reads_the_declared_prefix_only_where_it_leaves_a_grid():
 def test_a_hugging_face_vit_reads_its_patch_grid_by_default():
     """The prefix a Hugging Face config declares (ViT: one class token) is dropped by
     default, without tokens="patch" (a model built from its config, no weights)."""
-    transformers = pytest.importorskip("transformers")
-    config = transformers.ViTConfig(
-        image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=32, num_labels=5,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    vit = transformers.ViTForImageClassification(config).eval()
+    from tests.test_families import hf_vit
+
+    vit = hf_vit()
     x = np.random.default_rng(4).normal(size=(40, 3, 16, 16)).astype(np.float32)
     frame = layerwise_seis(vit, x, ["hflip"], layers=["vit.layers.*"], progress=False)
     assert list(frame["shape"]) == ["16×16", "16×16"]
