@@ -15,9 +15,29 @@ from seis_sklearn.adapters.torch import demo  # noqa: E402
 from seis_sklearn.report import COLUMNS  # noqa: E402
 
 
-def test_short_demo_run_writes_the_report(tmp_path):
-    lines = []
-    table = demo.run(tmp_path, epochs=1, n_test=200, log=lines.append)
+def test_short_demo_run_writes_the_report(tmp_path, monkeypatch):
+    import sklearn.datasets  # noqa: F401 - its OpenMP pool too starts at the 2 below
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    lines, threads = [], []
+    train = demo.train
+
+    def counted(*args, **kwargs):  # the thread pools the training runs on
+        threads.append((torch.get_num_threads(), {p["num_threads"] for p in threadpool_info()}))
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(demo, "train", counted)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # whatever the suite's environment set
+    try:
+        with threadpool_limits(limits=2):
+            table = demo.run(tmp_path, epochs=1, n_test=200, log=lines.append)
+            after = torch.get_num_threads(), {p["num_threads"] for p in threadpool_info()}
+    finally:
+        torch.set_num_threads(before)
+    # one thread for the run (spinning pools on a busy machine), restored after
+    assert threads == [(1, {1})] * 2
+    assert after == (2, {2})
     assert (tmp_path / "layers.png").read_bytes()[:4] == b"\x89PNG"
     header = (tmp_path / "report.csv").read_text().splitlines()[0].split(",")
     assert header == [*COLUMNS, "model", "train_seconds", "test_accuracy"]
