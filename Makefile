@@ -22,7 +22,8 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/seis demo --out $(DEMO_OUT) --force
 
-# The paper's claims on small models trained here (about a minute on 2 cores).
+# The paper's claims on small models trained here (≈ 2 minutes on 2 idle cores; on a busy
+# machine OMP_NUM_THREADS=1 make paper: 50 → 2.7 minutes at load ≈ 5–7).
 PAPER_OUT ?= paper-output
 paper: $(STAMP)
 	$(VENV)/bin/seis paper --out $(PAPER_OUT) --force
