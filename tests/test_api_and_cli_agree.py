@@ -337,18 +337,6 @@ def test_a_hugging_face_vit_reads_its_patch_grid_by_default():
     assert list(every["shape"]) == ["17×16", "17×16"]
 
 
-def test_timm_vit_reads_its_patch_grid_by_default():
-    """A real timm ViT (built without weights) where timm is installed."""
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64).eval()
-    x = np.random.default_rng(5).normal(size=(24, 3, 64, 64)).astype(np.float32)
-    frame = layerwise_seis(vit, x, ["hflip"], layers=["blocks.0"], progress=False)
-    assert (
-        frame["shape"][0] == "16×192" and "1 prefix token(s) dropped" in frame["layout_choice"][0]
-    )
-
-
 class Attention(torch.nn.Module):
     """MultiheadAttention never calls its out_proj module (it applies its weights)."""
 

@@ -260,6 +260,17 @@ def test_torchvision_vit_patch_tokens_need_no_prefix_count(images):
     assert all("1 prefix" in c for c in blocks["layout_choice"])
 
 
+def test_timm_vit_reads_its_patch_grid_by_default():
+    """timm's ViT declares num_prefix_tokens: the default tokens="auto" reads the patch
+    grid, without tokens="patch", and the row says so (issue 38, item 6)."""
+    torch.manual_seed(0)
+    vit = tm("vit_tiny_patch16_224", img_size=64).eval()
+    x = np.random.default_rng(5).normal(size=(24, 3, 64, 64)).astype(np.float32)
+    frame = layerwise_seis(vit, x, ["hflip"], layers=["blocks.0"], progress=False)
+    assert frame["shape"][0] == "16×192"
+    assert "1 prefix token(s) dropped" in frame["layout_choice"][0]
+
+
 def test_mixer_with_zero_head_reports_every_block(images):
     model = tm("mixer_s16_224", img_size=64).eval()
     with pytest.warns(UserWarning, match="not scored"):
