@@ -317,8 +317,10 @@ def test_nothing_is_written_outside_out(tmp_path, rng):
         ),
         (["report", "--onnx", "m", "--model", "a:b"], "give one model: --onnx or --model"),
         (["report", "--pairs", "d", "--tokens", "patch"], "needs --prefix-tokens N here"),
-        (["report", "--pairs", "d", "--tokens", "all", "--prefix-tokens", "1"],
-         "--prefix-tokens goes with --tokens patch or auto, not all"),
+        (
+            ["report", "--pairs", "d", "--tokens", "all", "--prefix-tokens", "1"],
+            "--prefix-tokens goes with --tokens patch or auto, not all",
+        ),
     ],
 )
 def test_argument_errors_name_the_problem(tmp_path, capsys, argv, message):

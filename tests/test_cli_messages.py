@@ -476,7 +476,5 @@ def test_a_refused_run_leaves_an_existing_out_folder_as_it_was(model_files, caps
     tiny = ["--memory-budget", "0.000001", "--over-budget", "error"]
     assert _report(folder, folder / "x.npy", *tiny) == 1
     assert "--over-budget pool" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir() if p.name != ".seis-report.lock") == [
-        "notes.txt"
-    ]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".seis-report.lock") == ["notes.txt"]
     assert (out / "notes.txt").read_text() == "mine"

@@ -2,7 +2,6 @@
 one rule for views without variance, fitted attributes before a fit can exist, and
 non-numeric frames."""
 
-import numpy as np
 import pytest
 
 from seis_sklearn import SEISScorer, SubspaceDenoiser, seis_score
@@ -40,12 +39,12 @@ def test_a_fitted_attribute_before_two_samples_says_why(rng):
     x = rng.normal(size=(3, 2, 4, 4))
     scorer = SEISScorer().partial_fit(x[:1], x[:1])
     with pytest.raises(AttributeError, match="partial_fit has seen 1 sample, and a fit needs"):
-        scorer.result_
+        _ = scorer.result_
     assert not hasattr(scorer, "components_")
     scorer.partial_fit(x[1:], x[1:])
     assert scorer.result_.equivariance == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(AttributeError, match="has no attribute 'nothing_'"):
-        SEISScorer().nothing_
+        _ = SEISScorer().nothing_
 
 
 @pytest.mark.parametrize(
