@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from .._fit import fold_splits
 from .._matricize import matrix_shape
 from .._score import seis_score
 
@@ -150,11 +151,11 @@ def _undecided(name, result, shape):
     as many directions as they had rows, or ``None`` when the data decide."""
     n_samples = shape[0]
     per_sample, d = matrix_shape(shape, result.layout, result.matricization)
-    if result.folds:  # KFold(FOLDS): fold i tests n // FOLDS samples, one more for i < n % FOLDS
-        tests = [n_samples // FOLDS + (i < n_samples % FOLDS) for i in range(FOLDS)]
+    if result.folds:  # each fold's fit: its k and the rows of its training samples
+        splits = fold_splits(FOLDS, n_samples)
         fits = [
-            (f.n_components, per_sample * (n_samples - t))
-            for f, t in zip(result.folds, tests, strict=True)
+            (f.n_components, per_sample * len(train))
+            for f, (train, _) in zip(result.folds, splits, strict=True)
         ]
     else:
         fits = [(result.n_components, per_sample * n_samples)]
